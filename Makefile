@@ -1,0 +1,30 @@
+# Quick start:  make run   (set up and run regd on 127.0.0.1:5000, data in ./data)
+#               make test  (set up and run the test suite)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.regd-installed
+
+.PHONY: run test venv bench clean
+
+venv: $(STAMP)
+
+# Editable install in "compat" mode puts the checkout on sys.path, which is
+# how twistd finds twisted/plugins/regd_plugin.py.
+$(STAMP): setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]' --config-settings editable_mode=compat
+	$(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; import twisted.plugins; list(getPlugins(IPlugin, twisted.plugins))"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/twistd --nodaemon --pidfile= regd --config etc/regd-dev.yml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) data _trial_temp* .pytest_cache

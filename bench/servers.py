@@ -1,0 +1,195 @@
+"""
+Start, watch and stop the two registries under test.
+
+Each server gets its own temp data root and a free loopback port, is started
+in its own session (so a terminal Ctrl-C reaches only the benchmark, which
+then stops the server itself), and is sampled for RSS and CPU time by a
+background thread.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+REFERENCE_BINARY = "/usr/bin/docker-registry"
+SAMPLE_INTERVAL = 0.05
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def twistd_path() -> Path:
+    # sys.prefix is the venv when run as .venv/bin/python.
+    return Path(sys.prefix) / "bin" / "twistd"
+
+
+def read_rss_kib(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None
+
+
+def read_cpu_seconds(pid: int) -> float | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name may contain spaces; fields resume after the last ')'.
+    fields = data[data.rindex(b")") + 2:].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime + stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+class RssSampler(threading.Thread):
+    """Polls VmRSS every 50 ms; `window()` returns the peak since the last call."""
+
+    def __init__(self, pid: int):
+        super().__init__(name=f"rss-{pid}", daemon=True)
+        self.pid = pid
+        self._lock = threading.Lock()
+        self._peak = 0
+        self._stop = threading.Event()
+
+    def run(self):
+        while not self._stop.is_set():
+            rss = read_rss_kib(self.pid)
+            if rss is None:
+                return
+            with self._lock:
+                if rss > self._peak:
+                    self._peak = rss
+            self._stop.wait(SAMPLE_INTERVAL)
+
+    def reset(self):
+        current = read_rss_kib(self.pid) or 0
+        with self._lock:
+            self._peak = current
+
+    def peak_kib(self) -> int:
+        current = read_rss_kib(self.pid) or 0
+        with self._lock:
+            self._peak = max(self._peak, current)
+            return self._peak
+
+    def stop(self):
+        self._stop.set()
+
+
+def config_yaml(port: int, root: str, reference: bool) -> str:
+    lines = [
+        "version: 0.1",
+        "log:",
+        "  level: error",
+    ]
+    if reference:
+        lines += ["  accesslog:", "    disabled: true"]
+    lines += [
+        "storage:",
+        "  filesystem:",
+        f"    rootdirectory: {root}",
+        "  delete:",
+        "    enabled: true",
+        "http:",
+        f"  addr: 127.0.0.1:{port}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+class Server:
+    """One registry process with its own temp directory."""
+
+    def __init__(self, kind: str):
+        if kind not in ("regd", "reference"):
+            raise ValueError(kind)
+        self.kind = kind
+        self.tmp = tempfile.mkdtemp(prefix=f"bench-{kind}-")
+        self.root = os.path.join(self.tmp, "data")
+        os.mkdir(self.root)
+        self.port = free_port()
+        self.config = os.path.join(self.tmp, "config.yml")
+        with open(self.config, "w") as f:
+            f.write(config_yaml(self.port, self.root, kind == "reference"))
+        self.log_path = os.path.join(self.tmp, "server.log")
+        self.proc: subprocess.Popen | None = None
+        self.sampler: RssSampler | None = None
+
+    def command(self) -> list[str]:
+        if self.kind == "reference":
+            return [REFERENCE_BINARY, "serve", self.config]
+        return [str(twistd_path()), "-n", "--pidfile=", "regd", "--config", self.config]
+
+    def start(self, timeout: float = 60.0):
+        env = dict(os.environ)
+        if self.kind == "regd":
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        log = open(self.log_path, "wb")
+        try:
+            self.proc = subprocess.Popen(
+                self.command(), cwd=str(REPO_ROOT) if self.kind == "regd" else self.tmp,
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=env, start_new_session=True)
+        finally:
+            log.close()
+        self._wait_ready(timeout)
+        self.sampler = RssSampler(self.proc.pid)
+        self.sampler.start()
+
+    def _wait_ready(self, timeout: float):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.kind} exited with {self.proc.returncode}:\n{self.log_tail()}")
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+            try:
+                conn.request("GET", "/v2/")
+                conn.getresponse().read()
+                return
+            except OSError:
+                time.sleep(0.1)
+            finally:
+                conn.close()
+        raise RuntimeError(f"{self.kind} did not answer GET /v2/ within {timeout}s:\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 30) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                lines = f.read().decode("utf-8", "replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(lines[-n:])
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self):
+        if self.sampler is not None:
+            self.sampler.stop()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        shutil.rmtree(self.tmp, ignore_errors=True)

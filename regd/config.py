@@ -1,0 +1,446 @@
+# -*- test-case-name: tests.test_config -*-
+"""
+Configuration in the reference registry's YAML format, so an existing
+registry:2 config.yml starts regd; REGISTRY_* environment variables override
+any key. The result is a frozen attrs tree; errors are one line naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Callable, Mapping
+
+import attrs
+import yaml
+
+
+class ConfigError(Exception):
+    """An invalid configuration; str() is one line naming the key and the problem."""
+
+
+# -- value parsers ----------------------------------------------------------
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: Any) -> float:
+    """registry:2 (Go) durations: "1h30m", "500ms"; bare integers are nanoseconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a duration, got {value!r}")
+    if isinstance(value, (int, float)):
+        return float(value) * 1e-9
+    text = str(value).strip()
+    if text in ("0", ""):
+        return 0.0
+    position, total = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != position:
+            break
+        total += float(match.group(1)) * _UNITS[match.group(2)]
+        position = match.end()
+    if position != len(text) or position == 0:
+        raise ValueError(f"expected a duration like 10s or 1h30m, got {value!r}")
+    return total
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+        return value.lower() in ("true", "yes", "on", "1")
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _int(minimum: int = 0) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ValueError(f"expected a whole number, got {value!r}")
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError(f"expected a whole number, got {value!r}") from None
+        if number < minimum:
+            raise ValueError(f"must be at least {minimum}, got {number}")
+        return number
+    return parse
+
+
+def _str(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        raise ValueError(f"expected a string, got {type(value).__name__}")
+    return "" if value is None else str(value)
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = _str(value).lower()
+        if text not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {value!r}")
+        return text
+    return parse
+
+
+def _str_list(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) for v in value):
+        raise ValueError("expected a list of strings")
+    return tuple(str(v) for v in value)
+
+
+def _regex_list(value: Any) -> tuple[re.Pattern, ...]:
+    patterns = []
+    for text in _str_list(value):
+        try:
+            patterns.append(re.compile(text))
+        except re.error as e:
+            raise ValueError(f"invalid regular expression {text!r}: {e}") from None
+    return tuple(patterns)
+
+
+def _headers(value: Any) -> dict[str, tuple[str, ...]]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError("expected a map of header name to list of values")
+    return {str(k): _str_list(v) for k, v in value.items()}
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError("expected a map")
+    return dict(value)
+
+
+_ADDR = re.compile(r"^(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<host>[A-Za-z0-9_.-]*)):(?P<port>\d{1,5})$")
+
+
+def parse_addr(value: Any) -> tuple[str, int]:
+    text = _str(value).strip()
+    match = _ADDR.match(text)
+    if match is None or not 0 <= int(match.group("port")) <= 65535:
+        raise ValueError(f"expected host:port (e.g. :5000 or 127.0.0.1:5000), got {text!r}")
+    host = match.group("v6") or match.group("host") or ""
+    return host, int(match.group("port"))
+
+
+# -- the tree ---------------------------------------------------------------
+
+@attrs.frozen
+class LogConfig:
+    level: str = "info"
+    formatter: str = "text"
+    fields: dict = attrs.field(factory=dict)
+    accesslog_disabled: bool = False
+
+
+@attrs.frozen
+class TLSConfig:
+    certificate: str = ""
+    key: str = ""
+    clientcas: tuple[str, ...] = ()
+    minimumtls: str = "tls1.2"
+    ciphersuites: tuple[str, ...] = ()
+    letsencrypt: dict = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class HTTPConfig:
+    addr: str = ":5000"
+    host_addr: str = ""
+    port: int = 5000
+    host: str = ""
+    prefix: str = ""
+    relativeurls: bool = False
+    secret: str = attrs.field(default="", repr=False)
+    debug_addr: str = ""
+    headers: dict = attrs.field(factory=dict)
+    tls: TLSConfig = TLSConfig()
+    draintimeout: float = 0.0
+
+
+@attrs.frozen
+class FilesystemConfig:
+    rootdirectory: str = "/var/lib/regd"
+    maxthreads: int = 25
+
+
+@attrs.frozen
+class Switch:
+    enabled: bool = False
+
+
+@attrs.frozen
+class UploadPurgingConfig:
+    enabled: bool = True
+    age: float = 168 * 3600.0
+    interval: float = 24 * 3600.0
+    dryrun: bool = False
+
+
+@attrs.frozen
+class MaintenanceConfig:
+    uploadpurging: UploadPurgingConfig = UploadPurgingConfig()
+    readonly: Switch = Switch()
+
+
+@attrs.frozen
+class StorageConfig:
+    driver: str = "filesystem"
+    filesystem: FilesystemConfig = FilesystemConfig()
+    delete: Switch = Switch()
+    maintenance: MaintenanceConfig = MaintenanceConfig()
+
+
+@attrs.frozen
+class URLValidation:
+    allow: tuple = ()
+    deny: tuple = ()
+
+
+@attrs.frozen
+class ManifestValidation:
+    urls: URLValidation = URLValidation()
+
+
+@attrs.frozen
+class ValidationConfig:
+    disabled: bool = False
+    manifests: ManifestValidation = ManifestValidation()
+
+
+@attrs.frozen
+class RegdConfig:
+    maxbodysize: int = 0
+    spoolthreshold: int = 65536
+
+
+@attrs.frozen
+class Config:
+    version: str = "0.1"
+    log: LogConfig = LogConfig()
+    http: HTTPConfig = HTTPConfig()
+    storage: StorageConfig = StorageConfig()
+    validation: ValidationConfig = ValidationConfig()
+    regd: RegdConfig = RegdConfig()
+    # Sections other subsystems parse themselves (as plain YAML data).
+    notifications: dict = attrs.field(factory=dict)
+    auth: dict = attrs.field(factory=dict)
+    health: dict = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class LoadedConfig:
+    config: Config
+    warnings: tuple[str, ...]
+
+
+# The schema: key -> parser, or nested dict. RAW means "kept as plain data".
+RAW = object()
+IGNORED = object()  # accepted for registry:2 compatibility, not used by regd
+
+SCHEMA: dict[str, Any] = {
+    "version": _str,
+    "log": {"level": _choice("error", "warn", "info", "debug"), "formatter": _choice("text", "json", "logstash"),
+            "fields": _mapping, "accesslog": {"disabled": _bool}, "hooks": IGNORED},
+    "loglevel": IGNORED,
+    "http": {"addr": parse_addr, "net": _choice("tcp", "unix"), "host": _str, "prefix": _str,
+             "relativeurls": _bool, "secret": _str, "draintimeout": parse_duration,
+             "headers": _headers, "debug": {"addr": _str, "prometheus": {"enabled": _bool, "path": _str}},
+             "http2": {"disabled": _bool},
+             "tls": {"certificate": _str, "key": _str, "clientcas": _str_list,
+                     "minimumtls": _choice("tls1.0", "tls1.1", "tls1.2", "tls1.3"),
+                     "ciphersuites": _str_list, "letsencrypt": RAW}},
+    "storage": {"filesystem": {"rootdirectory": _str, "maxthreads": _int(1)}, "inmemory": RAW,
+                "delete": {"enabled": _bool}, "cache": IGNORED, "redirect": IGNORED,
+                "maintenance": {"uploadpurging": {"enabled": _bool, "age": parse_duration,
+                                                  "interval": parse_duration, "dryrun": _bool},
+                                "readonly": {"enabled": _bool}},
+                "s3": RAW, "azure": RAW, "gcs": RAW, "swift": RAW, "oss": RAW},
+    "validation": {"enabled": _bool, "disabled": _bool,
+                   "manifests": {"urls": {"allow": _regex_list, "deny": _regex_list}}},
+    "regd": {"maxbodysize": _int(0), "spoolthreshold": _int(1)},
+    "notifications": RAW, "auth": RAW, "health": RAW, "redis": RAW, "proxy": RAW, "middleware": RAW,
+    "reporting": IGNORED, "compatibility": IGNORED, "catalog": IGNORED,
+}
+
+_DRIVERS_AVAILABLE = ("filesystem", "inmemory")
+
+
+def _walk(document: Any, schema: dict, path: str, out: dict, warnings: list[str]) -> None:
+    if document is None:
+        return
+    if not isinstance(document, dict):
+        raise ConfigError(f"{path or 'configuration'}: expected a map")
+    for key, value in document.items():
+        key_text = str(key).lower()
+        where = f"{path}.{key_text}" if path else key_text
+        spec = schema.get(key_text)
+        if spec is None:
+            warnings.append(f"unknown configuration key {where}")
+            continue
+        if spec is IGNORED:
+            warnings.append(f"configuration key {where} is accepted for compatibility and ignored by regd")
+            continue
+        if spec is RAW:
+            out[key_text] = value if value is not None else {}
+        elif isinstance(spec, dict):
+            out[key_text] = {}
+            _walk(value, spec, where, out[key_text], warnings)
+        else:
+            try:
+                out[key_text] = spec(value)
+            except ValueError as e:
+                raise ConfigError(f"{where}: {e}") from None
+
+
+def _env_path(parts: list[str], schema: dict) -> list[str] | None:
+    """Map REGISTRY_A_B_C's parts onto a key path of the schema."""
+    if not parts:
+        return []
+    for length in range(len(parts), 0, -1):
+        key = "".join(parts[:length]).lower()
+        candidates = [k for k in schema if k.replace("_", "") == key]
+        if not candidates:
+            continue
+        spec = schema[candidates[0]]
+        rest = parts[length:]
+        if not rest:
+            return [candidates[0]]
+        if isinstance(spec, dict):
+            tail = _env_path(rest, spec)
+            if tail is not None:
+                return [candidates[0]] + tail
+        elif spec is RAW:
+            return [candidates[0]] + [p.lower() for p in rest]
+    return None
+
+
+def _apply_environment(document: dict, environ: Mapping[str, str], warnings: list[str]) -> None:
+    for name in sorted(environ):
+        if not name.startswith("REGISTRY_") or name == "REGISTRY_CONFIGURATION_PATH":
+            continue
+        path = _env_path(name[len("REGISTRY_"):].split("_"), SCHEMA)
+        if path is None:
+            warnings.append(f"environment variable {name} matches no configuration key")
+            continue
+        try:
+            value = yaml.safe_load(environ[name])
+        except yaml.YAMLError:
+            value = environ[name]
+        node = document
+        for key in path[:-1]:
+            if not isinstance(node.get(key), dict):
+                node[key] = {}
+            node = node[key]
+        node[path[-1]] = value
+
+
+def parse_config(text: str | None, environ: Mapping[str, str] = os.environ,
+                 default_root: str = "/var/lib/regd") -> LoadedConfig:
+    try:
+        document = yaml.safe_load(text) if text else {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"configuration: not valid YAML{where}") from None
+    document = document or {}
+    if not isinstance(document, dict):
+        raise ConfigError("configuration: expected a map at the top level")
+    warnings: list[str] = []
+    _apply_environment(document, environ, warnings)
+    values: dict = {}
+    _walk(document, SCHEMA, "", values, warnings)
+    return LoadedConfig(_build(values, default_root), tuple(warnings))
+
+
+def load_config(path: str | None, environ: Mapping[str, str] = os.environ,
+                default_root: str = "/var/lib/regd") -> LoadedConfig:
+    path = path or environ.get("REGISTRY_CONFIGURATION_PATH")
+    text = None
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            raise ConfigError(f"configuration file {path}: {e.strerror or e}") from None
+    return parse_config(text, environ, default_root)
+
+
+def _build(v: dict, default_root: str) -> Config:
+    log = v.get("log", {})
+    http = v.get("http", {})
+    tls = http.get("tls", {})
+    storage = v.get("storage", {})
+    validation = v.get("validation", {})
+    maintenance = storage.get("maintenance", {})
+    purging = maintenance.get("uploadpurging", {})
+
+    drivers = [d for d in ("filesystem", "inmemory", "s3", "azure", "gcs", "swift", "oss") if d in storage]
+    if len(drivers) > 1:
+        raise ConfigError(f"storage: exactly one driver may be configured, found {', '.join(drivers)}")
+    driver = drivers[0] if drivers else "filesystem"
+    if driver not in _DRIVERS_AVAILABLE:
+        raise ConfigError(f"storage.{driver}: this storage driver is not available in regd (use filesystem)")
+    filesystem = storage.get("filesystem", {})
+    root = filesystem.get("rootdirectory") or default_root
+
+    host, port = http.get("addr", ("", 5000))
+    if http.get("net", "tcp") == "unix":
+        raise ConfigError("http.net: unix sockets are not supported; use tcp")
+    prefix = http.get("prefix", "")
+    if prefix and not (prefix.startswith("/") and prefix.endswith("/")):
+        raise ConfigError(f"http.prefix: must start and end with '/', got {prefix!r}")
+    base = http.get("host", "")
+    if base and not re.match(r"^https?://[^/]+", base):
+        raise ConfigError(f"http.host: expected an absolute URL like https://registry.example.com, got {base!r}")
+    if "disabled" in validation and "enabled" in validation and validation["disabled"] == validation["enabled"]:
+        raise ConfigError("validation: enabled and disabled contradict each other")
+    disabled = validation.get("disabled", not validation.get("enabled", True))
+    urls = validation.get("manifests", {}).get("urls", {})
+    if purging.get("age", 1.0) <= 0 or purging.get("interval", 1.0) <= 0:
+        raise ConfigError("storage.maintenance.uploadpurging: age and interval must be positive")
+
+    return Config(
+        version=v.get("version", "0.1"),
+        log=LogConfig(level=log.get("level", "info"), formatter=log.get("formatter", "text"),
+                      fields=log.get("fields", {}),
+                      accesslog_disabled=log.get("accesslog", {}).get("disabled", False)),
+        http=HTTPConfig(
+            addr=f"{host}:{port}", host_addr=host, port=port, host=base, prefix=prefix,
+            relativeurls=http.get("relativeurls", False), secret=http.get("secret", ""),
+            debug_addr=http.get("debug", {}).get("addr", ""), headers=http.get("headers", {}),
+            draintimeout=http.get("draintimeout", 0.0),
+            tls=TLSConfig(certificate=tls.get("certificate", ""), key=tls.get("key", ""),
+                          clientcas=tls.get("clientcas", ()), minimumtls=tls.get("minimumtls", "tls1.2"),
+                          ciphersuites=tls.get("ciphersuites", ()), letsencrypt=_plain(tls.get("letsencrypt"))),
+        ),
+        storage=StorageConfig(
+            driver=driver,
+            filesystem=FilesystemConfig(rootdirectory=os.path.abspath(root),
+                                        maxthreads=filesystem.get("maxthreads", 25)),
+            delete=Switch(storage.get("delete", {}).get("enabled", False)),
+            maintenance=MaintenanceConfig(
+                uploadpurging=UploadPurgingConfig(
+                    enabled=purging.get("enabled", True), age=purging.get("age", 168 * 3600.0),
+                    interval=purging.get("interval", 24 * 3600.0), dryrun=purging.get("dryrun", False)),
+                readonly=Switch(maintenance.get("readonly", {}).get("enabled", False)),
+            ),
+        ),
+        validation=ValidationConfig(disabled=disabled, manifests=ManifestValidation(
+            URLValidation(allow=urls.get("allow", ()), deny=urls.get("deny", ())))),
+        regd=RegdConfig(**v.get("regd", {})),
+        notifications=_plain(v.get("notifications")),
+        auth=_plain(v.get("auth")),
+        health=_plain(v.get("health")),
+    )
+
+
+def _plain(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}

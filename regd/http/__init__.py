@@ -1,0 +1,1 @@
+"""HTTP: thin Klein routes that parse, call the registry service, and render."""

@@ -1,0 +1,55 @@
+# -*- test-case-name: tests.http.test_api -*-
+"""
+The one place domain failures become HTTP responses, in the spec's JSON
+error format. Nothing internal (paths, tracebacks) ever reaches a client.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import CancelledError
+from twisted.logger import Logger
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+
+from regd.oci.errors import MethodNotAllowed as MethodNotAllowedError
+from regd.oci.errors import NotFound as NotFoundError
+from regd.oci.errors import RegistryError, Unavailable
+from regd.http.responses import JSON, respond
+
+log = Logger()
+
+
+def render_registry_error(request, error: RegistryError) -> bytes:
+    return respond(request, error.status, error.body(), JSON, error.headers)
+
+
+def install_error_handlers(app) -> None:
+    """Register handlers on a Klein app bound to instances, most specific first."""
+
+    @app.handle_errors(RegistryError)
+    def registry_error(_api, request, failure):
+        return render_registry_error(request, failure.value)
+
+    @app.handle_errors(HTTPException)
+    def http_error(_api, request, failure):
+        if isinstance(failure.value, MethodNotAllowed):
+            error = MethodNotAllowedError(detail={"method": request.method.decode("ascii", "replace")})
+            allowed = failure.value.valid_methods or []
+            if allowed:
+                error.headers["Allow"] = ", ".join(sorted(allowed))
+        elif isinstance(failure.value, NotFound):
+            error = NotFoundError()
+        else:
+            error = RegistryError(failure.value.description or "request error", status=failure.value.code)
+            error.code = "UNSUPPORTED" if failure.value.code == 405 else "UNKNOWN"
+        return render_registry_error(request, error)
+
+    @app.handle_errors(Exception)
+    def unexpected(_api, request, failure):
+        if failure.check(CancelledError):
+            return b""
+        log.failure("internal error handling {method} {path}", failure,
+                    method=request.method.decode("ascii", "replace"),
+                    path=request.path.decode("ascii", "replace"))
+        error = Unavailable("internal error; see the registry's log") if failure.check(OSError) else \
+            RegistryError("internal error; see the registry's log")
+        return render_registry_error(request, error)

@@ -1,0 +1,136 @@
+# -*- test-case-name: tests.http.test_site -*-
+"""
+The Site and Request that make request bodies stream into storage.
+
+twisted.web writes every request body to a temporary file before the
+resource runs. RegdRequest replaces that file with a body spool from the
+storage driver, so a layer goes from the socket into the storage filesystem
+once, hashed on the way, and the service can adopt it with a rename.
+"""
+
+from __future__ import annotations
+
+import uuid
+from io import BytesIO
+
+from twisted.logger import Logger
+from twisted.web import server
+
+API_VERSION_HEADER = b"Docker-Distribution-API-Version"
+API_VERSION = b"registry/2.0"
+REQUEST_ID_HEADER = b"X-Request-Id"
+
+log = Logger()
+
+
+class RegdRequest(server.Request):
+    """A request whose large bodies go straight into a storage spool."""
+
+    spool_factory = None
+    spool_threshold = 65536
+    max_body_size = 0
+    extra_headers: dict = {}
+
+    def __init__(self, channel, *args, **kwargs):
+        super().__init__(channel, *args, **kwargs)
+        self.request_id = uuid.uuid4().hex
+        self._received = 0
+        self._too_large = False
+
+    def gotLength(self, length):
+        if self.max_body_size and length is not None and length > self.max_body_size:
+            self._refuse_too_large()
+            return
+        if self.spool_factory is not None and (length is None or length >= self.spool_threshold):
+            self.content = self.spool_factory()
+        else:
+            self.content = BytesIO()
+
+    def handleContentChunk(self, data):
+        if self._too_large:
+            return
+        self._received += len(data)
+        if self.max_body_size and self._received > self.max_body_size:
+            self._refuse_too_large()
+            return
+        self.content.write(data)
+
+    def _refuse_too_large(self):
+        """Answer 413 and drop the connection: reading on would only waste disk."""
+        self._too_large = True
+        if self.content is None:
+            self.content = BytesIO()
+        body = (b'{"errors":[{"code":"SIZE_INVALID","message":"request body exceeds the configured limit"}]}')
+        transport = self.channel.transport if self.channel else None
+        if transport is not None:
+            transport.write(
+                b"HTTP/1.1 413 Request Entity Too Large\r\nContent-Type: application/json\r\n"
+                + b"Connection: close\r\n" + API_VERSION_HEADER + b": " + API_VERSION + b"\r\n"
+                + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            transport.loseConnection()
+
+    def process(self):
+        self.setHeader(REQUEST_ID_HEADER, self.request_id.encode("ascii"))
+        for name, values in self.extra_headers.items():
+            self.responseHeaders.setRawHeaders(name, list(values))
+        if b"/v2" in self.path:
+            self.setHeader(API_VERSION_HEADER, API_VERSION)
+        super().process()
+
+
+class RegdSite(server.Site):
+    """
+    A Site whose requests spool bodies into storage; form bodies are never
+    parsed (a huge form POST would otherwise be read into memory).
+    """
+
+    def __init__(self, resource, spool_factory=None, *, spool_threshold: int = 65536,
+                 max_body_size: int = 0, extra_headers=None, access_log: bool = True, **kwargs):
+        kwargs.setdefault("parsePOSTFormSubmission", False)
+        super().__init__(resource, **kwargs)
+        self.displayTracebacks = False
+        self.access_log = access_log
+
+        class _Request(RegdRequest):
+            pass
+
+        _Request.spool_factory = staticmethod(spool_factory) if spool_factory else None
+        _Request.spool_threshold = spool_threshold
+        _Request.max_body_size = max_body_size
+        _Request.extra_headers = dict(extra_headers or {})
+        self.requestFactory = _Request
+
+    def buildProtocol(self, addr):
+        protocol = super().buildProtocol(addr)
+        _refuse_tls_on_plain_http(protocol)
+        return protocol
+
+    def log(self, request):
+        if self.access_log:
+            super().log(request)
+
+
+_TLS_HANDSHAKE = b"\x16\x03"
+
+
+def _refuse_tls_on_plain_http(protocol) -> None:
+    """
+    Answer a TLS ClientHello on a plain-HTTP port with 400 at once.
+
+    Docker tries HTTPS first even for insecure registries; twisted.web would
+    wait for a request line that never comes, and docker only falls back to
+    HTTP after its 10 s handshake timeout, on every push and pull.
+    """
+    original = protocol.dataReceived
+
+    def first_data(data: bytes) -> None:
+        protocol.dataReceived = original
+        if data.startswith(_TLS_HANDSHAKE):
+            protocol.transport.write(
+                b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
+                b"Client sent an HTTPS request to an HTTP server.\n")
+            protocol.transport.loseConnection()
+            return
+        original(data)
+
+    protocol.dataReceived = first_data

@@ -1,0 +1,1 @@
+"""Pure OCI/Docker distribution values: no I/O, no Twisted."""

@@ -1,0 +1,1 @@
+"""The registry service: repositories, blobs, uploads, manifests, tags, events."""

@@ -1,0 +1,113 @@
+# -*- test-case-name: tests.registry.test_blobs -*-
+"""
+Blobs: one global content-addressed store, and per-repository links that
+decide which repositories may serve which blobs.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from regd.oci.digest import Digest
+from regd.oci.errors import BlobUnknown, Unsupported
+from regd.registry import links
+from regd.registry.context import RequestContext
+from regd.registry.listener import BLOB, DELETE, MOUNT, PULL, ListenerSet, RegistryEvent
+from regd.storage import paths
+from regd.storage.interfaces import PathNotFound
+
+
+@attrs.frozen
+class BlobInfo:
+    digest: Digest
+    size: int
+
+
+class ServedBlob:
+    """
+    A blob opened for a client: streams through the storage reader and
+    reports a pull once every requested byte was written.
+    """
+
+    def __init__(self, reader, info: BlobInfo, on_complete):
+        self._reader = reader
+        self.info = info
+        self.size = info.size
+        self._on_complete = on_complete
+
+    def stream_to(self, consumer, offset: int = 0, length: int | None = None):
+        d = self._reader.stream_to(consumer, offset, length)
+        d.addCallback(lambda _: self._on_complete())
+        return d
+
+    def close(self) -> None:
+        self._reader.close()
+
+
+class BlobService:
+    def __init__(self, driver, listeners: ListenerSet, delete_enabled: bool):
+        self._driver = driver
+        self._listeners = listeners
+        self._delete_enabled = delete_enabled
+
+    async def global_size(self, digest: Digest) -> int | None:
+        """Size of the blob in the global store, or None if it is absent."""
+        try:
+            info = await self._driver.stat(paths.blob_data(digest))
+        except PathNotFound:
+            return None
+        return info.size
+
+    async def is_linked(self, name: str, digest: Digest) -> bool:
+        return await links.read_link(self._driver, paths.layer_link(name, digest)) == digest
+
+    async def stat(self, name: str, digest: Digest) -> BlobInfo:
+        """The blob as this repository sees it; L{BlobUnknown} unless linked and present."""
+        if not await self.is_linked(name, digest):
+            raise BlobUnknown(detail={"digest": str(digest)})
+        size = await self.global_size(digest)
+        if size is None:
+            raise BlobUnknown(detail={"digest": str(digest)})
+        return BlobInfo(digest, size)
+
+    async def open(self, name: str, digest: Digest, context: RequestContext) -> ServedBlob:
+        info = await self.stat(name, digest)
+        try:
+            reader = await self._driver.reader(paths.blob_data(digest))
+        except PathNotFound:
+            raise BlobUnknown(detail={"digest": str(digest)}) from None
+
+        def pulled():
+            return self._listeners.emit(RegistryEvent(
+                PULL, BLOB, name, context, digest=digest, size=info.size,
+                media_type="application/octet-stream"))
+
+        return ServedBlob(reader, BlobInfo(digest, reader.size), pulled)
+
+    async def link(self, name: str, digest: Digest) -> None:
+        await links.write_link(self._driver, paths.layer_link(name, digest), digest)
+
+    async def mount(self, name: str, source: str, digest: Digest, context: RequestContext) -> BlobInfo | None:
+        """
+        Make a blob of C{source} reachable in C{name} without moving bytes.
+        Returns None when the source does not have it (the caller then starts
+        an ordinary upload, as the spec asks).
+        """
+        try:
+            info = await self.stat(source, digest)
+        except BlobUnknown:
+            return None
+        await self.link(name, digest)
+        await self._listeners.emit(RegistryEvent(
+            MOUNT, BLOB, name, context, digest=digest, size=info.size,
+            media_type="application/octet-stream", from_repository=source))
+        return info
+
+    async def delete(self, name: str, digest: Digest, context: RequestContext) -> None:
+        """Unlink a blob from a repository; the bytes go only with garbage collection."""
+        if not self._delete_enabled:
+            raise Unsupported("deletes are disabled on this registry")
+        if not await self.is_linked(name, digest):
+            raise BlobUnknown(detail={"digest": str(digest)})
+        await links.delete_if_present(self._driver, paths.layer_dir(name, digest))
+        await self._listeners.emit(RegistryEvent(DELETE, BLOB, name, context, digest=digest))

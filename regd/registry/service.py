@@ -1,0 +1,43 @@
+# -*- test-case-name: tests.registry.test_service -*-
+"""
+The registry facade the HTTP layer talks to: one object that owns the
+blob, upload, manifest and listing services over one storage driver, and
+enforces read-only mode in one place.
+"""
+
+from __future__ import annotations
+
+from regd.oci.errors import ReadOnly
+from regd.registry.blobs import BlobService
+from regd.registry.listener import ListenerSet
+from regd.registry.listing import ListingService
+from regd.registry.manifests import ManifestService, UrlPolicy
+from regd.registry.uploads import UploadService
+
+
+class Registry:
+    def __init__(self, driver, clock, *, delete_enabled: bool = False, readonly: bool = False,
+                 url_policy: UrlPolicy = UrlPolicy(), validate_manifests: bool = True, listeners=()):
+        self.driver = driver
+        self.clock = clock
+        self.readonly = readonly
+        self.delete_enabled = delete_enabled
+        self.listeners = ListenerSet(listeners)
+        self.blobs = BlobService(driver, self.listeners, delete_enabled)
+        self.uploads = UploadService(driver, self.blobs, self.listeners, clock)
+        self.manifests = ManifestService(driver, self.blobs, self.listeners, delete_enabled=delete_enabled,
+                                         url_policy=url_policy, validate=validate_manifests)
+        self.listing = ListingService(driver)
+
+    def add_listener(self, listener) -> None:
+        self.listeners.add(listener)
+
+    def check_writable(self) -> None:
+        if self.readonly:
+            raise ReadOnly()
+
+    def new_spool(self):
+        return self.driver.new_spool()
+
+    async def purge_uploads(self, older_than: float, dry_run: bool = False) -> list[str]:
+        return await self.uploads.purge(await self.listing.repositories(), older_than, dry_run)

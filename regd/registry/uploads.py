@@ -1,0 +1,244 @@
+# -*- test-case-name: tests.registry.test_uploads -*-
+"""
+Upload sessions: bytes arrive in one or more bodies, are appended to the
+session's data file while a running hash follows them, and become a blob only
+once the digest the client names matches what was received.
+
+The running hash lives in memory. After a restart it is rebuilt by hashing
+the data file once, so an upload begun before the restart can be finished.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import attrs
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from regd.oci.digest import CANONICAL, Digest
+from regd.oci.errors import BlobUploadInvalid, BlobUploadUnknown, DigestInvalid, RangeInvalid, SizeInvalid
+from regd.registry import links
+from regd.registry.blobs import BlobInfo, BlobService
+from regd.registry.context import RequestContext
+from regd.registry.listener import BLOB, PUSH, ListenerSet, RegistryEvent
+from regd.storage import paths
+from regd.storage.interfaces import PathNotFound
+
+log = Logger()
+
+
+def format_started_at(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def parse_started_at(text: str) -> float | None:
+    import calendar
+    text = text.strip()
+    for fmt in ("%Y-%m-%dT%H:%M:%SZ", "%Y-%m-%dT%H:%M:%S.%fZ"):
+        try:
+            return float(calendar.timegm(time.strptime(text, fmt)))
+        except ValueError:
+            pass
+    # Go's RFC 3339 with nanoseconds (more digits than %f takes).
+    if text.endswith("Z") and "." in text:
+        return parse_started_at(text.split(".")[0] + "Z")
+    return None
+
+
+@attrs.define
+class _Session:
+    """In-memory state of an upload this process has seen."""
+
+    size: int = 0
+    hasher: object = None  # sha256 over data[0:size], when known
+    lock: defer.DeferredLock = attrs.field(factory=defer.DeferredLock)
+
+
+def is_upload_id(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text
+    except (ValueError, AttributeError, TypeError):
+        return False
+
+
+class UploadService:
+    def __init__(self, driver, blobs: BlobService, listeners: ListenerSet, clock):
+        self._driver = driver
+        self._blobs = blobs
+        self._listeners = listeners
+        self._clock = clock
+        self._sessions: dict[tuple[str, str], _Session] = {}
+
+    def new_spool(self):
+        return self._driver.new_spool()
+
+    def spool_from_bytes(self, data: bytes):
+        spool = self._driver.new_spool()
+        spool.write(data)
+        return spool
+
+    async def start(self, name: str) -> str:
+        upload_id = str(uuid.uuid4())
+        started = format_started_at(self._clock.seconds())
+        await self._driver.put_content(paths.upload_started_at(name, upload_id), started.encode("ascii"))
+        self._sessions[(name, upload_id)] = _Session()
+        return upload_id
+
+    async def _session(self, name: str, upload_id: str) -> _Session:
+        if not is_upload_id(upload_id):
+            raise BlobUploadUnknown(detail={"uuid": upload_id[:64]})
+        key = (name, upload_id)
+        session = self._sessions.get(key)
+        if not await links.exists(self._driver, paths.upload_started_at(name, upload_id)):
+            self._sessions.pop(key, None)
+            raise BlobUploadUnknown(detail={"uuid": upload_id})
+        if session is None:
+            # Resumed after a restart, or served by another process: trust the disk.
+            try:
+                size = (await self._driver.stat(paths.upload_data(name, upload_id))).size
+            except PathNotFound:
+                size = 0
+            session = self._sessions.setdefault(key, _Session(size=size))
+        return session
+
+    async def status(self, name: str, upload_id: str) -> int:
+        """Bytes received so far."""
+        session = await self._session(name, upload_id)
+        return session.size
+
+    async def append(self, name: str, upload_id: str, spool, start: int | None = None,
+                     end: int | None = None) -> int:
+        """
+        Add a body to the upload. C{start}/C{end} come from a Content-Range
+        header; a chunk that does not continue exactly where the data ends is
+        refused with 416 so the client can ask where to resume.
+        """
+        session = await self._session(name, upload_id)
+        await session.lock.acquire()
+        try:
+            return await self._append_locked(name, upload_id, session, spool, start, end)
+        finally:
+            session.lock.release()
+
+    async def _append_locked(self, name, upload_id, session, spool, start, end) -> int:
+        if start is not None:
+            if start != session.size:
+                spool.close()
+                raise RangeInvalid(detail={"expected_start": session.size, "start": start},
+                                   headers={"Range": _range_header(session.size)})
+            if end is not None and end - start + 1 != spool.size:
+                spool.close()
+                raise SizeInvalid("Content-Range does not match the body length",
+                                  detail={"range": f"{start}-{end}", "length": spool.size})
+        if spool.size == 0:
+            spool.close()
+            return session.size
+        data_path = paths.upload_data(name, upload_id)
+        if session.size == 0:
+            hasher = spool.hasher.copy()
+            session.size = await self._driver.store_spool(spool, data_path)
+            session.hasher = hasher
+        else:
+            if session.hasher is None:
+                session.hasher = await self._driver.digest_file(data_path, CANONICAL)
+            before = session.size
+            try:
+                session.size = await self._driver.store_spool(spool, data_path, hasher=session.hasher)
+            except Exception:
+                # The hasher may have seen part of the chunk: forget it, rebuild on demand.
+                session.hasher = None
+                session.size = before
+                raise
+        return session.size
+
+    async def commit(self, name: str, upload_id: str, digest: Digest, spool,
+                     context: RequestContext) -> BlobInfo:
+        """Finish an upload: append the last body, verify, place, link, report."""
+        session = await self._session(name, upload_id)
+        await session.lock.acquire()
+        try:
+            if spool is not None:
+                await self._append_locked(name, upload_id, session, spool, None, None)
+            data_path = paths.upload_data(name, upload_id)
+            if session.size == 0 and not await links.exists(self._driver, data_path):
+                await self._driver.put_content(data_path, b"")
+            actual = await self._verified_digest(data_path, session, digest.algorithm)
+            if actual != digest.hex:
+                raise DigestInvalid(detail={"expected": str(digest), "received": f"{digest.algorithm}:{actual}"})
+            size = session.size
+            if await self._blobs.global_size(digest) is None:
+                await self._driver.move(data_path, paths.blob_data(digest))
+            await self._blobs.link(name, digest)
+            await links.delete_if_present(self._driver, paths.upload_dir(name, upload_id))
+            self._sessions.pop((name, upload_id), None)
+        finally:
+            session.lock.release()
+        info = BlobInfo(digest, size)
+        await self._listeners.emit(RegistryEvent(
+            PUSH, BLOB, name, context, digest=digest, size=size, media_type="application/octet-stream"))
+        return info
+
+    async def _verified_digest(self, data_path: str, session: _Session, algorithm: str) -> str:
+        if algorithm == CANONICAL and session.hasher is not None:
+            return session.hasher.hexdigest()
+        hasher = await self._driver.digest_file(data_path, algorithm)
+        if algorithm == CANONICAL:
+            session.hasher = hasher
+        return hasher.hexdigest()
+
+    async def put_whole(self, name: str, digest: Digest, spool, context: RequestContext) -> BlobInfo:
+        """
+        Single-request upload (POST with ?digest=): verify from the spool's
+        own hash when it can, and skip the copy entirely if the blob exists.
+        """
+        if digest.algorithm == CANONICAL and spool.hasher.hexdigest() != digest.hex:
+            received = spool.hasher.hexdigest()
+            spool.close()
+            raise DigestInvalid(detail={"expected": str(digest), "received": f"{CANONICAL}:{received}"})
+        existing = await self._blobs.global_size(digest)
+        if existing is not None and digest.algorithm == CANONICAL:
+            if existing != spool.size:
+                spool.close()
+                raise BlobUploadInvalid("stored blob has a different size", detail={"digest": str(digest)})
+            spool.close()
+            await self._blobs.link(name, digest)
+            info = BlobInfo(digest, existing)
+            await self._listeners.emit(RegistryEvent(
+                PUSH, BLOB, name, context, digest=digest, size=existing,
+                media_type="application/octet-stream"))
+            return info
+        upload_id = await self.start(name)
+        return await self.commit(name, upload_id, digest, spool, context)
+
+    async def cancel(self, name: str, upload_id: str) -> None:
+        await self._session(name, upload_id)
+        self._sessions.pop((name, upload_id), None)
+        await links.delete_if_present(self._driver, paths.upload_dir(name, upload_id))
+
+    async def purge(self, repositories: list[str], older_than: float, dry_run: bool = False) -> list[str]:
+        """Remove uploads started more than C{older_than} seconds ago; returns their paths."""
+        cutoff = self._clock.seconds() - older_than
+        purged = []
+        for name in repositories:
+            for upload_id in await links.list_or_empty(self._driver, paths.uploads(name)):
+                started = await self._started_at(name, upload_id)
+                if started is not None and started >= cutoff:
+                    continue
+                purged.append(paths.upload_dir(name, upload_id))
+                if not dry_run:
+                    self._sessions.pop((name, upload_id), None)
+                    await links.delete_if_present(self._driver, paths.upload_dir(name, upload_id))
+        return purged
+
+    async def _started_at(self, name: str, upload_id: str) -> float | None:
+        try:
+            raw = await self._driver.get_content(paths.upload_started_at(name, upload_id))
+        except PathNotFound:
+            return None
+        return parse_started_at(raw.decode("ascii", "replace"))
+
+
+def _range_header(size: int) -> str:
+    return f"0-{size - 1}" if size > 0 else "0-0"

@@ -1,0 +1,1 @@
+"""Bytes and paths: storage drivers know nothing of HTTP, users or events."""

@@ -1,0 +1,365 @@
+# -*- test-case-name: tests.storage.test_filesystem -*-
+"""
+Filesystem storage: the reference registry's tree under one root directory.
+
+Blocking calls run through an injected run_in_thread; only creating a spool
+and writing request bytes into it happen on the reactor thread, where the
+socket cannot outrun the disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import uuid
+
+from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IPullProducer
+from zope.interface import implementer
+
+from regd.storage import paths
+from regd.storage.interfaces import FileInfo, IBlobReader, IBodySpool, IStorageDriver, InvalidPath, PathNotFound
+
+COPY_CHUNK = 1024 * 1024
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@implementer(IBodySpool)
+class FileSpool:
+    """
+    A body spool in <root>/regd/spool, on the storage filesystem so that a
+    rename can place it. Appends go straight to the descriptor (no Python
+    buffering: twisted.web already hands us socket-sized chunks) and are
+    hashed as they pass. Deleted on close unless a driver adopted it.
+    """
+
+    def __init__(self, directory: str):
+        os.makedirs(directory, exist_ok=True)
+        self.path = os.path.join(directory, uuid.uuid4().hex)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o666)
+        self._position = 0
+        self.hasher = hashlib.sha256()
+        self.size = 0
+        self.adopted = False
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        self.hasher.update(data)
+        self.size += len(data)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence == os.SEEK_SET:
+            self._position = offset
+        elif whence == os.SEEK_CUR:
+            self._position += offset
+        else:
+            self._position = self.size + offset
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            size = max(self.size - self._position, 0)
+        data = os.pread(self._fd, size, self._position)
+        self._position += len(data)
+        return data
+
+    def flush_to_disk(self) -> None:
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        os.close(self._fd)
+        if not self.adopted:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+
+@implementer(IPullProducer)
+class _FileProducer:
+    chunk_size = 256 * 1024
+
+    def __init__(self, reader, consumer, offset, length):
+        self._reader = reader
+        self._consumer = consumer
+        self._remaining = length
+        self._file = reader._file
+        self._file.seek(offset)
+        self.done = defer.Deferred()
+
+    def resumeProducing(self):
+        if self._remaining <= 0:
+            self._finish()
+            return
+        data = self._file.read(min(self.chunk_size, self._remaining))
+        if not data:
+            self._consumer.unregisterProducer()
+            self._reader.close()
+            self.done.errback(IOError("blob shorter than expected"))
+            return
+        self._remaining -= len(data)
+        self._consumer.write(data)
+        if self._remaining <= 0:
+            self._finish()
+
+    def _finish(self):
+        if self.done.called:
+            return
+        self._consumer.unregisterProducer()
+        self._reader.close()
+        self.done.callback(None)
+
+    def stopProducing(self):
+        self._reader.close()
+        if not self.done.called:
+            self.done.errback(ConnectionDone("consumer stopped the producer"))
+
+
+@implementer(IBlobReader)
+class FileReader:
+    def __init__(self, file, size: int, run_in_thread):
+        self._file = file
+        self.size = size
+        self._run = run_in_thread
+
+    def stream_to(self, consumer, offset: int = 0, length: int | None = None):
+        if length is None:
+            length = self.size - offset
+        producer = _FileProducer(self, consumer, offset, length)
+        consumer.registerProducer(producer, False)
+        return producer.done
+
+    def read_all(self):
+        def read():
+            self._file.seek(0)
+            try:
+                return self._file.read()
+            finally:
+                self._file.close()
+        return self._run(read)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+@implementer(IStorageDriver)
+class FilesystemDriver:
+    def __init__(self, root: str, run_in_thread):
+        self.root = os.path.abspath(root)
+        self._run = run_in_thread
+        self._spool_dir = os.path.join(self.root, *paths.SPOOL.split("/"))
+
+    def _full(self, path: str) -> str:
+        if not isinstance(path, str) or not path or path.startswith("/") or "\\" in path or "\0" in path:
+            raise InvalidPath(path)
+        parts = path.split("/")
+        if any(p in ("", ".", "..") for p in parts):
+            raise InvalidPath(path)
+        return os.path.join(self.root, *parts)
+
+    # small objects
+
+    def get_content(self, path: str):
+        return self._deferred(self._get_content, path)
+
+    def _deferred(self, function, *args):
+        """Run a blocking step through the injected runner; always a Deferred."""
+        try:
+            return self._run(function, *args)
+        except BaseException:
+            return defer.fail()
+
+    def _get_content(self, path):
+        full = self._full(path)
+        try:
+            with open(full, "rb") as f:
+                return f.read()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise PathNotFound(path) from None
+
+    def put_content(self, path: str, data: bytes):
+        return self._deferred(self._put_content, path, data)
+
+    def _put_content(self, path, data):
+        full = self._full(path)
+        directory = os.path.dirname(full)
+        os.makedirs(directory, exist_ok=True)
+        temp = f"{full}.{uuid.uuid4().hex}.tmp"
+        try:
+            with open(temp, "xb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temp, full)
+        except BaseException:
+            try:
+                os.unlink(temp)
+            except FileNotFoundError:
+                pass
+            raise
+        _fsync_dir(directory)
+
+    def stat(self, path: str):
+        return self._deferred(self._stat, path)
+
+    def _stat(self, path):
+        full = self._full(path)
+        try:
+            st = os.stat(full)
+        except (FileNotFoundError, NotADirectoryError):
+            raise PathNotFound(path) from None
+        return FileInfo(path, st.st_size, st.st_mtime, stat.S_ISDIR(st.st_mode))
+
+    def list(self, path: str):
+        return self._deferred(self._list, path)
+
+    def _list(self, path):
+        full = self._full(path)
+        try:
+            return sorted(os.listdir(full))
+        except (FileNotFoundError, NotADirectoryError):
+            raise PathNotFound(path) from None
+
+    def delete(self, path: str):
+        return self._deferred(self._delete, path)
+
+    def _delete(self, path):
+        full = self._full(path)
+        try:
+            if os.path.isdir(full) and not os.path.islink(full):
+                shutil.rmtree(full)
+            else:
+                os.unlink(full)
+        except (FileNotFoundError, NotADirectoryError):
+            raise PathNotFound(path) from None
+
+    def move(self, source: str, destination: str):
+        return self._deferred(self._move, source, destination)
+
+    def _move(self, source, destination):
+        src, dst = self._full(source), self._full(destination)
+        try:
+            fd = os.open(src, os.O_RDONLY)
+        except (FileNotFoundError, NotADirectoryError):
+            raise PathNotFound(source) from None
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        directory = os.path.dirname(dst)
+        os.makedirs(directory, exist_ok=True)
+        os.replace(src, dst)
+        _fsync_dir(directory)
+
+    def truncate(self, path: str, size: int):
+        return self._deferred(self._truncate, path, size)
+
+    def _truncate(self, path, size):
+        full = self._full(path)
+        try:
+            os.truncate(full, size)
+        except (FileNotFoundError, NotADirectoryError):
+            raise PathNotFound(path) from None
+
+    # streams
+
+    def reader(self, path: str):
+        return self._deferred(self._open, path)
+
+    def _open(self, path):
+        full = self._full(path)
+        try:
+            f = open(full, "rb", buffering=0)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise PathNotFound(path) from None
+        return FileReader(f, os.fstat(f.fileno()).st_size, self._run)
+
+    def new_spool(self):
+        return FileSpool(self._spool_dir)
+
+    def store_spool(self, spool, path: str, hasher=None):
+        return self._deferred(self._store_spool, spool, path, hasher)
+
+    def _store_spool(self, spool, path, hasher):
+        full = self._full(path)
+        try:
+            existing = os.stat(full).st_size
+        except FileNotFoundError:
+            existing = 0
+        try:
+            if existing == 0:
+                spool.flush_to_disk()
+                directory = os.path.dirname(full)
+                os.makedirs(directory, exist_ok=True)
+                os.replace(spool.path, full)
+                spool.adopted = True
+                _fsync_dir(directory)
+                return spool.size
+            with open(full, "r+b") as target:
+                target.seek(existing)
+                try:
+                    spool.seek(0)
+                    while True:
+                        chunk = spool.read(COPY_CHUNK)
+                        if not chunk:
+                            break
+                        target.write(chunk)
+                        if hasher is not None:
+                            hasher.update(chunk)
+                    target.flush()
+                    os.fsync(target.fileno())
+                except BaseException:
+                    target.truncate(existing)
+                    raise
+                return existing + spool.size
+        finally:
+            spool.close()
+
+    def digest_file(self, path: str, algorithm: str):
+        return self._deferred(self._digest_file, path, algorithm)
+
+    def _digest_file(self, path, algorithm):
+        full = self._full(path)
+        hasher = hashlib.new(algorithm)
+        try:
+            with open(full, "rb") as f:
+                while True:
+                    chunk = f.read(COPY_CHUNK)
+                    if not chunk:
+                        break
+                    hasher.update(chunk)
+        except (FileNotFoundError, NotADirectoryError):
+            raise PathNotFound(path) from None
+        return hasher
+
+    def walk_repositories(self, root: str):
+        return self._deferred(self._walk, root)
+
+    def _walk(self, root):
+        base = self._full(root)
+        found = []
+        for directory, subdirs, _files in os.walk(base):
+            if "_manifests" in subdirs:
+                found.append(os.path.relpath(directory, base).replace(os.sep, "/"))
+            subdirs[:] = sorted(d for d in subdirs if not d.startswith("_"))
+        return sorted(found)

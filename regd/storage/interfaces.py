@@ -1,0 +1,154 @@
+# -*- test-case-name: tests.storage.test_contract -*-
+"""
+The one seam between the registry service and where bytes live.
+
+Every method that may touch a disk or a network returns a Deferred, so a
+driver is free to run it in a thread (filesystem) or over HTTP (S3). Paths
+are the slash-separated, root-relative strings that L{regd.storage.paths}
+builds; a driver never sees anything else and must refuse anything that
+could escape its root.
+
+Uploaded bodies arrive through an L{IBodySpool}: the HTTP layer writes the
+request body into it as it streams off the socket (hashing as it goes), and
+the service hands the finished spool to L{IStorageDriver.store_spool}, which
+places it with a rename when it can, so a layer is written once.
+"""
+
+from __future__ import annotations
+
+import attrs
+from zope.interface import Attribute, Interface
+
+
+class StorageError(Exception):
+    """A driver failure that is not the client's fault."""
+
+
+class PathNotFound(StorageError):
+    """Nothing is stored at that path."""
+
+    def __init__(self, path: str):
+        super().__init__(path)
+        self.path = path
+
+
+class InvalidPath(StorageError):
+    """A path that could escape the driver's root or is otherwise malformed."""
+
+
+@attrs.frozen
+class FileInfo:
+    path: str
+    size: int
+    modified: float  # seconds since the epoch
+    is_dir: bool
+
+
+class IBodySpool(Interface):
+    """
+    A request body on its way to storage: a write-only file for twisted.web
+    that hashes every byte written (sha256) and disappears on close unless a
+    driver has taken it over.
+
+    It honours the file methods twisted.web calls on C{request.content}:
+    write, seek, tell, read, close.
+    """
+
+    size = Attribute("Number of bytes written so far.")
+    hasher = Attribute("hashlib sha256 object over every byte written.")
+
+    def write(data: bytes) -> None:
+        """Append bytes (and hash them)."""
+
+    def seek(offset: int, whence: int = 0) -> int:
+        """File seek."""
+
+    def tell() -> int:
+        """File tell."""
+
+    def read(size: int = -1) -> bytes:
+        """File read; only used by twisted.web for form bodies, which we refuse."""
+
+    def close() -> None:
+        """Release the spool; its bytes are discarded unless a driver adopted it."""
+
+
+class IBlobReader(Interface):
+    """An open stored object, ready to stream to a consumer."""
+
+    size = Attribute("Total size of the object in bytes.")
+
+    def stream_to(consumer, offset: int = 0, length: int | None = None):
+        """
+        Write C{length} bytes from C{offset} to C{consumer} (an IConsumer such
+        as a twisted.web request), registering a producer so the consumer's
+        backpressure is honoured. Returns a Deferred that fires with None
+        once every byte was written, or fails if the consumer stopped the
+        producer (client went away). The reader is closed either way.
+        """
+
+    def read_all():
+        """Deferred[bytes]: the whole object; only for small objects."""
+
+    def close() -> None:
+        """Release the underlying handle."""
+
+
+class IStorageDriver(Interface):
+    """Asynchronous, streaming storage of objects by path."""
+
+    def get_content(path: str):
+        """Deferred[bytes]: a small object's bytes; fails with PathNotFound."""
+
+    def put_content(path: str, data: bytes):
+        """Deferred[None]: write a small object atomically (readers see old or new)."""
+
+    def stat(path: str):
+        """Deferred[FileInfo]: fails with PathNotFound."""
+
+    def list(path: str):
+        """Deferred[list[str]]: names of the direct children of a directory, sorted; PathNotFound if absent."""
+
+    def delete(path: str):
+        """Deferred[None]: remove an object or a whole directory tree; PathNotFound if absent."""
+
+    def move(source: str, destination: str):
+        """
+        Deferred[None]: atomically and durably replace destination with
+        source (data flushed before it becomes visible under the new name).
+        """
+
+    def reader(path: str):
+        """Deferred[IBlobReader]: open an object for streaming; PathNotFound if absent."""
+
+    def new_spool():
+        """
+        IBodySpool: synchronously create an empty spool. Called from the
+        reactor thread as a request's headers arrive, so it must be cheap.
+        """
+
+    def store_spool(spool, path: str, hasher=None):
+        """
+        Deferred[int]: put a finished spool's bytes at the end of the object
+        at C{path} (creating it if absent) and fire with the object's new
+        size. If the object is absent or empty the spool is adopted whole
+        (a rename on a filesystem); otherwise its bytes are appended, and
+        also fed to C{hasher} if one is given. The spool is closed after.
+        """
+
+    def digest_file(path: str, algorithm: str):
+        """
+        Deferred[hashlib object]: hash a stored object from its start, off the
+        reactor thread. Used when an upload is resumed after a restart and its
+        running hash is gone.
+        """
+
+    def walk_repositories(root: str):
+        """
+        Deferred[list[str]]: every repository name under C{root} (the
+        repositories directory), sorted; a repository is a directory holding
+        C{_manifests}; directories starting with '_' are not descended.
+        """
+
+    def truncate(path: str, size: int):
+        """Deferred[None]: cut an object back to C{size} bytes (failed append)."""

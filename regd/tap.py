@@ -1,0 +1,150 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+The composition root: twistd calls makeService with the parsed options; this
+is the only module that imports the global reactor. Building the graph
+starts nothing; the services start it when twistd runs them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from twisted.application import internet, service
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.python.threadpool import ThreadPool
+
+from regd.config import ConfigError, load_config
+
+log = Logger()
+
+
+class Options(usage.Options):
+    synopsis = "[--config PATH]"
+    longdesc = "Run the regd container image registry."
+    optParameters = [["config", "c", None, "Path to the YAML configuration (registry:2 format)."]]
+
+    def postOptions(self):
+        # Refuse to start with one line naming the key and the problem.
+        try:
+            self["loaded"] = load_config(self["config"], os.environ, default_root=os.path.abspath("data"))
+        except ConfigError as e:
+            sys.stderr.write(f"regd: configuration error: {e}\n")
+            raise SystemExit(1)
+
+
+class RegdService(service.MultiService):
+    """
+    The root service. When twistd attaches it to its Application it installs
+    regd's log observer there, so the `log` section decides level and format.
+    """
+
+    def __init__(self, log_observer=None):
+        super().__init__()
+        self.log_observer = log_observer
+
+    def setServiceParent(self, parent):
+        super().setServiceParent(parent)
+        set_component = getattr(parent, "setComponent", None)
+        if self.log_observer is not None and set_component is not None:
+            from twisted.logger import ILogObserver
+            set_component(ILogObserver, self.log_observer)
+
+
+class ThreadPoolService(service.Service):
+    """Runs a ThreadPool for as long as the daemon runs."""
+
+    def __init__(self, pool: ThreadPool):
+        self.pool = pool
+
+    def startService(self):
+        super().startService()
+        self.pool.start()
+
+    def stopService(self):
+        super().stopService()
+        self.pool.stop()
+
+
+def listen_description(host: str, port: int) -> str:
+    interface = host.replace(":", "\\:")
+    if interface:
+        return f"tcp:{port}:interface={interface}"
+    return f"tcp:{port}"
+
+
+def makeService(options) -> service.MultiService:
+    from twisted.internet import reactor
+
+    from regd.http.api import RegistryAPI
+    from regd.http.responses import UrlBuilder
+    from regd.http.site import RegdSite
+    from regd.registry.manifests import UrlPolicy
+    from regd.registry.service import Registry
+    from regd.storage.threads import thread_pool_runner
+
+    loaded = options["loaded"]
+    config = loaded.config
+    for warning in loaded.warnings:
+        log.warn("configuration: {warning}", warning=warning)
+
+    from regd.logging import make_observer
+    root = RegdService(make_observer(config.log))
+    storage = config.storage
+    if storage.driver == "inmemory":
+        from regd.storage.memory import InMemoryDriver
+        driver = InMemoryDriver()
+    else:
+        from regd.storage.filesystem import FilesystemDriver
+        pool = ThreadPool(minthreads=1, maxthreads=storage.filesystem.maxthreads, name="regd-storage")
+        ThreadPoolService(pool).setServiceParent(root)
+        driver = FilesystemDriver(storage.filesystem.rootdirectory, thread_pool_runner(reactor, pool))
+
+    url_rules = config.validation.manifests.urls
+    registry = Registry(
+        driver, reactor,
+        delete_enabled=storage.delete.enabled,
+        readonly=storage.maintenance.readonly.enabled,
+        url_policy=UrlPolicy(tuple(url_rules.allow), tuple(url_rules.deny)),
+        validate_manifests=not config.validation.disabled,
+    )
+    prefix = config.http.prefix.rstrip("/")
+    urls = UrlBuilder(relative=config.http.relativeurls, base=config.http.host or None, prefix=prefix)
+    api = RegistryAPI(registry, urls)
+    site = RegdSite(mount_at_prefix(api.resource(), prefix), registry.new_spool,
+                    spool_threshold=config.regd.spoolthreshold, max_body_size=config.regd.maxbodysize,
+                    extra_headers=config.http.headers, access_log=not config.log.accesslog_disabled)
+    endpoint = serverFromString(reactor, listen_description(config.http.host_addr, config.http.port))
+    internet.StreamServerEndpointService(endpoint, site).setServiceParent(root)
+
+    purging = storage.maintenance.uploadpurging
+    if purging.enabled:
+        def purge():
+            d = registry.purge_uploads(purging.age, purging.dryrun)
+            return d
+        internet.TimerService(purging.interval, _run_logged, purge).setServiceParent(root)
+    return root
+
+
+def mount_at_prefix(resource, prefix: str):
+    """Serve the API below http.prefix (e.g. /my/registry/v2/...)."""
+    from twisted.web.resource import Resource
+    segments = [s for s in prefix.split("/") if s]
+    if not segments:
+        return resource
+    root = node = Resource()
+    for segment in segments[:-1]:
+        child = Resource()
+        node.putChild(segment.encode("utf-8"), child)
+        node = child
+    node.putChild(segments[-1].encode("utf-8"), resource)
+    return root
+
+
+def _run_logged(function):
+    from twisted.internet import defer
+    d = defer.ensureDeferred(function())
+    d.addErrback(lambda f: log.failure("scheduled maintenance failed", f))
+    return d

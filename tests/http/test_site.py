@@ -1,0 +1,96 @@
+"""Request bodies stream into storage spools, not into temporary files elsewhere."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import tempfile
+
+from twisted.internet import reactor, task, threads
+from twisted.trial.unittest import TestCase
+
+from regd.storage.interfaces import IBodySpool
+from tests.support.server import RegistryServer, header
+
+
+def _raw_request(port: int, head: bytes, body_chunks, read_response=True) -> bytes:
+    """Blocking raw HTTP/1.1 exchange, run in a thread by the tests."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(head)
+        for chunk in body_chunks:
+            sock.sendall(chunk)
+        if not read_response:
+            return b""
+        data = b""
+        while b"\r\n\r\n" not in data:
+            more = sock.recv(65536)
+            if not more:
+                break
+            data += more
+        return data
+
+
+class SpoolTests(TestCase):
+    async def test_large_body_goes_to_storage_spool_not_tmp(self):
+        server = RegistryServer(self, spool_threshold=1024)
+        seen = []
+        original = server.site.requestFactory.spool_factory
+
+        def recording_factory():
+            spool = original()
+            seen.append(spool)
+            return spool
+
+        server.site.requestFactory.spool_factory = staticmethod(recording_factory)
+        before = set(os.listdir(tempfile.gettempdir()))
+        data = os.urandom(2_000_000)
+        digest = await server.push_blob("demo", data)
+        self.assertEqual(len(seen), 1)
+        self.assertTrue(IBodySpool.providedBy(seen[0]))
+        self.assertEqual(set(os.listdir(tempfile.gettempdir())) - before, set())
+        _, body = await server.request("GET", f"/v2/demo/blobs/{digest}")
+        self.assertEqual(hashlib.sha256(body).hexdigest(), digest.split(":")[1])
+        spool_dir = os.path.join(server.root, "regd", "spool")
+        self.assertEqual(os.listdir(spool_dir), [])
+
+    async def test_chunked_transfer_encoding_upload(self):
+        server = RegistryServer(self)
+        port = server.port.getHost().port
+        data = os.urandom(300_000)
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        response, _ = await server.request("POST", "/v2/demo/blobs/uploads/")
+        location = header(response, "Location").split(str(port), 1)[1]
+        head = (f"PATCH {location} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                "Transfer-Encoding: chunked\r\nContent-Type: application/octet-stream\r\n"
+                "Connection: close\r\n\r\n").encode()
+        pieces = [data[i:i + 65536] for i in range(0, len(data), 65536)]
+        chunks = [b"%x\r\n%s\r\n" % (len(p), p) for p in pieces] + [b"0\r\n\r\n"]
+        reply = await threads.deferToThread(_raw_request, port, head, chunks)
+        self.assertTrue(reply.startswith(b"HTTP/1.1 202"), reply[:200])
+        response, body = await server.request("PUT", f"{location}?digest={digest}")
+        self.assertEqual(response.code, 201, body)
+        _, body = await server.request("GET", f"/v2/demo/blobs/{digest}")
+        self.assertEqual(body, data)
+
+    async def test_dropped_upload_leaves_no_spool(self):
+        server = RegistryServer(self, spool_threshold=1024)
+        port = server.port.getHost().port
+        head = (f"POST /v2/demo/blobs/uploads/?digest=sha256:{'a' * 64} HTTP/1.1\r\n"
+                f"Host: 127.0.0.1:{port}\r\nContent-Length: 10000000\r\n\r\n").encode()
+        await threads.deferToThread(_raw_request, port, head, [b"x" * 100_000], False)
+        spool_dir = os.path.join(server.root, "regd", "spool")
+        for _ in range(100):
+            if os.path.isdir(spool_dir) and not os.listdir(spool_dir):
+                break
+            await task.deferLater(reactor, 0.02, lambda: None)
+        self.assertEqual(os.listdir(spool_dir), [])
+
+    async def test_body_over_limit_is_refused_with_413(self):
+        server = RegistryServer(self, max_body_size=1000)
+        port = server.port.getHost().port
+        head = (f"POST /v2/demo/blobs/uploads/?digest=sha256:{'a' * 64} HTTP/1.1\r\n"
+                f"Host: 127.0.0.1:{port}\r\nContent-Length: 5000\r\n\r\n").encode()
+        reply = await threads.deferToThread(_raw_request, port, head, [b"x" * 5000])
+        self.assertTrue(reply.startswith(b"HTTP/1.1 413"), reply[:100])
+        self.assertIn(b"Docker-Distribution-API-Version: registry/2.0", reply)

@@ -1,0 +1,185 @@
+"""The storage driver contract, run against every driver."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+from twisted.internet.error import ConnectionDone
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from regd.storage.filesystem import FilesystemDriver
+from regd.storage.interfaces import IBlobReader, IBodySpool, IStorageDriver, InvalidPath, PathNotFound
+from regd.storage.memory import InMemoryDriver
+from regd.storage.threads import inline_runner
+
+
+class FakeConsumer:
+    """Drives a pull producer the way twisted.web's _PullToPush does."""
+
+    def __init__(self):
+        self.data = []
+        self.producer = None
+        self.unregistered = False
+
+    def registerProducer(self, producer, streaming):
+        assert streaming is False
+        self.producer = producer
+
+    def unregisterProducer(self):
+        self.unregistered = True
+        self.producer = None
+
+    def write(self, data):
+        self.data.append(data)
+
+    def pump(self, times=10_000):
+        for _ in range(times):
+            if self.producer is None:
+                return
+            self.producer.resumeProducing()
+
+
+class DriverContract:
+    def make_driver(self):
+        raise NotImplementedError
+
+    def setUp(self):
+        self.driver = self.make_driver()
+
+    def ok(self, d):
+        return self.successResultOf(d)
+
+    def test_provides_interfaces(self):
+        self.assertTrue(verifyObject(IStorageDriver, self.driver))
+        spool = self.driver.new_spool()
+        self.assertTrue(verifyObject(IBodySpool, spool))
+        spool.close()
+        self.ok(self.driver.put_content("a/b", b"x"))
+        reader = self.ok(self.driver.reader("a/b"))
+        self.assertTrue(verifyObject(IBlobReader, reader))
+        reader.close()
+
+    def test_put_get_overwrite(self):
+        self.ok(self.driver.put_content("x/y/z", b"one"))
+        self.assertEqual(self.ok(self.driver.get_content("x/y/z")), b"one")
+        self.ok(self.driver.put_content("x/y/z", b"two!"))
+        self.assertEqual(self.ok(self.driver.get_content("x/y/z")), b"two!")
+        info = self.ok(self.driver.stat("x/y/z"))
+        self.assertEqual((info.size, info.is_dir), (4, False))
+        self.assertTrue(self.ok(self.driver.stat("x/y")).is_dir)
+
+    def test_missing_paths(self):
+        for call in (lambda: self.driver.get_content("no/such"), lambda: self.driver.stat("no/such"),
+                     lambda: self.driver.list("no/such"), lambda: self.driver.delete("no/such"),
+                     lambda: self.driver.move("no/such", "else"), lambda: self.driver.reader("no/such"),
+                     lambda: self.driver.digest_file("no/such", "sha256")):
+            self.failureResultOf(call(), PathNotFound)
+
+    def test_invalid_paths_refused(self):
+        for path in ("/etc/passwd", "../x", "a/../../b", "a//b", "a/./b", "", "a\\b", "a\0b"):
+            self.failureResultOf(self.driver.put_content(path, b"x"), InvalidPath)
+            self.failureResultOf(self.driver.get_content(path), InvalidPath)
+
+    def test_list_and_delete_tree(self):
+        for path in ("r/a/1", "r/a/2", "r/b", "r/c/d/e"):
+            self.ok(self.driver.put_content(path, b"."))
+        self.assertEqual(self.ok(self.driver.list("r")), ["a", "b", "c"])
+        self.ok(self.driver.delete("r/a"))
+        self.assertEqual(self.ok(self.driver.list("r")), ["b", "c"])
+        self.ok(self.driver.delete("r/b"))
+        self.failureResultOf(self.driver.get_content("r/b"), PathNotFound)
+
+    def test_move_replaces(self):
+        self.ok(self.driver.put_content("s", b"new"))
+        self.ok(self.driver.put_content("d/e", b"old"))
+        self.ok(self.driver.move("s", "d/e"))
+        self.assertEqual(self.ok(self.driver.get_content("d/e")), b"new")
+        self.failureResultOf(self.driver.get_content("s"), PathNotFound)
+
+    def test_spool_adopted_whole_then_appended(self):
+        first = self.driver.new_spool()
+        first.write(b"hello ")
+        self.assertEqual(first.size, 6)
+        self.assertEqual(first.hasher.hexdigest(), hashlib.sha256(b"hello ").hexdigest())
+        self.assertEqual(self.ok(self.driver.store_spool(first, "u/data")), 6)
+        hasher = hashlib.sha256(b"hello ")
+        second = self.driver.new_spool()
+        second.write(b"wor")
+        second.write(b"ld")
+        self.assertEqual(self.ok(self.driver.store_spool(second, "u/data", hasher=hasher)), 11)
+        self.assertEqual(self.ok(self.driver.get_content("u/data")), b"hello world")
+        self.assertEqual(hasher.hexdigest(), hashlib.sha256(b"hello world").hexdigest())
+        first.close()
+        second.close()  # closing twice (twisted.web does) is harmless
+        self.assertEqual(self.ok(self.driver.get_content("u/data")), b"hello world")
+
+    def test_spool_behaves_as_a_file_for_twisted_web(self):
+        spool = self.driver.new_spool()
+        spool.write(b"abcdef")
+        spool.seek(0, 0)
+        self.assertEqual(spool.read(3), b"abc")
+        self.assertEqual(spool.read(), b"def")
+        spool.seek(0)
+        spool.write(b"gh")  # writes always append
+        self.assertEqual(spool.size, 8)
+        spool.close()
+
+    def test_reader_streams_ranges(self):
+        data = os.urandom(700_000)
+        self.ok(self.driver.put_content("blob", data))
+        reader = self.ok(self.driver.reader("blob"))
+        self.assertEqual(reader.size, len(data))
+        consumer = FakeConsumer()
+        d = reader.stream_to(consumer)
+        consumer.pump()
+        self.ok(d)
+        self.assertTrue(consumer.unregistered)
+        self.assertEqual(b"".join(consumer.data), data)
+        reader = self.ok(self.driver.reader("blob"))
+        consumer = FakeConsumer()
+        d = reader.stream_to(consumer, 1000, 300_000)
+        consumer.pump()
+        self.ok(d)
+        self.assertEqual(b"".join(consumer.data), data[1000:301_000])
+
+    def test_reader_stopped_midway_fails_its_deferred(self):
+        self.ok(self.driver.put_content("blob", b"z" * 600_000))
+        reader = self.ok(self.driver.reader("blob"))
+        consumer = FakeConsumer()
+        d = reader.stream_to(consumer)
+        consumer.producer.resumeProducing()
+        consumer.producer.stopProducing()
+        self.failureResultOf(d, ConnectionDone)
+        self.assertLess(sum(map(len, consumer.data)), 600_000)
+
+    def test_read_all_and_digest(self):
+        self.ok(self.driver.put_content("f", b"content"))
+        self.assertEqual(self.ok(self.ok(self.driver.reader("f")).read_all()), b"content")
+        hasher = self.ok(self.driver.digest_file("f", "sha512"))
+        self.assertEqual(hasher.hexdigest(), hashlib.sha512(b"content").hexdigest())
+
+    def test_truncate(self):
+        self.ok(self.driver.put_content("f", b"0123456789"))
+        self.ok(self.driver.truncate("f", 4))
+        self.assertEqual(self.ok(self.driver.get_content("f")), b"0123")
+
+    def test_walk_repositories(self):
+        root = "docker/registry/v2/repositories"
+        for path in ("a/_manifests/tags/t/current/link", "b/c/_manifests/revisions/x",
+                     "b/_uploads/u/data", "d/_layers/_manifests/x", "e/f/g/_manifests/x"):
+            self.ok(self.driver.put_content(f"{root}/{path}", b"."))
+        self.assertEqual(self.ok(self.driver.walk_repositories(root)), ["a", "b/c", "e/f/g"])
+        self.assertEqual(self.ok(self.driver.walk_repositories("nothing/here")), [])
+
+
+class FilesystemContractTests(DriverContract, SynchronousTestCase):
+    def make_driver(self):
+        self.root = self.mktemp()
+        return FilesystemDriver(self.root, inline_runner)
+
+
+class MemoryContractTests(DriverContract, SynchronousTestCase):
+    def make_driver(self):
+        return InMemoryDriver()

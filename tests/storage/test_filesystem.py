@@ -1,0 +1,81 @@
+"""Filesystem-only guarantees: atomic placement, spools on the storage filesystem, threads."""
+
+from __future__ import annotations
+
+import os
+
+from twisted.internet import reactor
+from twisted.python.threadpool import ThreadPool
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from regd.storage.filesystem import FilesystemDriver
+from regd.storage.threads import inline_runner, thread_pool_runner
+
+
+class FilesystemTests(SynchronousTestCase):
+    def setUp(self):
+        self.root = os.path.abspath(self.mktemp())
+        self.driver = FilesystemDriver(self.root, inline_runner)
+
+    def all_files(self):
+        found = []
+        for directory, _dirs, files in os.walk(self.root):
+            found.extend(os.path.relpath(os.path.join(directory, f), self.root) for f in files)
+        return sorted(found)
+
+    def test_put_content_leaves_no_temporary_files(self):
+        for i in range(3):
+            self.successResultOf(self.driver.put_content("a/b/link", b"v%d" % i))
+        self.assertEqual(self.all_files(), ["a/b/link"])
+
+    def test_spool_lives_under_root_and_is_adopted_by_rename(self):
+        spool = self.driver.new_spool()
+        self.assertTrue(spool.path.startswith(os.path.join(self.root, "regd", "spool") + os.sep))
+        spool.write(b"x" * 1000)
+        inode = os.stat(spool.path).st_ino
+        self.successResultOf(self.driver.store_spool(spool, "docker/registry/v2/repositories/r/_uploads/u/data"))
+        target = os.path.join(self.root, "docker/registry/v2/repositories/r/_uploads/u/data")
+        self.assertEqual(os.stat(target).st_ino, inode)
+        spool.close()
+        self.assertTrue(os.path.exists(target))
+        self.assertEqual(os.listdir(os.path.join(self.root, "regd", "spool")), [])
+
+    def test_unadopted_spool_is_deleted_on_close(self):
+        spool = self.driver.new_spool()
+        spool.write(b"partial")
+        spool.close()
+        self.assertFalse(os.path.exists(spool.path))
+
+    def test_failed_append_is_rolled_back(self):
+        self.successResultOf(self.driver.put_content("data", b"12345"))
+        spool = self.driver.new_spool()
+        spool.write(b"67890")
+
+        class BrokenHasher:
+            def update(self, data):
+                raise OSError("disk on fire")
+
+        self.failureResultOf(self.driver.store_spool(spool, "data", hasher=BrokenHasher()), OSError)
+        self.assertEqual(self.successResultOf(self.driver.get_content("data")), b"12345")
+
+    def test_directories_and_files_follow_umask(self):
+        old = os.umask(0o022)
+        try:
+            self.successResultOf(self.driver.put_content("d/f", b"."))
+        finally:
+            os.umask(old)
+        self.assertEqual(os.stat(os.path.join(self.root, "d")).st_mode & 0o777, 0o755)
+        self.assertEqual(os.stat(os.path.join(self.root, "d", "f")).st_mode & 0o777, 0o644)
+
+
+class ThreadPoolTests(TestCase):
+    async def test_real_thread_pool(self):
+        pool = ThreadPool(minthreads=1, maxthreads=2, name="test-storage")
+        pool.start()
+        self.addCleanup(pool.stop)
+        driver = FilesystemDriver(self.mktemp(), thread_pool_runner(reactor, pool))
+        await driver.put_content("x/y", b"threaded")
+        self.assertEqual(await driver.get_content("x/y"), b"threaded")
+        spool = driver.new_spool()
+        spool.write(b"abc")
+        self.assertEqual(await driver.store_spool(spool, "x/z"), 3)

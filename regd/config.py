@@ -301,25 +301,19 @@ def _walk(document: Any, schema: dict, path: str, out: dict, warnings: list[str]
 
 
 def _env_path(parts: list[str], schema: dict) -> list[str] | None:
-    """Map REGISTRY_A_B_C's parts onto a key path of the schema."""
-    if not parts:
-        return []
-    for length in range(len(parts), 0, -1):
-        key = "".join(parts[:length]).lower()
-        candidates = [k for k in schema if k.replace("_", "") == key]
-        if not candidates:
-            continue
-        spec = schema[candidates[0]]
-        rest = parts[length:]
-        if not rest:
-            return [candidates[0]]
-        if isinstance(spec, dict):
-            tail = _env_path(rest, spec)
-            if tail is not None:
-                return [candidates[0]] + tail
-        elif spec is RAW:
-            return [candidates[0]] + [p.lower() for p in rest]
-    return None
+    """
+    Map REGISTRY_A_B_C onto the key path a.b.c, as registry:2 does ('_'
+    separates levels; keys have no '_'). None if no known key is named.
+    """
+    path = [p.lower() for p in parts]
+    node: Any = schema
+    for key in path:
+        if node is RAW:
+            return path
+        if not isinstance(node, dict) or key not in node or node[key] is IGNORED:
+            return None
+        node = node[key]
+    return path if path else None
 
 
 def _apply_environment(document: dict, environ: Mapping[str, str], warnings: list[str]) -> None:

@@ -69,10 +69,12 @@ class ThreadPoolService(service.Service):
 
 
 def listen_description(host: str, port: int) -> str:
+    """A server endpoint string for http.addr (':5000' means every interface)."""
+    if not host:
+        return f"tcp:{port}"
+    kind = "tcp6" if ":" in host else "tcp"
     interface = host.replace(":", "\\:")
-    if interface:
-        return f"tcp:{port}:interface={interface}"
-    return f"tcp:{port}"
+    return f"{kind}:{port}:interface={interface}"
 
 
 def makeService(options) -> service.MultiService:

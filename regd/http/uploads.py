@@ -8,7 +8,6 @@ from regd.http.responses import context_of, header, query, respond
 from regd.oci.digest import Digest
 from regd.oci.errors import DigestInvalid
 from regd.oci.reference import validate_name
-from regd.storage.interfaces import IBodySpool
 
 
 def _range(size: int) -> str:
@@ -27,12 +26,9 @@ class UploadHandler:
         refused body never leaves a file behind (closing an adopted or
         already-closed spool does nothing).
         """
-        content = request.content
-        if IBodySpool.providedBy(content):
-            return content
-        content.seek(0)
-        spool = self._registry.uploads.spool_from_bytes(content.read())
-        request.notifyFinish().addBoth(lambda _: spool.close())
+        spool, made_here = self._registry.uploads.as_spool(request.content)
+        if made_here:
+            request.notifyFinish().addBoth(lambda _: spool.close())
         return spool
 
     def _upload_headers(self, request, name: str, upload_id: str, size: int) -> dict[str, str]:

@@ -24,7 +24,7 @@ from regd.registry.blobs import BlobInfo, BlobService
 from regd.registry.context import RequestContext
 from regd.registry.listener import BLOB, PUSH, ListenerSet, RegistryEvent
 from regd.storage import paths
-from regd.storage.interfaces import PathNotFound
+from regd.storage.interfaces import IBodySpool, PathNotFound
 
 log = Logger()
 
@@ -78,6 +78,17 @@ class UploadService:
         spool = self._driver.new_spool()
         spool.write(data)
         return spool
+
+    def as_spool(self, content) -> tuple[object, bool]:
+        """
+        A request body as a spool: the body itself when the HTTP layer
+        already streamed it into one, else a new spool holding its bytes.
+        The flag says whether the spool is new (its closing is the caller's).
+        """
+        if IBodySpool.providedBy(content):
+            return content, False
+        content.seek(0)
+        return self.spool_from_bytes(content.read()), True
 
     async def start(self, name: str) -> str:
         upload_id = str(uuid.uuid4())

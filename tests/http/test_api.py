@@ -329,6 +329,21 @@ class ManifestTests(TestCase):
         self.assertEqual((response.code, body), (200, raw))
         self.assertEqual(header(response, "Content-Type"), DOCKER_MANIFEST)
 
+    async def test_accept_sent_as_several_headers(self):
+        """Docker sends one Accept header per media type."""
+        server = RegistryServer(self)
+        document = await simple_image(server, "demo", media_type=DOCKER_MANIFEST)
+        _, _, raw = await server.push_manifest("demo", "v1", document, DOCKER_MANIFEST)
+        from twisted.web.http_headers import Headers
+        headers = Headers({"Accept": [OCI_MANIFEST, DOCKER_MANIFEST]})
+        response = await server.http.request("GET", server.url("/v2/demo/manifests/v1"), headers=headers)
+        import treq
+        self.assertEqual((response.code, await treq.content(response)), (200, raw))
+        headers = Headers({"Accept": [OCI_MANIFEST, "application/vnd.oci.image.index.v1+json"]})
+        response = await server.http.request("GET", server.url("/v2/demo/manifests/v1"), headers=headers)
+        body = await treq.content(response)
+        self.assertEqual((response.code, errors_of(body)), (404, ["MANIFEST_UNKNOWN"]))
+
     async def test_delete_by_tag_and_digest(self):
         server = RegistryServer(self)
         document = await simple_image(server, "demo")

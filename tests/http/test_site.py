@@ -94,3 +94,18 @@ class SpoolTests(TestCase):
         reply = await threads.deferToThread(_raw_request, port, head, [b"x" * 5000])
         self.assertTrue(reply.startswith(b"HTTP/1.1 413"), reply[:100])
         self.assertIn(b"Docker-Distribution-API-Version: registry/2.0", reply)
+
+
+class PlainHttpTests(TestCase):
+    async def test_tls_client_hello_gets_an_immediate_400(self):
+        server = RegistryServer(self)
+        port = server.port.getHost().port
+        hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64
+
+        def exchange():
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(hello)
+                return sock.recv(4096)
+
+        reply = await threads.deferToThread(exchange)
+        self.assertTrue(reply.startswith(b"HTTP/1.0 400 Bad Request"), reply)

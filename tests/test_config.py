@@ -1,0 +1,130 @@
+"""registry:2-format configuration, environment overrides, warnings and one-line errors."""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from regd.config import ConfigError, load_config, parse_config, parse_duration
+
+REFERENCE_CONFIG = """
+version: 0.1
+log:
+  level: debug
+  fields:
+    service: registry
+storage:
+  cache:
+    blobdescriptor: inmemory
+  filesystem:
+    rootdirectory: /var/lib/registry
+  delete:
+    enabled: true
+http:
+  addr: :5000
+  headers:
+    X-Content-Type-Options: [nosniff]
+health:
+  storagedriver:
+    enabled: true
+    interval: 10s
+    threshold: 3
+"""
+
+
+class ConfigTests(SynchronousTestCase):
+    def test_defaults_without_a_file(self):
+        loaded = parse_config(None, {}, default_root="/srv/data")
+        config = loaded.config
+        self.assertEqual((config.http.host_addr, config.http.port), ("", 5000))
+        self.assertEqual(config.storage.filesystem.rootdirectory, "/srv/data")
+        self.assertFalse(config.storage.delete.enabled)
+        self.assertTrue(config.storage.maintenance.uploadpurging.enabled)
+        self.assertEqual(config.storage.maintenance.uploadpurging.age, 168 * 3600)
+        self.assertEqual(loaded.warnings, ())
+
+    def test_reference_config_starts_regd(self):
+        loaded = parse_config(REFERENCE_CONFIG, {})
+        config = loaded.config
+        self.assertEqual(config.log.level, "debug")
+        self.assertEqual(config.storage.filesystem.rootdirectory, "/var/lib/registry")
+        self.assertTrue(config.storage.delete.enabled)
+        self.assertEqual(config.http.headers, {"X-Content-Type-Options": ("nosniff",)})
+        self.assertEqual(config.health["storagedriver"]["interval"], "10s")
+        self.assertEqual(list(loaded.warnings),
+                         ["configuration key storage.cache is accepted for compatibility and ignored by regd"])
+
+    def test_environment_overrides(self):
+        environ = {
+            "REGISTRY_HTTP_ADDR": "0.0.0.0:5001",
+            "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": "/tmp/elsewhere",
+            "REGISTRY_STORAGE_DELETE_ENABLED": "false",
+            "REGISTRY_STORAGE_MAINTENANCE_UPLOADPURGING_AGE": "2h",
+            "REGISTRY_HTTP_RELATIVEURLS": "true",
+            "REGISTRY_LOG_LEVEL": "warn",
+        }
+        config = parse_config(REFERENCE_CONFIG, environ).config
+        self.assertEqual((config.http.host_addr, config.http.port), ("0.0.0.0", 5001))
+        self.assertEqual(config.storage.filesystem.rootdirectory, "/tmp/elsewhere")
+        self.assertFalse(config.storage.delete.enabled)
+        self.assertEqual(config.storage.maintenance.uploadpurging.age, 7200)
+        self.assertTrue(config.http.relativeurls)
+        self.assertEqual(config.log.level, "warn")
+
+    def test_unknown_keys_are_warnings_naming_them(self):
+        loaded = parse_config("http:\n  adr: :5000\nstorage:\n  filesystem:\n    rootdir: /x\n",
+                              {"REGISTRY_NOPE_THING": "1"})
+        self.assertIn("unknown configuration key http.adr", loaded.warnings)
+        self.assertIn("unknown configuration key storage.filesystem.rootdir", loaded.warnings)
+        self.assertIn("environment variable REGISTRY_NOPE_THING matches no configuration key", loaded.warnings)
+
+    def assert_error(self, text, environ, expected):
+        with self.assertRaises(ConfigError) as caught:
+            parse_config(text, environ)
+        message = str(caught.exception)
+        self.assertEqual(message, expected)
+        self.assertNotIn("\n", message)
+
+    def test_invalid_values_name_the_key(self):
+        self.assert_error("http:\n  addr: abc\n", {},
+                          "http.addr: expected host:port (e.g. :5000 or 127.0.0.1:5000), got 'abc'")
+        self.assert_error("storage:\n  delete:\n    enabled: maybe\n", {},
+                          "storage.delete.enabled: expected true or false, got 'maybe'")
+        self.assert_error(None, {"REGISTRY_LOG_LEVEL": "loud"},
+                          "log.level: expected one of error, warn, info, debug, got 'loud'")
+        self.assert_error("validation:\n  manifests:\n    urls:\n      allow: ['(']\n", {},
+                          "validation.manifests.urls.allow: invalid regular expression '(': "
+                          "missing ), unterminated subpattern at position 0")
+        self.assert_error("storage:\n  s3:\n    bucket: x\n", {},
+                          "storage.s3: this storage driver is not available in regd (use filesystem)")
+        self.assert_error("storage:\n  maintenance:\n    uploadpurging:\n      age: soon\n", {},
+                          "storage.maintenance.uploadpurging.age: expected a duration like 10s or 1h30m, got 'soon'")
+        self.assert_error("http: [1, 2]\n", {}, "http: expected a map")
+        self.assert_error("http:\n  addr: ':5000\n", {}, "configuration: not valid YAML at line 3")
+
+    def test_missing_file(self):
+        with self.assertRaises(ConfigError) as caught:
+            load_config("/nonexistent/regd.yml", {})
+        self.assertIn("/nonexistent/regd.yml", str(caught.exception))
+
+    def test_shipped_sample_is_valid_and_complete(self):
+        sample = os.path.join(os.path.dirname(__file__), "..", "etc", "regd.yml")
+        loaded = load_config(sample, {})
+        self.assertEqual(loaded.warnings, ())
+        self.assertEqual(loaded.config.storage.filesystem.rootdirectory, "/var/lib/regd")
+        self.assertEqual(len(loaded.config.validation.manifests.urls.allow), 1)
+
+    def test_durations(self):
+        self.assertEqual(parse_duration("1h30m"), 5400)
+        self.assertAlmostEqual(parse_duration("500ms"), 0.5)
+        self.assertEqual(parse_duration(1_000_000_000), 1.0)
+        self.assertEqual(parse_duration("0"), 0)
+        for bad in ("10", "1x", "h", "-1s", True):
+            self.assertRaises(ValueError, parse_duration, bad)
+
+    @given(st.integers(0, 10_000), st.integers(0, 59), st.integers(0, 59))
+    def test_duration_roundtrip(self, hours, minutes, seconds):
+        self.assertEqual(parse_duration(f"{hours}h{minutes}m{seconds}s"), hours * 3600 + minutes * 60 + seconds)

@@ -14,6 +14,7 @@ import uuid
 from io import BytesIO
 
 from twisted.logger import Logger
+from twisted.protocols import policies
 from twisted.web import server
 
 API_VERSION_HEADER = b"Docker-Distribution-API-Version"
@@ -90,6 +91,9 @@ class RegdSite(server.Site):
         super().__init__(resource, **kwargs)
         self.displayTracebacks = False
         self.access_log = access_log
+        # False when TLS wraps this site (the check would then see plaintext anyway).
+        self.plain_http = True
+        self._wrapping = policies.WrappingFactory(self)
 
         class _Request(RegdRequest):
             pass
@@ -102,8 +106,9 @@ class RegdSite(server.Site):
 
     def buildProtocol(self, addr):
         protocol = super().buildProtocol(addr)
-        _refuse_tls_on_plain_http(protocol)
-        return protocol
+        if not self.plain_http:
+            return protocol
+        return _RefuseTLSOnPlainHTTP(self._wrapping, protocol)
 
     def log(self, request):
         if self.access_log:
@@ -113,7 +118,7 @@ class RegdSite(server.Site):
 _TLS_HANDSHAKE = b"\x16\x03"
 
 
-def _refuse_tls_on_plain_http(protocol) -> None:
+class _RefuseTLSOnPlainHTTP(policies.ProtocolWrapper):
     """
     Answer a TLS ClientHello on a plain-HTTP port with 400 at once.
 
@@ -121,16 +126,16 @@ def _refuse_tls_on_plain_http(protocol) -> None:
     wait for a request line that never comes, and docker only falls back to
     HTTP after its 10 s handshake timeout, on every push and pull.
     """
-    original = protocol.dataReceived
 
-    def first_data(data: bytes) -> None:
-        protocol.dataReceived = original
-        if data.startswith(_TLS_HANDSHAKE):
-            protocol.transport.write(
-                b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
-                b"Client sent an HTTPS request to an HTTP server.\n")
-            protocol.transport.loseConnection()
-            return
-        original(data)
+    _first = True
 
-    protocol.dataReceived = first_data
+    def dataReceived(self, data: bytes) -> None:
+        if self._first:
+            self._first = False
+            if data.startswith(_TLS_HANDSHAKE):
+                self.transport.write(
+                    b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
+                    b"Client sent an HTTPS request to an HTTP server.\n")
+                self.transport.loseConnection()
+                return
+        self.wrappedProtocol.dataReceived(data)

@@ -80,9 +80,6 @@ class FileSpool:
         self._position += len(data)
         return data
 
-    def flush_to_disk(self) -> None:
-        os.fsync(self._fd)
-
     def close(self) -> None:
         if self.closed:
             return
@@ -97,7 +94,7 @@ class FileSpool:
 
 @implementer(IPullProducer)
 class _FileProducer:
-    chunk_size = 256 * 1024
+    chunk_size = 1024 * 1024
 
     def __init__(self, reader, consumer, offset, length):
         self._reader = reader
@@ -307,13 +304,14 @@ class FilesystemDriver:
         except FileNotFoundError:
             existing = 0
         try:
+            # No fsync here: upload data is not visible to readers, and the
+            # move that publishes it as a blob flushes it first (a torn
+            # upload after a power cut fails its digest check, never serves).
             if existing == 0:
-                spool.flush_to_disk()
                 directory = os.path.dirname(full)
                 os.makedirs(directory, exist_ok=True)
                 os.replace(spool.path, full)
                 spool.adopted = True
-                _fsync_dir(directory)
                 return spool.size
             with open(full, "r+b") as target:
                 target.seek(existing)
@@ -327,7 +325,6 @@ class FilesystemDriver:
                         if hasher is not None:
                             hasher.update(chunk)
                     target.flush()
-                    os.fsync(target.fileno())
                 except BaseException:
                     target.truncate(existing)
                     raise

@@ -35,3 +35,23 @@ def test_docker_pulls_multilayer_oci_image(docker_daemon, registry, skopeo, scra
     layers = docker_daemon.docker("image", "inspect", "--format", "{{json .RootFS.Layers}}", ref).stdout
     assert json.loads(layers) == info["diff_ids"]
     docker_daemon.docker("rmi", ref)
+
+
+def test_docker_pushes_multilayer_image_with_cross_repo_mounts(docker_daemon, registry, skopeo, scratch):
+    """docker push of a 3-layer image to a second repository (docker mounts the layers), rmi, pull."""
+    info = build_multilayer_layout(scratch / "layout", "multi", seed="docker-push")
+    source = f"{registry.host}/demo/source:1"
+    run([skopeo, "copy", "--preserve-digests", "--dest-tls-verify=false",
+         f"oci:{scratch / 'layout'}:multi", f"docker://{source}"])
+    docker_daemon.docker("pull", source)
+    target = f"{registry.host}/demo/copy/of/layers:2"
+    docker_daemon.docker("tag", source, target)
+    pushed = docker_daemon.docker("push", target).stdout
+    assert "Mounted from demo/source" in pushed, pushed
+    docker_daemon.docker("rmi", source, target)
+    docker_daemon.docker("pull", target)
+    image_id = docker_daemon.docker("image", "inspect", "--format", "{{.Id}}", target).stdout.strip()
+    assert image_id == info["config_digest"]
+    layers = docker_daemon.docker("image", "inspect", "--format", "{{json .RootFS.Layers}}", target).stdout
+    assert json.loads(layers) == info["diff_ids"]
+    docker_daemon.docker("rmi", target)

@@ -1,0 +1,68 @@
+"""Bad input never produces a 5xx, a traceback, or a file outside the storage root."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.internet import defer
+from twisted.trial.unittest import TestCase
+
+from tests.support.server import RegistryServer
+
+METHODS = ["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE"]
+SEGMENTS = ["v2", "a", "b", "blobs", "uploads", "manifests", "tags", "list", "referrers", "_catalog", "..",
+            ".", "%2e%2e", "%2F", "sha256:" + "a" * 64, "sha256:zz", "latest", "UPPER", "_x", "", "x" * 300,
+            "3b1c8b3e-1111-4a5b-9c1d-000000000000", "%00", "?digest=sha256:1", "?n=-1", "?n=x&last=%ff"]
+
+
+class RobustnessTests(TestCase):
+    def setUp(self):
+        self.server = RegistryServer(self)
+
+    async def check(self, method: str, path: str, body: bytes | None = None, headers=None):
+        response, content = await self.server.request(method, path, body, headers)
+        self.assertLess(response.code, 500, (method, path, content[:300]))
+        if content and response.code >= 400:
+            document = json.loads(content)
+            self.assertTrue(document["errors"][0]["code"])
+            self.assertNotIn(b"Traceback", content)
+            self.assertNotIn(self.server.root.encode(), content)
+        return response
+
+    async def test_generated_requests(self):
+        requests = []
+
+        @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @given(st.sampled_from(METHODS), st.lists(st.sampled_from(SEGMENTS), min_size=1, max_size=6),
+               st.one_of(st.none(), st.binary(max_size=200)))
+        def collect(method, segments, body):
+            requests.append((method, "/" + "/".join(segments), body))
+
+        collect()
+        for method, path, body in requests:
+            await self.check(method, path, body)
+        parent = os.path.dirname(os.path.abspath(self.server.root))
+        self.assertEqual(sorted(os.listdir(parent)), [os.path.basename(self.server.root)]
+                         if os.path.exists(self.server.root) else [])
+
+    async def test_hostile_headers_and_bodies(self):
+        await self.check("POST", "/v2/x/blobs/uploads/")
+        response = await self.check("POST", "/v2/x/blobs/uploads/")
+        location = response.headers.getRawHeaders("Location")[0]
+        for content_range in ["abc", "5-1", "-1-2", "0-999999999999999999999", "bytes=0-", "0-0/abc"]:
+            await self.check("PATCH", location, b"zz", {"Content-Range": content_range})
+        for range_header in ["bytes=5-1", "bytes=-0", "bytes=abc", "items=0-1", "bytes=0-1,3-4"]:
+            digest = await self.server.push_blob("x", b"0123456789")
+            await self.check("GET", f"/v2/x/blobs/{digest}", headers={"Range": range_header})
+        for body in [b"null", b"{}", b'{"schemaVersion": 2}', b'{"schemaVersion": 2, "layers": 5, "config": []}',
+                     b'{"schemaVersion": 2, "manifests": [{"digest": 1}]}', b"\xff\xfe", b'"x"' * 10]:
+            for content_type in ["application/vnd.oci.image.manifest.v1+json", "text/plain", "", "a;b=c"]:
+                await self.check("PUT", "/v2/x/manifests/t", body, {"Content-Type": content_type})
+        await self.check("PUT", f"{location}?digest=sha256:{'0' * 64}", b"x", {"Content-Range": "0-0"})
+        await self.check("PUT", f"{location}?digest=md5:abc")
+        await self.check("GET", "/v2/x/referrers/sha256:abc")
+        await self.check("GET", "/v2/_catalog?n=99999999")
+        await defer.succeed(None)

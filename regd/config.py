@@ -219,6 +219,7 @@ class ValidationConfig:
 class RegdConfig:
     maxbodysize: int = 0
     spoolthreshold: int = 65536
+    inlinereads: bool = True
 
 
 @attrs.frozen
@@ -265,7 +266,7 @@ SCHEMA: dict[str, Any] = {
                 "s3": RAW, "azure": RAW, "gcs": RAW, "swift": RAW, "oss": RAW},
     "validation": {"enabled": _bool, "disabled": _bool,
                    "manifests": {"urls": {"allow": _regex_list, "deny": _regex_list}}},
-    "regd": {"maxbodysize": _int(0), "spoolthreshold": _int(1)},
+    "regd": {"maxbodysize": _int(0), "spoolthreshold": _int(1), "inlinereads": _bool},
     "notifications": RAW, "auth": RAW, "health": RAW, "redis": RAW, "proxy": RAW, "middleware": RAW,
     "reporting": IGNORED, "compatibility": IGNORED, "catalog": IGNORED,
 }

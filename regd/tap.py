@@ -102,7 +102,8 @@ def makeService(options) -> service.MultiService:
         from regd.storage.filesystem import FilesystemDriver
         pool = ThreadPool(minthreads=1, maxthreads=storage.filesystem.maxthreads, name="regd-storage")
         ThreadPoolService(pool).setServiceParent(root)
-        driver = FilesystemDriver(storage.filesystem.rootdirectory, thread_pool_runner(reactor, pool))
+        driver = FilesystemDriver(storage.filesystem.rootdirectory, thread_pool_runner(reactor, pool),
+                                  inline_reads=config.regd.inlinereads)
 
     url_rules = config.validation.manifests.urls
     registry = Registry(

@@ -18,7 +18,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from regd.oci.digest import CANONICAL, Digest
-from regd.oci.errors import BlobUploadInvalid, BlobUploadUnknown, DigestInvalid, RangeInvalid, SizeInvalid
+from regd.oci.errors import BlobUploadUnknown, DigestInvalid, RangeInvalid, SizeInvalid
 from regd.registry import links
 from regd.registry.blobs import BlobInfo, BlobService
 from regd.registry.context import RequestContext
@@ -201,27 +201,26 @@ class UploadService:
 
     async def put_whole(self, name: str, digest: Digest, spool, context: RequestContext) -> BlobInfo:
         """
-        Single-request upload (POST with ?digest=): verify from the spool's
-        own hash when it can, and skip the copy entirely if the blob exists.
+        Single-request upload (POST with ?digest=): verified from the spool's
+        own running hash, then renamed straight into the blob store, or just
+        linked when the blob is already there. No upload session is needed.
         """
-        if digest.algorithm == CANONICAL and spool.hasher.hexdigest() != digest.hex:
-            received = spool.hasher.hexdigest()
+        if digest.algorithm != CANONICAL:
+            upload_id = await self.start(name)
+            return await self.commit(name, upload_id, digest, spool, context)
+        received = spool.hasher.hexdigest()
+        if received != digest.hex:
             spool.close()
             raise DigestInvalid(detail={"expected": str(digest), "received": f"{CANONICAL}:{received}"})
-        existing = await self._blobs.global_size(digest)
-        if existing is not None and digest.algorithm == CANONICAL:
-            if existing != spool.size:
-                spool.close()
-                raise BlobUploadInvalid("stored blob has a different size", detail={"digest": str(digest)})
+        size = spool.size
+        if await self._blobs.global_size(digest) is None:
+            await self._driver.publish_spool(spool, paths.blob_data(digest))
+        else:
             spool.close()
-            await self._blobs.link(name, digest)
-            info = BlobInfo(digest, existing)
-            await self._listeners.emit(RegistryEvent(
-                PUSH, BLOB, name, context, digest=digest, size=existing,
-                media_type="application/octet-stream"))
-            return info
-        upload_id = await self.start(name)
-        return await self.commit(name, upload_id, digest, spool, context)
+        await self._blobs.link(name, digest)
+        await self._listeners.emit(RegistryEvent(
+            PUSH, BLOB, name, context, digest=digest, size=size, media_type="application/octet-stream"))
+        return BlobInfo(digest, size)
 
     async def cancel(self, name: str, upload_id: str) -> None:
         await self._session(name, upload_id)

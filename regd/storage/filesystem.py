@@ -84,6 +84,9 @@ class FileSpool:
         self._position += len(data)
         return data
 
+    def fileno(self) -> int:
+        return self._fd
+
     def close(self) -> None:
         if self.closed:
             return
@@ -342,6 +345,22 @@ class FilesystemDriver:
                     target.truncate(existing)
                     raise
                 return existing + spool.size
+        finally:
+            spool.close()
+
+    def publish_spool(self, spool, path: str):
+        return self._deferred(self._publish_spool, spool, path)
+
+    def _publish_spool(self, spool, path):
+        full = self._full(path)
+        try:
+            os.fsync(spool.fileno())
+            directory = os.path.dirname(full)
+            os.makedirs(directory, exist_ok=True)
+            os.replace(spool.path, full)
+            spool.adopted = True
+            _fsync_dir(directory)
+            return spool.size
         finally:
             spool.close()
 

@@ -136,6 +136,13 @@ class IStorageDriver(Interface):
         also fed to C{hasher} if one is given. The spool is closed after.
         """
 
+    def publish_spool(spool, path: str):
+        """
+        Deferred[int]: durably and atomically replace the object at C{path}
+        with a finished spool's bytes (readers see the old object or the
+        whole new one) and fire with its size. The spool is closed after.
+        """
+
     def digest_file(path: str, algorithm: str):
         """
         Deferred[hashlib object]: hash a stored object from its start, off the

@@ -205,6 +205,13 @@ class InMemoryDriver:
             return len(existing) + len(data)
         return self._sync(store)
 
+    def publish_spool(self, spool, path):
+        def publish():
+            self._set(_check(path), spool.getvalue())
+            spool.close()
+            return spool.size
+        return self._sync(publish)
+
     def digest_file(self, path, algorithm):
         def digest():
             try:

@@ -115,6 +115,15 @@ class DriverContract:
         second.close()  # closing twice (twisted.web does) is harmless
         self.assertEqual(self.ok(self.driver.get_content("u/data")), b"hello world")
 
+    def test_publish_spool_replaces_atomically(self):
+        self.ok(self.driver.put_content("p/blob", b"old content"))
+        spool = self.driver.new_spool()
+        spool.write(b"new")
+        self.assertEqual(self.ok(self.driver.publish_spool(spool, "p/blob")), 3)
+        self.assertEqual(self.ok(self.driver.get_content("p/blob")), b"new")
+        spool.close()
+        self.assertEqual(self.ok(self.driver.get_content("p/blob")), b"new")
+
     def test_spool_behaves_as_a_file_for_twisted_web(self):
         spool = self.driver.new_spool()
         spool.write(b"abcdef")

@@ -14,36 +14,14 @@ from typing import Any, Callable, Mapping
 import attrs
 import yaml
 
+from regd.units import parse_duration
+
 
 class ConfigError(Exception):
     """An invalid configuration; str() is one line naming the key and the problem."""
 
 
 # -- value parsers ----------------------------------------------------------
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(value: Any) -> float:
-    """registry:2 (Go) durations: "1h30m", "500ms"; bare integers are nanoseconds."""
-    if isinstance(value, bool):
-        raise ValueError(f"expected a duration, got {value!r}")
-    if isinstance(value, (int, float)):
-        return float(value) * 1e-9
-    text = str(value).strip()
-    if text in ("0", ""):
-        return 0.0
-    position, total = 0, 0.0
-    for match in _DURATION_PART.finditer(text):
-        if match.start() != position:
-            break
-        total += float(match.group(1)) * _UNITS[match.group(2)]
-        position = match.end()
-    if position != len(text) or position == 0:
-        raise ValueError(f"expected a duration like 10s or 1h30m, got {value!r}")
-    return total
-
 
 def _bool(value: Any) -> bool:
     if isinstance(value, bool):

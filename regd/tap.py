@@ -28,9 +28,11 @@ class Options(usage.Options):
 
     def postOptions(self):
         # Refuse to start with one line naming the key and the problem.
+        from regd.notifications.settings import NotificationConfigError, parse_notifications
         try:
-            self["loaded"] = load_config(self["config"], os.environ, default_root=os.path.abspath("data"))
-        except ConfigError as e:
+            self["loaded"] = loaded = load_config(self["config"], os.environ, default_root=os.path.abspath("data"))
+            parse_notifications(loaded.config.notifications, "")
+        except (ConfigError, NotificationConfigError) as e:
             sys.stderr.write(f"regd: configuration error: {e}\n")
             raise SystemExit(1)
 
@@ -115,12 +117,15 @@ def makeService(options) -> service.MultiService:
     )
     prefix = config.http.prefix.rstrip("/")
     urls = UrlBuilder(relative=config.http.relativeurls, base=config.http.host or None, prefix=prefix)
+    notifications = add_notifications(root, registry, config, reactor)
     api = RegistryAPI(registry, urls)
     site = RegdSite(mount_at_prefix(api.resource(), prefix), registry.new_spool,
                     spool_threshold=config.regd.spoolthreshold, max_body_size=config.regd.maxbodysize,
                     extra_headers=config.http.headers, access_log=not config.log.accesslog_disabled)
     endpoint = serverFromString(reactor, listen_description(config.http.host_addr, config.http.port))
     internet.StreamServerEndpointService(endpoint, site).setServiceParent(root)
+    if config.http.debug_addr:
+        add_debug_server(root, config.http.debug_addr, notifications, reactor)
 
     purging = storage.maintenance.uploadpurging
     if purging.enabled:
@@ -129,6 +134,37 @@ def makeService(options) -> service.MultiService:
             return d
         internet.TimerService(purging.interval, _run_logged, purge).setServiceParent(root)
     return root
+
+
+def add_notifications(root, registry, config, reactor):
+    """The webhook service, subscribed to registry events; None without endpoints."""
+    from regd.notifications.build import build_notifications
+    storage_root = (config.storage.filesystem.rootdirectory if config.storage.driver == "filesystem"
+                    else os.path.abspath("."))
+    service, admin, warnings = build_notifications(
+        config.notifications, reactor=reactor,
+        default_journal=os.path.join(storage_root, "regd", "notifications.sqlite3"),
+        source_addr=config.http.addr)
+    for warning in warnings:
+        log.warn("configuration: {warning}", warning=warning)
+    if service is None:
+        return None
+    service.setServiceParent(root)
+    registry.add_listener(service)
+    return admin
+
+
+def add_debug_server(root, addr: str, notifications, reactor) -> None:
+    """The debug address: notification status, dead letters and metrics."""
+    from twisted.web.server import Site
+
+    from regd.config import parse_addr
+    if notifications is None:
+        log.info("debug address {addr} has nothing to serve yet (no notification endpoints)", addr=addr)
+        return
+    host, port = parse_addr(addr)
+    endpoint = serverFromString(reactor, listen_description(host, port))
+    internet.StreamServerEndpointService(endpoint, Site(notifications.resource())).setServiceParent(root)
 
 
 def mount_at_prefix(resource, prefix: str):

@@ -15,9 +15,10 @@ ALLOWED = {
     "storage": {"oci", "storage"},
     "registry": {"oci", "storage", "registry"},
     "http": {"oci", "registry", "http"},
-    "notifications": {"oci", "registry", "notifications"},
-    "config": {"oci"},
+    "notifications": {"oci", "registry", "notifications", "units"},
+    "config": {"oci", "units"},
     "logging": set(),
+    "units": set(),
 }
 # Modules that compose everything.
 COMPOSERS = {"tap", "cli"}

@@ -1,0 +1,1 @@
+"""Webhook notifications: a durable journal and one delivery queue per endpoint."""

@@ -1,0 +1,48 @@
+# -*- test-case-name: tests.notifications.test_service -*-
+"""Builds the notification subsystem from the raw `notifications` section."""
+
+from __future__ import annotations
+
+from twisted.python.threadpool import ThreadPool
+
+from regd.notifications.admin import NotificationAdmin
+from regd.notifications.httpsink import HTTPSink, make_client
+from regd.notifications.journal import Journal
+from regd.notifications.service import NotificationService
+from regd.notifications.settings import parse_notifications
+
+
+def build_notifications(raw, *, reactor, default_journal: str, source_addr: str, run_in_thread=None,
+                        metrics=None):
+    """
+    (service, admin, warnings); service and admin are None when no endpoint
+    is configured. The journal gets one thread of its own (SQLite
+    connections stay on one thread), unless a runner is given.
+    """
+    settings, warnings = parse_notifications(raw, default_journal)
+    if not settings.endpoints:
+        return None, None, warnings
+    pool = None
+    if run_in_thread is None:
+        from twisted.internet.threads import deferToThreadPool
+        pool = ThreadPool(minthreads=1, maxthreads=1, name="regd-notifications-journal")
+
+        def run_in_thread(function, *args, **kwargs):
+            return deferToThreadPool(reactor, pool, function, *args, **kwargs)
+
+    journal = Journal(settings.journal, run_in_thread, wallclock=reactor.seconds)
+    pools = []
+
+    def sink_factory(endpoint_settings):
+        client, connection_pool = make_client(reactor, endpoint_settings)
+        pools.append(connection_pool)
+        return HTTPSink(endpoint_settings, client, reactor)
+
+    service = NotificationService(settings, journal, sink_factory, reactor, source_addr=source_addr,
+                                  on_stop=[lambda: _close_pools(pools)], thread_pool=pool)
+    return service, NotificationAdmin(service, metrics), warnings
+
+
+def _close_pools(pools):
+    from twisted.internet import defer
+    return defer.gatherResults([p.closeCachedConnections() for p in pools])

@@ -1,0 +1,97 @@
+# -*- test-case-name: tests.notifications.test_httpsink -*-
+"""
+One POST per delivery attempt through a pooled, keep-alive treq client.
+
+The timeout bounds the whole exchange (connect, headers and body), not
+only the wait for headers as treq's own timeout does. Any 2xx or 3xx is
+delivered; everything else, and every transport error, is a failure.
+"""
+
+from __future__ import annotations
+
+import attrs
+import treq
+from twisted.internet import defer
+from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.iweb import IPolicyForHTTPS
+from zope.interface import implementer
+
+from regd.notifications.signing import signature_headers
+
+
+class DeliveryFailed(Exception):
+    pass
+
+
+@implementer(IPolicyForHTTPS)
+@attrs.frozen
+class ReceiverTLSPolicy:
+    """Verify the receiver with a given CA file, and present a client certificate if configured."""
+
+    ca_file: str = ""
+    certificate: str = ""
+    key: str = ""
+
+    def creatorForNetloc(self, hostname, port):
+        trust = None
+        if self.ca_file:
+            with open(self.ca_file, "rb") as f:
+                trust = Certificate.loadPEM(f.read())
+        client = None
+        if self.certificate:
+            with open(self.certificate, "rb") as cert, open(self.key, "rb") as key:
+                client = PrivateCertificate.loadPEM(cert.read() + b"\n" + key.read())
+        return optionsForClientTLS(hostname.decode("ascii"), trustRoot=trust, clientCertificate=client)
+
+
+def make_client(reactor, settings):
+    """A keep-alive treq client for one endpoint, and its pool (closed on stop)."""
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = 2
+    policy = (ReceiverTLSPolicy(settings.ca_file, settings.client_certificate, settings.client_key)
+              if (settings.ca_file or settings.client_certificate) else BrowserLikePolicyForHTTPS())
+    return treq.client.HTTPClient(Agent(reactor, contextFactory=policy, pool=pool)), pool
+
+
+class HTTPSink:
+    def __init__(self, settings, client, clock):
+        self._settings = settings
+        self._client = client
+        self._clock = clock
+
+    async def deliver(self, body: bytes, content_type: str, message_id: str) -> None:
+        headers = {name: list(values) for name, values in self._settings.headers.items()}
+        headers["Content-Type"] = [content_type]
+        headers["Idempotency-Key"] = [message_id]
+        if self._settings.secrets:
+            for name, value in signature_headers(message_id, int(self._clock.seconds()), body,
+                                                 self._settings.secrets).items():
+                headers[name] = [value]
+        exchange = defer.ensureDeferred(self._exchange(body, headers))
+        timer = self._clock.callLater(self._settings.timeout, exchange.cancel)
+        try:
+            status = await exchange
+        except defer.CancelledError:
+            raise DeliveryFailed(f"timed out after {self._settings.timeout:g}s") from None
+        except DeliveryFailed:
+            raise
+        except Exception as e:
+            raise DeliveryFailed(f"{type(e).__name__}: {_describe(e)}") from None
+        finally:
+            if timer.active():
+                timer.cancel()
+        if not 200 <= status < 400:
+            raise DeliveryFailed(f"HTTP {status}")
+
+    async def _exchange(self, body: bytes, headers) -> int:
+        response = await self._client.post(self._settings.url, data=body, headers=headers)
+        await treq.content(response)  # read it all, so the connection goes back to the pool
+        return response.code
+
+
+def _describe(error: Exception) -> str:
+    reasons = getattr(error, "reasons", None)
+    if reasons:
+        return "; ".join(r.getErrorMessage() for r in reasons)
+    return str(error)[:200]

@@ -1,0 +1,188 @@
+# -*- test-case-name: tests.notifications.test_journal -*-
+"""
+The durable event journal: SQLite in WAL mode with full fsync, so an event
+is on disk before the request that caused it is answered, and survives
+SIGKILL until every endpoint has it or gave up on it (a dead letter).
+
+All SQLite work runs through one injected runner (a single dedicated
+thread in the daemon, inline in tests). Appends that arrive while a commit
+is running are committed together in the next transaction.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+
+import attrs
+from twisted.internet import defer
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL,
+    created REAL NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    endpoint TEXT NOT NULL,
+    seq INTEGER NOT NULL REFERENCES events(seq),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    dead INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (endpoint, seq)
+);
+CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries(endpoint, dead, seq);
+"""
+
+
+@attrs.frozen
+class JournalEntry:
+    seq: int
+    event_id: str
+    created: float
+    body: str  # the event as JSON text (distribution format)
+    attempts: int = 0
+    last_error: str = ""
+
+
+class Journal:
+    def __init__(self, path: str, run, wallclock=time.time):
+        self._path = path
+        self._run = run
+        self._wallclock = wallclock
+        self._db: sqlite3.Connection | None = None
+        self._waiting: list[tuple[str, str, tuple[str, ...], defer.Deferred]] = []
+        self._committing = False
+
+    # -- lifecycle (runner thread) -------------------------------------
+
+    def open(self) -> defer.Deferred:
+        return self._run(self._open)
+
+    def _open(self) -> None:
+        directory = os.path.dirname(os.path.abspath(self._path))
+        os.makedirs(directory, exist_ok=True)
+        db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(SCHEMA)
+        self._db = db
+
+    def close(self) -> defer.Deferred:
+        return self._run(self._close)
+
+    def _close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    # -- appends, group-committed ----------------------------------------
+
+    def append(self, event_id: str, body: str, endpoints: tuple[str, ...]) -> defer.Deferred:
+        """Deferred[int seq], fired once the event is durably on disk."""
+        d: defer.Deferred = defer.Deferred()
+        self._waiting.append((event_id, body, endpoints, d))
+        if not self._committing:
+            self._commit_waiting()
+        return d
+
+    def _commit_waiting(self) -> None:
+        batch, self._waiting = self._waiting, []
+        self._committing = True
+        created = self._wallclock()
+
+        def done(result):
+            self._committing = False
+            if self._waiting:
+                self._commit_waiting()
+            return result
+
+        def delivered(seqs):
+            for (_, _, _, d), seq in zip(batch, seqs):
+                d.callback(seq)
+
+        def failed(failure):
+            for *_, d in batch:
+                d.errback(failure)
+
+        committed = self._run(self._insert, [(e, b, eps) for e, b, eps, _ in batch], created)
+        committed.addBoth(done)
+        committed.addCallbacks(delivered, failed)
+
+    def _insert(self, rows, created: float) -> list[int]:
+        db = self._db
+        seqs = []
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for event_id, body, endpoints in rows:
+                cursor = db.execute("INSERT INTO events (id, created, body) VALUES (?, ?, ?)",
+                                    (event_id, created, body))
+                seq = cursor.lastrowid
+                db.executemany("INSERT INTO deliveries (endpoint, seq) VALUES (?, ?)",
+                               [(name, seq) for name in endpoints])
+                seqs.append(seq)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return seqs
+
+    # -- delivery bookkeeping ------------------------------------------
+
+    def pending(self, endpoint: str, limit: int = 1_000_000) -> defer.Deferred:
+        """Deferred[list[JournalEntry]] in order, for an endpoint starting up."""
+        return self._run(self._select, endpoint, 0, limit)
+
+    def dead_letters(self, endpoint: str, limit: int = 1000) -> defer.Deferred:
+        return self._run(self._select, endpoint, 1, limit)
+
+    def _select(self, endpoint: str, dead: int, limit: int) -> list[JournalEntry]:
+        rows = self._db.execute(
+            "SELECT e.seq, e.id, e.created, e.body, d.attempts, d.last_error FROM deliveries d "
+            "JOIN events e ON e.seq = d.seq WHERE d.endpoint = ? AND d.dead = ? ORDER BY d.seq LIMIT ?",
+            (endpoint, dead, limit)).fetchall()
+        return [JournalEntry(*row) for row in rows]
+
+    def delivered(self, endpoint: str, seqs: list[int]) -> defer.Deferred:
+        return self._run(self._delivered, endpoint, list(seqs))
+
+    def _delivered(self, endpoint: str, seqs: list[int]) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("DELETE FROM deliveries WHERE endpoint = ? AND seq = ?", [(endpoint, s) for s in seqs])
+            db.executemany("DELETE FROM events WHERE seq = ? AND NOT EXISTS "
+                           "(SELECT 1 FROM deliveries WHERE seq = ?)", [(s, s) for s in seqs])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def failed(self, endpoint: str, seqs: list[int], error: str, dead: bool) -> defer.Deferred:
+        return self._run(self._failed, endpoint, list(seqs), error, dead)
+
+    def _failed(self, endpoint: str, seqs: list[int], error: str, dead: bool) -> None:
+        self._db.executemany(
+            "UPDATE deliveries SET attempts = attempts + 1, last_error = ?, dead = ? WHERE endpoint = ? AND seq = ?",
+            [(error[:500], int(dead), endpoint, s) for s in seqs])
+
+    def replay(self, endpoint: str, seqs: list[int] | None = None) -> defer.Deferred:
+        """Deferred[list[JournalEntry]]: turn dead letters back into pending deliveries."""
+        return self._run(self._replay, endpoint, seqs)
+
+    def _replay(self, endpoint: str, seqs: list[int] | None) -> list[JournalEntry]:
+        revived = [e for e in self._select(endpoint, 1, 1_000_000) if seqs is None or e.seq in seqs]
+        self._db.executemany("UPDATE deliveries SET dead = 0, attempts = 0 WHERE endpoint = ? AND seq = ?",
+                             [(endpoint, e.seq) for e in revived])
+        return revived
+
+    def counts(self, endpoint: str) -> defer.Deferred:
+        """Deferred[(pending, dead)]."""
+        return self._run(self._counts, endpoint)
+
+    def _counts(self, endpoint: str) -> tuple[int, int]:
+        rows = dict(self._db.execute(
+            "SELECT dead, COUNT(*) FROM deliveries WHERE endpoint = ? GROUP BY dead", (endpoint,)).fetchall())
+        return rows.get(0, 0), rows.get(1, 0)

@@ -1,0 +1,85 @@
+"""The SQLite journal: durable appends, delivery bookkeeping, dead letters, group commit."""
+
+import os
+
+from twisted.internet import defer
+from twisted.trial.unittest import SynchronousTestCase
+
+from regd.notifications.journal import Journal
+from regd.storage.threads import inline_runner
+
+
+class DeferredRunner:
+    """Runs queued calls only when told to, to see appends pile up behind a commit."""
+
+    def __init__(self):
+        self.calls = []
+        self.history = []
+
+    def __call__(self, function, *args):
+        d = defer.Deferred()
+        self.calls.append((function, args, d))
+        if function.__name__ == "_insert":
+            self.history.append(len(args[0]))
+        return d
+
+    def run_all(self):
+        while self.calls:
+            function, args, d = self.calls.pop(0)
+            d.callback(function(*args))
+
+
+class JournalTests(SynchronousTestCase):
+    def setUp(self):
+        self.path = os.path.join(os.path.abspath(self.mktemp()), "journal.sqlite3")
+        self.journal = Journal(self.path, inline_runner, wallclock=lambda: 100.0)
+        self.successResultOf(self.journal.open())
+        self.addCleanup(self.journal._close)
+
+    def test_append_survives_reopen_in_order(self):
+        seqs = [self.successResultOf(self.journal.append(f"e{i}", f'{{"n": {i}}}', ("a", "b"))) for i in range(3)]
+        self.assertEqual(seqs, sorted(seqs))
+        self.journal._close()
+        again = Journal(self.path, inline_runner)
+        self.successResultOf(again.open())
+        self.addCleanup(again._close)
+        pending = self.successResultOf(again.pending("a"))
+        self.assertEqual([e.event_id for e in pending], ["e0", "e1", "e2"])
+        self.assertEqual(pending[0].created, 100.0)
+
+    def test_delivered_removes_only_that_endpoint(self):
+        seq = self.successResultOf(self.journal.append("e", "{}", ("a", "b")))
+        self.successResultOf(self.journal.delivered("a", [seq]))
+        self.assertEqual(self.successResultOf(self.journal.pending("a")), [])
+        self.assertEqual(len(self.successResultOf(self.journal.pending("b"))), 1)
+        self.successResultOf(self.journal.delivered("b", [seq]))
+        self.assertEqual(self.journal._db.execute("SELECT COUNT(*) FROM events").fetchone()[0], 0)
+
+    def test_failures_dead_letters_and_replay(self):
+        seq = self.successResultOf(self.journal.append("e", "{}", ("a",)))
+        self.successResultOf(self.journal.failed("a", [seq], "HTTP 500", dead=False))
+        self.assertEqual(self.successResultOf(self.journal.pending("a"))[0].attempts, 1)
+        self.successResultOf(self.journal.failed("a", [seq], "HTTP 500", dead=True))
+        self.assertEqual(self.successResultOf(self.journal.pending("a")), [])
+        [dead] = self.successResultOf(self.journal.dead_letters("a"))
+        self.assertEqual((dead.attempts, dead.last_error), (2, "HTTP 500"))
+        self.assertEqual(self.successResultOf(self.journal.counts("a")), (0, 1))
+        revived = self.successResultOf(self.journal.replay("a"))
+        self.assertEqual([e.seq for e in revived], [seq])
+        self.assertEqual(self.successResultOf(self.journal.counts("a")), (1, 0))
+
+    def test_appends_during_a_commit_are_grouped(self):
+        runner = DeferredRunner()
+        journal = Journal(self.path, runner)
+        d_open = journal.open()
+        runner.run_all()
+        self.successResultOf(d_open)
+        self.addCleanup(journal._close)
+        first = journal.append("e1", "{}", ("a",))
+        second = journal.append("e2", "{}", ("a",))
+        third = journal.append("e3", "{}", ("a",))
+        self.assertEqual(len(runner.calls), 1)  # e1's commit; e2 and e3 wait
+        runner.run_all()
+        self.assertEqual(runner.history, [1, 2])  # two transactions: e1, then e2 and e3 together
+        seqs = [self.successResultOf(d) for d in (first, second, third)]
+        self.assertEqual(seqs, sorted(seqs))

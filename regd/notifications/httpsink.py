@@ -69,14 +69,18 @@ class HTTPSink:
                                                  self._settings.secrets).items():
                 headers[name] = [value]
         exchange = defer.ensureDeferred(self._exchange(body, headers))
-        timer = self._clock.callLater(self._settings.timeout, exchange.cancel)
+        timed_out = []
+
+        def expire():
+            timed_out.append(True)
+            exchange.cancel()
+
+        timer = self._clock.callLater(self._settings.timeout, expire)
         try:
             status = await exchange
-        except defer.CancelledError:
-            raise DeliveryFailed(f"timed out after {self._settings.timeout:g}s") from None
-        except DeliveryFailed:
-            raise
         except Exception as e:
+            if timed_out:
+                raise DeliveryFailed(f"timed out after {self._settings.timeout:g}s") from None
             raise DeliveryFailed(f"{type(e).__name__}: {_describe(e)}") from None
         finally:
             if timer.active():

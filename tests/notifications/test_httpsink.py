@@ -1,0 +1,75 @@
+"""The HTTP sink against a real receiver: HTTP, HTTPS with a private CA, mutual TLS, failures, timeouts."""
+
+import json
+import os
+
+from twisted.internet import reactor
+from twisted.trial.unittest import TestCase
+
+from regd.notifications.httpsink import DeliveryFailed, HTTPSink, make_client
+from regd.notifications.settings import EndpointSettings
+from regd.notifications.signing import verify
+from tests.support.certs import PKI
+from tests.support.receiver import Receiver
+
+BODY = json.dumps({"events": [{"id": "e1", "action": "push", "target": {"repository": "r"}}]}).encode()
+TYPE = "application/vnd.docker.distribution.events.v1+json"
+
+
+class SinkTests(TestCase):
+    def sink(self, url, **settings):
+        settings = EndpointSettings(name="t", url=url, **settings)
+        client, pool = make_client(reactor, settings)
+        self.addCleanup(pool.closeCachedConnections)
+        return HTTPSink(settings, client, reactor)
+
+    async def test_post_with_headers_signature_and_idempotency_key(self):
+        receiver = Receiver()
+        url = receiver.listen(self)
+        sink = self.sink(url, headers={"Authorization": ("Bearer token-1",)}, secrets=("s3cret",))
+        await sink.deliver(BODY, TYPE, "e1")
+        [(headers, body)] = receiver.received
+        self.assertEqual(body, BODY)
+        self.assertEqual(headers["content-type"], TYPE)
+        self.assertEqual(headers["idempotency-key"], "e1")
+        self.assertEqual(headers["authorization"], "Bearer token-1")
+        verify(headers, body, ["s3cret"], now=reactor.seconds())
+
+    async def test_non_2xx_is_a_failure(self):
+        receiver = Receiver()
+        receiver.fail_next = 1
+        sink = self.sink(receiver.listen(self))
+        with self.assertRaises(DeliveryFailed) as caught:
+            await sink.deliver(BODY, TYPE, "e1")
+        self.assertEqual(str(caught.exception), "HTTP 503")
+        await sink.deliver(BODY, TYPE, "e1")
+        self.assertEqual(len(receiver.received), 1)
+
+    async def test_timeout_bounds_the_whole_exchange(self):
+        receiver = Receiver()
+        receiver.stall = True
+        sink = self.sink(receiver.listen(self), timeout=0.3)
+        with self.assertRaises(DeliveryFailed) as caught:
+            await sink.deliver(BODY, TYPE, "e1")
+        self.assertIn("timed out", str(caught.exception))
+
+    async def test_receiver_down(self):
+        receiver = Receiver()
+        url = receiver.listen(self)
+        await receiver.port.stopListening()
+        with self.assertRaises(DeliveryFailed):
+            await self.sink(url).deliver(BODY, TYPE, "e1")
+
+    async def test_https_with_private_ca_and_mutual_tls(self):
+        pki = PKI(os.path.abspath(self.mktemp()))
+        receiver = Receiver()
+        url = receiver.listen(self, pki.server_options(require_client=True))
+        sink = self.sink(url, ca_file=pki.ca, client_certificate=pki.client_cert, client_key=pki.client_key)
+        await sink.deliver(BODY, TYPE, "e1")
+        self.assertEqual(len(receiver.received), 1)
+        without_client = self.sink(url, ca_file=pki.ca)
+        with self.assertRaises(DeliveryFailed):
+            await without_client.deliver(BODY, TYPE, "e2")
+        untrusted = self.sink(url)
+        with self.assertRaises(DeliveryFailed):
+            await untrusted.deliver(BODY, TYPE, "e3")

@@ -1,0 +1,101 @@
+"""NotificationService as the registry's listener, over real sockets, plus its admin resource."""
+
+import json
+import os
+
+import treq
+from twisted.internet import reactor
+from twisted.trial.unittest import TestCase
+from twisted.web.server import Site
+
+from regd.notifications.admin import NotificationAdmin
+from regd.notifications.httpsink import HTTPSink, make_client
+from regd.notifications.journal import Journal
+from regd.notifications.service import NotificationService
+from regd.notifications.settings import parse_notifications
+from regd.storage.threads import inline_runner
+from tests.support.receiver import Receiver
+from tests.support.server import RegistryServer, simple_image
+
+
+class ServiceTests(TestCase):
+    def build(self, endpoints, include_references=True):
+        self.server = RegistryServer(self)
+        settings, _ = parse_notifications({"events": {"includereferences": include_references}, "draintimeout": "200ms",
+                                           "endpoints": endpoints},
+                                          os.path.join(os.path.abspath(self.mktemp()), "journal.sqlite3"))
+        self.journal = Journal(settings.journal, inline_runner, wallclock=reactor.seconds)
+        pools = []
+
+        def sink_factory(endpoint_settings):
+            client, pool = make_client(reactor, endpoint_settings)
+            pools.append(pool)
+            return HTTPSink(endpoint_settings, client, reactor)
+
+        self.service = NotificationService(settings, self.journal, sink_factory, reactor, source_addr="regd:5000",
+                                           instance_id="inst")
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+        for pool in pools:
+            self.addCleanup(pool.closeCachedConnections)
+        self.server.registry.add_listener(self.service)
+        return self.service
+
+    async def test_push_produces_registry2_events(self):
+        receiver = Receiver()
+        self.build([{"name": "ci", "url": receiver.listen(self), "ignore": {"actions": ["pull"]}}])
+        document = await simple_image(self.server, "team/app")
+        _, _, raw = await self.server.push_manifest("team/app", "v1", document)
+        await self.server.request("GET", "/v2/team/app/manifests/v1")  # a pull: ignored by this endpoint
+        await receiver.wait_for(3)
+        events = receiver.events()
+        self.assertEqual([(e["action"], e["target"]["mediaType"]) for e in events], [
+            ("push", "application/octet-stream"), ("push", "application/octet-stream"),
+            ("push", "application/vnd.oci.image.manifest.v1+json")])
+        manifest = events[2]
+        self.assertEqual(manifest["target"]["tag"], "v1")
+        self.assertEqual(manifest["target"]["repository"], "team/app")
+        self.assertEqual(manifest["target"]["size"], len(raw))
+        self.assertEqual(manifest["target"]["references"],
+                         [{"digest": document["config"]["digest"]}, {"digest": document["layers"][0]["digest"]}])
+        self.assertEqual(manifest["request"]["method"], "PUT")
+        self.assertTrue(manifest["target"]["url"].startswith(self.server.base + "/v2/team/app/manifests/sha256:"))
+        self.assertEqual(manifest["source"], {"addr": "regd:5000", "instanceID": "inst"})
+        self.assertEqual(len({e["id"] for e in events}), 3)
+
+    async def test_event_is_journaled_before_the_client_gets_its_answer(self):
+        receiver = Receiver()
+        url = receiver.listen(self)
+        await receiver.port.stopListening()  # receiver down
+        self.build([{"name": "down", "url": url, "backoff": "10s"}])
+        await self.server.push_blob("r", b"payload")
+        pending = self.successResultOf(self.journal.pending("down"))
+        self.assertEqual(len(pending), 1)
+        self.assertEqual(json.loads(pending[0].body)["target"]["repository"], "r")
+
+    async def test_admin_status_dead_letters_replay_and_metrics(self):
+        receiver = Receiver()
+        receiver.fail_next = 1
+        service = self.build([{"name": "ci", "url": receiver.listen(self), "maxretries": 1}])
+        admin = NotificationAdmin(service)
+        port = reactor.listenTCP(0, Site(admin.resource()), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        base = f"http://127.0.0.1:{port.getHost().port}"
+        await self.server.push_blob("r", b"first")
+        status = json.loads(await treq.content(await treq.get(base + "/debug/notifications", persistent=False)))
+        self.assertEqual(status["endpoints"]["ci"]["dead_letters"], 1)
+        self.assertEqual(status["endpoints"]["ci"]["last_error"], "HTTP 503")
+        dead = json.loads(await treq.content(await treq.get(base + "/debug/notifications/ci/deadletters",
+                                                            persistent=False)))
+        self.assertEqual(dead["deadletters"][0]["event"]["target"]["repository"], "r")
+        replay = json.loads(await treq.content(await treq.post(
+            base + "/debug/notifications/ci/deadletters/replay", persistent=False)))
+        self.assertEqual(replay["replayed"], 1)
+        await receiver.wait_for(1)
+        metrics = (await treq.content(await treq.get(base + "/metrics", persistent=False))).decode()
+        self.assertIn('regd_notifications_failures_total{endpoint="ci"} 1.0', metrics)
+        self.assertIn('regd_notifications_successes_total{endpoint="ci"} 1.0', metrics)
+        self.assertIn('regd_notifications_pending{endpoint="ci"} 0.0', metrics)
+        missing = await treq.get(base + "/debug/notifications/nope/deadletters", persistent=False)
+        self.assertEqual(missing.code, 404)
+        await treq.content(missing)

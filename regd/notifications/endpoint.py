@@ -69,8 +69,10 @@ class Endpoint:
         return len(self._queue) + len(self._held)
 
     def oldest_pending_age(self) -> float:
-        oldest = [q.created for q in (self._queue[0:1] if self._queue else [])] + [h.created for h in self._held[:1]]
-        return max(0.0, self._clock.seconds() - min(oldest)) if oldest else 0.0
+        heads = ([self._queue[0]] if self._queue else []) + self._held[:1]
+        if not heads:
+            return 0.0
+        return max(0.0, self._clock.seconds() - min(h.created for h in heads))
 
     async def start(self) -> None:
         loaded = await self._journal.pending(self.name)
@@ -164,6 +166,8 @@ class Endpoint:
             log.error("notifications: {count} events for {endpoint} moved to dead letters after {attempts} "
                       "attempts: {error}", count=len(batch), endpoint=self.name, attempts=attempts, error=error)
             return
+        if self._stopped:
+            return  # the journal keeps it for the next start
         delay = backoff_delay(self.settings, attempts, self._jitter())
         self._retry = self._clock.callLater(delay, self._retry_now)
 

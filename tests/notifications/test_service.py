@@ -4,7 +4,7 @@ import json
 import os
 
 import treq
-from twisted.internet import reactor
+from twisted.internet import reactor, task
 from twisted.trial.unittest import TestCase
 from twisted.web.server import Site
 
@@ -82,6 +82,10 @@ class ServiceTests(TestCase):
         self.addCleanup(port.stopListening)
         base = f"http://127.0.0.1:{port.getHost().port}"
         await self.server.push_blob("r", b"first")
+        for _ in range(200):  # the failing attempt happens after the push was answered
+            if service.endpoints[0].stats.dead_letters:
+                break
+            await task.deferLater(reactor, 0.01, lambda: None)
         status = json.loads(await treq.content(await treq.get(base + "/debug/notifications", persistent=False)))
         self.assertEqual(status["endpoints"]["ci"]["dead_letters"], 1)
         self.assertEqual(status["endpoints"]["ci"]["last_error"], "HTTP 503")

@@ -121,8 +121,16 @@ def main(argv=None) -> int:
     parser.add_argument("--state", default="webhook-receiver.sqlite3", help="where seen event ids are kept")
     parser.add_argument("--only-action", action="append", default=[], help="e.g. push (repeatable)")
     parser.add_argument("--exec", help="shell command run per new event, event JSON on stdin")
+    parser.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate chain")
+    parser.add_argument("--tls-key", help="private key for --tls-cert")
     options = parser.parse_args(argv)
     server = ThreadingHTTPServer((options.host, options.port), make_handler(options, Seen(options.state)))
+    if options.tls_cert:
+        import ssl
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(options.tls_cert, options.tls_key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     print(f"listening on {options.host}:{server.server_address[1]}", file=sys.stderr, flush=True)
     try:
         server.serve_forever()

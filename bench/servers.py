@@ -118,7 +118,7 @@ def config_yaml(port: int, root: str, reference: bool) -> str:
 class Server:
     """One registry process with its own temp directory."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, extra_config: str = ""):
         if kind not in ("regd", "reference"):
             raise ValueError(kind)
         self.kind = kind
@@ -128,7 +128,7 @@ class Server:
         self.port = free_port()
         self.config = os.path.join(self.tmp, "config.yml")
         with open(self.config, "w") as f:
-            f.write(config_yaml(self.port, self.root, kind == "reference"))
+            f.write(config_yaml(self.port, self.root, kind == "reference") + extra_config)
         self.log_path = os.path.join(self.tmp, "server.log")
         self.proc: subprocess.Popen | None = None
         self.sampler: RssSampler | None = None

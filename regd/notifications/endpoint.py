@@ -145,7 +145,10 @@ class Endpoint:
         self.stats.delivered_events += len(batch)
         for _ in batch:
             self._queue.popleft()
-        await self._journal.delivered(self.name, [e.seq for e in batch])
+        # Not awaited: the next POST need not wait for this bookkeeping, which is
+        # group-committed; if it is lost in a crash the event is sent again, same id.
+        self._journal.delivered(self.name, [e.seq for e in batch]).addErrback(
+            lambda f: log.failure("notifications: journal update failed", f))
 
     async def _failed(self, batch: list[JournalEntry], error: str) -> None:
         self.stats.failures += 1

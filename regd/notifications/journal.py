@@ -5,7 +5,7 @@ is on disk before the request that caused it is answered, and survives
 SIGKILL until every endpoint has it or gave up on it (a dead letter).
 
 All SQLite work runs through one injected runner (a single dedicated
-thread in the daemon, inline in tests). Appends that arrive while a commit
+thread in the daemon, inline in tests). Writes that arrive while a commit
 is running are committed together in the next transaction.
 """
 
@@ -53,7 +53,7 @@ class Journal:
         self._run = run
         self._wallclock = wallclock
         self._db: sqlite3.Connection | None = None
-        self._waiting: list[tuple[str, str, tuple[str, ...], defer.Deferred]] = []
+        self._waiting: list[tuple[str, tuple, defer.Deferred]] = []
         self._committing = False
 
     # -- lifecycle (runner thread) -------------------------------------
@@ -78,12 +78,15 @@ class Journal:
             self._db.close()
             self._db = None
 
-    # -- appends, group-committed ----------------------------------------
+    # -- writes, group-committed ----------------------------------------
 
-    def append(self, event_id: str, body: str, endpoints: tuple[str, ...]) -> defer.Deferred:
-        """Deferred[int seq], fired once the event is durably on disk."""
+    def _write(self, operation: str, *args) -> defer.Deferred:
+        """
+        Queue a write; it is committed with every other write queued while
+        the previous commit ran, in one transaction (one fsync for many).
+        """
         d: defer.Deferred = defer.Deferred()
-        self._waiting.append((event_id, body, endpoints, d))
+        self._waiting.append((operation, args, d))
         if not self._committing:
             self._commit_waiting()
         return d
@@ -91,7 +94,6 @@ class Journal:
     def _commit_waiting(self) -> None:
         batch, self._waiting = self._waiting, []
         self._committing = True
-        created = self._wallclock()
 
         def done(result):
             self._committing = False
@@ -99,35 +101,44 @@ class Journal:
                 self._commit_waiting()
             return result
 
-        def delivered(seqs):
-            for (_, _, _, d), seq in zip(batch, seqs):
-                d.callback(seq)
+        def succeeded(results):
+            for (_, _, d), result in zip(batch, results):
+                d.callback(result)
 
         def failed(failure):
             for *_, d in batch:
                 d.errback(failure)
 
-        committed = self._run(self._insert, [(e, b, eps) for e, b, eps, _ in batch], created)
+        committed = self._run(self._transaction, [(op, args) for op, args, _ in batch], self._wallclock())
         committed.addBoth(done)
-        committed.addCallbacks(delivered, failed)
+        committed.addCallbacks(succeeded, failed)
 
-    def _insert(self, rows, created: float) -> list[int]:
+    def _transaction(self, operations, now: float) -> list:
         db = self._db
-        seqs = []
+        results = []
+        # New events must be on disk before their request is answered (fsync);
+        # delivery bookkeeping need not: losing it only means sending again.
+        durable = any(operation == "append" for operation, _ in operations)
+        db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         db.execute("BEGIN IMMEDIATE")
         try:
-            for event_id, body, endpoints in rows:
-                cursor = db.execute("INSERT INTO events (id, created, body) VALUES (?, ?, ?)",
-                                    (event_id, created, body))
-                seq = cursor.lastrowid
-                db.executemany("INSERT INTO deliveries (endpoint, seq) VALUES (?, ?)",
-                               [(name, seq) for name in endpoints])
-                seqs.append(seq)
+            for operation, args in operations:
+                results.append(getattr(self, f"_op_{operation}")(db, now, *args))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        return seqs
+        return results
+
+    def append(self, event_id: str, body: str, endpoints: tuple[str, ...]) -> defer.Deferred:
+        """Deferred[int seq], fired once the event is durably on disk."""
+        return self._write("append", event_id, body, endpoints)
+
+    @staticmethod
+    def _op_append(db, now, event_id, body, endpoints) -> int:
+        seq = db.execute("INSERT INTO events (id, created, body) VALUES (?, ?, ?)", (event_id, now, body)).lastrowid
+        db.executemany("INSERT INTO deliveries (endpoint, seq) VALUES (?, ?)", [(name, seq) for name in endpoints])
+        return seq
 
     # -- delivery bookkeeping ------------------------------------------
 
@@ -146,36 +157,31 @@ class Journal:
         return [JournalEntry(*row) for row in rows]
 
     def delivered(self, endpoint: str, seqs: list[int]) -> defer.Deferred:
-        return self._run(self._delivered, endpoint, list(seqs))
+        return self._write("delivered", endpoint, list(seqs))
 
-    def _delivered(self, endpoint: str, seqs: list[int]) -> None:
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.executemany("DELETE FROM deliveries WHERE endpoint = ? AND seq = ?", [(endpoint, s) for s in seqs])
-            db.executemany("DELETE FROM events WHERE seq = ? AND NOT EXISTS "
-                           "(SELECT 1 FROM deliveries WHERE seq = ?)", [(s, s) for s in seqs])
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+    @staticmethod
+    def _op_delivered(db, now, endpoint: str, seqs: list[int]) -> None:
+        db.executemany("DELETE FROM deliveries WHERE endpoint = ? AND seq = ?", [(endpoint, s) for s in seqs])
+        db.executemany("DELETE FROM events WHERE seq = ? AND NOT EXISTS "
+                       "(SELECT 1 FROM deliveries WHERE seq = ?)", [(s, s) for s in seqs])
 
     def failed(self, endpoint: str, seqs: list[int], error: str, dead: bool) -> defer.Deferred:
-        return self._run(self._failed, endpoint, list(seqs), error, dead)
+        return self._write("failed", endpoint, list(seqs), error, dead)
 
-    def _failed(self, endpoint: str, seqs: list[int], error: str, dead: bool) -> None:
-        self._db.executemany(
+    @staticmethod
+    def _op_failed(db, now, endpoint: str, seqs: list[int], error: str, dead: bool) -> None:
+        db.executemany(
             "UPDATE deliveries SET attempts = attempts + 1, last_error = ?, dead = ? WHERE endpoint = ? AND seq = ?",
             [(error[:500], int(dead), endpoint, s) for s in seqs])
 
     def replay(self, endpoint: str, seqs: list[int] | None = None) -> defer.Deferred:
         """Deferred[list[JournalEntry]]: turn dead letters back into pending deliveries."""
-        return self._run(self._replay, endpoint, seqs)
+        return self._write("replay", endpoint, seqs)
 
-    def _replay(self, endpoint: str, seqs: list[int] | None) -> list[JournalEntry]:
+    def _op_replay(self, db, now, endpoint: str, seqs: list[int] | None) -> list[JournalEntry]:
         revived = [e for e in self._select(endpoint, 1, 1_000_000) if seqs is None or e.seq in seqs]
-        self._db.executemany("UPDATE deliveries SET dead = 0, attempts = 0 WHERE endpoint = ? AND seq = ?",
-                             [(endpoint, e.seq) for e in revived])
+        db.executemany("UPDATE deliveries SET dead = 0, attempts = 0 WHERE endpoint = ? AND seq = ?",
+                       [(endpoint, e.seq) for e in revived])
         return revived
 
     def counts(self, endpoint: str) -> defer.Deferred:

@@ -19,7 +19,7 @@ class DeferredRunner:
     def __call__(self, function, *args):
         d = defer.Deferred()
         self.calls.append((function, args, d))
-        if function.__name__ == "_insert":
+        if function.__name__ == "_transaction":
             self.history.append(len(args[0]))
         return d
 

@@ -3,7 +3,7 @@
 import json
 import os
 
-from twisted.internet import reactor
+from twisted.internet import reactor, task
 from twisted.trial.unittest import TestCase
 
 from regd.notifications.httpsink import DeliveryFailed, HTTPSink, make_client
@@ -73,3 +73,34 @@ class SinkTests(TestCase):
         untrusted = self.sink(url)
         with self.assertRaises(DeliveryFailed):
             await untrusted.deliver(BODY, TYPE, "e3")
+
+
+class LoggingTests(TestCase):
+    async def test_failures_are_logged_without_secrets_or_header_values(self):
+        from twisted.logger import capturedLogs, formatEvent
+
+        from regd.notifications.endpoint import Endpoint
+        from regd.notifications.journal import Journal, JournalEntry
+        from regd.storage.threads import inline_runner
+
+        receiver = Receiver()
+        receiver.fail_next = 5
+        settings = EndpointSettings(name="ci", url=receiver.listen(self), headers={"Authorization": ("Bearer tok-XYZ",)},
+                                    secrets=("sekrit-123",), backoff=10.0)
+        client, pool = make_client(reactor, settings)
+        self.addCleanup(pool.closeCachedConnections)
+        journal = Journal(os.path.join(os.path.abspath(self.mktemp()), "j.sqlite3"), inline_runner)
+        self.successResultOf(journal.open())
+        endpoint = Endpoint(settings, journal, HTTPSink(settings, client, reactor), reactor)
+        await endpoint.start()
+        seq = self.successResultOf(journal.append("e1", BODY.decode(), ("ci",)))
+        with capturedLogs() as events:
+            endpoint.enqueue(JournalEntry(seq, "e1", 0.0, BODY.decode()))
+            while endpoint.stats.failures == 0:
+                await task.deferLater(reactor, 0.01, lambda: None)
+        endpoint.stop()
+        journal._close()
+        text = "\n".join(formatEvent(e) for e in events)
+        self.assertIn("delivery to ci failed (attempt 1): HTTP 503", text)
+        self.assertNotIn("tok-XYZ", text)
+        self.assertNotIn("sekrit-123", text)

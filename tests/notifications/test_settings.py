@@ -65,3 +65,20 @@ class SettingsTests(SynchronousTestCase):
     def test_no_section(self):
         settings, warnings = parse_notifications(None, "/j")
         self.assertEqual((settings.endpoints, warnings), ((), []))
+
+
+class SampleConfigTests(SynchronousTestCase):
+    def test_the_documented_sample_endpoint_parses_without_warnings(self):
+        import os
+
+        import yaml
+        sample = os.path.join(os.path.dirname(__file__), "..", "..", "etc", "regd.yml")
+        with open(sample) as f:
+            raw = yaml.safe_load(f)["notifications"]
+        raw["endpoints"][0]["disabled"] = False
+        settings, warnings = parse_notifications(raw, "/j")
+        self.assertEqual(warnings, [])
+        endpoint = settings.endpoints[0]
+        self.assertEqual((endpoint.timeout, endpoint.max_backoff, endpoint.ca_file),
+                         (5.0, 300.0, "/etc/regd/receiver-ca.pem"))
+        self.assertEqual(endpoint.ignored_actions, {"pull"})

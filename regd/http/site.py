@@ -13,15 +13,12 @@ from __future__ import annotations
 import uuid
 from io import BytesIO
 
-from twisted.logger import Logger
 from twisted.protocols import policies
 from twisted.web import server
 
 API_VERSION_HEADER = b"Docker-Distribution-API-Version"
 API_VERSION = b"registry/2.0"
 REQUEST_ID_HEADER = b"X-Request-Id"
-
-log = Logger()
 
 
 class RegdRequest(server.Request):

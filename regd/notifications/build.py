@@ -3,12 +3,6 @@
 
 from __future__ import annotations
 
-from twisted.python.threadpool import ThreadPool
-
-from regd.notifications.admin import NotificationAdmin
-from regd.notifications.httpsink import HTTPSink, make_client
-from regd.notifications.journal import Journal
-from regd.notifications.service import NotificationService
 from regd.notifications.settings import parse_notifications
 
 
@@ -22,6 +16,13 @@ def build_notifications(raw, *, reactor, default_journal: str, source_addr: str,
     settings, warnings = parse_notifications(raw, default_journal)
     if not settings.endpoints:
         return None, None, warnings
+    # Imported only when used: a registry without webhooks stays smaller.
+    from twisted.python.threadpool import ThreadPool
+
+    from regd.notifications.admin import NotificationAdmin
+    from regd.notifications.httpsink import HTTPSink, make_client
+    from regd.notifications.journal import Journal
+    from regd.notifications.service import NotificationService
     pool = None
     if run_in_thread is None:
         from twisted.internet.threads import deferToThreadPool

@@ -29,10 +29,16 @@ class Options(usage.Options):
     def postOptions(self):
         # Refuse to start with one line naming the key and the problem.
         from regd.notifications.settings import NotificationConfigError, parse_notifications
+        from regd.tls import TLSConfigError, ReloadingServerContext
         try:
             self["loaded"] = loaded = load_config(self["config"], os.environ, default_root=os.path.abspath("data"))
             parse_notifications(loaded.config.notifications, "")
-        except (ConfigError, NotificationConfigError) as e:
+            tls = loaded.config.http.tls
+            if tls.letsencrypt:
+                raise TLSConfigError("http.tls.letsencrypt: ACME certificates are not supported yet; "
+                                     "use http.tls.certificate and http.tls.key")
+            self["tls"] = ReloadingServerContext(tls) if (tls.certificate or tls.key) else None
+        except (ConfigError, NotificationConfigError, TLSConfigError) as e:
             sys.stderr.write(f"regd: configuration error: {e}\n")
             raise SystemExit(1)
 
@@ -53,6 +59,38 @@ class RegdService(service.MultiService):
         if self.log_observer is not None and set_component is not None:
             from twisted.logger import ILogObserver
             set_component(ILogObserver, self.log_observer)
+
+
+class CertificateReloader(service.Service):
+    """Reloads the TLS certificate on SIGHUP, and when its files change (checked every few seconds)."""
+
+    interval = 5.0
+
+    def __init__(self, context, reactor):
+        self.context = context
+        self.reactor = reactor
+        self._timer = None
+        self._previous = None
+
+    def startService(self):
+        import signal
+        from twisted.internet.task import LoopingCall
+        super().startService()
+        self._previous = signal.signal(signal.SIGHUP, self._on_hangup)
+        self._timer = LoopingCall(self.context.reload_if_changed)
+        self._timer.clock = self.reactor
+        self._timer.start(self.interval, now=False)
+
+    def _on_hangup(self, signum, frame):
+        self.reactor.callFromThread(self.context.reload)
+
+    def stopService(self):
+        import signal
+        super().stopService()
+        if self._timer is not None and self._timer.running:
+            self._timer.stop()
+        if self._previous is not None:
+            signal.signal(signal.SIGHUP, self._previous)
 
 
 class ThreadPoolService(service.Service):
@@ -122,7 +160,14 @@ def makeService(options) -> service.MultiService:
     site = RegdSite(mount_at_prefix(api.resource(), prefix), registry.new_spool,
                     spool_threshold=config.regd.spoolthreshold, max_body_size=config.regd.maxbodysize,
                     extra_headers=config.http.headers, access_log=not config.log.accesslog_disabled)
-    endpoint = serverFromString(reactor, listen_description(config.http.host_addr, config.http.port))
+    tls = options["tls"]
+    if tls is None:
+        endpoint = serverFromString(reactor, listen_description(config.http.host_addr, config.http.port))
+    else:
+        from twisted.internet.endpoints import SSL4ServerEndpoint
+        site.plain_http = False
+        endpoint = SSL4ServerEndpoint(reactor, config.http.port, tls, interface=config.http.host_addr)
+        CertificateReloader(tls, reactor).setServiceParent(root)
     internet.StreamServerEndpointService(endpoint, site).setServiceParent(root)
     if config.http.debug_addr:
         add_debug_server(root, config.http.debug_addr, notifications, reactor)

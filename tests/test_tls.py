@@ -1,0 +1,157 @@
+"""Native TLS: bundles with intermediates, TLS 1.2+, mutual TLS, reload without restart, clear startup errors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import ssl as stdlib_ssl
+import subprocess
+import sys
+
+import attrs
+from twisted.internet import reactor, threads
+from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from regd.config import TLSConfig
+from regd.tls import ReloadingServerContext, TLSConfigError, build_options
+from tests.support.certs import PKI
+from tests.support.server import RegistryServer
+
+
+def handshake(port: int, ca: str, *, maximum=None, client=None) -> tuple[str, str]:
+    """Blocking TLS handshake + GET /v2/; returns (TLS version, peer certificate serial)."""
+    context = stdlib_ssl.create_default_context(cafile=ca)
+    if maximum is not None:
+        context.minimum_version = stdlib_ssl.TLSVersion.MINIMUM_SUPPORTED
+        context.maximum_version = maximum
+        context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    if client:
+        context.load_cert_chain(*client)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            tls.sendall(b"GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            reply = tls.recv(4096)
+            assert reply.startswith(b"HTTP/1.1 200"), reply
+            der = tls.getpeercert(binary_form=True)
+            from cryptography import x509
+            return tls.version(), str(x509.load_der_x509_certificate(der).serial_number)
+
+
+class BuildOptionsTests(SynchronousTestCase):
+    def setUp(self):
+        self.pki = PKI(os.path.abspath(self.mktemp()))
+
+    def config(self, **changes):
+        return attrs.evolve(TLSConfig(certificate=self.pki.server_chain, key=self.pki.server_key), **changes)
+
+    def assert_error(self, config, expected):
+        with self.assertRaises(TLSConfigError) as caught:
+            build_options(config)
+        self.assertEqual(str(caught.exception), expected)
+
+    def test_clear_errors(self):
+        self.assert_error(self.config(certificate="/nope.pem"),
+                          "http.tls.certificate: cannot read /nope.pem: No such file or directory")
+        self.assert_error(self.config(key=self.pki.client_key),
+                          f"http.tls.key: {self.pki.client_key} does not match the certificate {self.pki.server_chain}")
+        self.assert_error(self.config(key=self.pki.server_chain),
+                          f"http.tls.key: {self.pki.server_chain} is not an unencrypted PEM private key")
+        self.assert_error(self.config(minimumtls="tls1.0"),
+                          "http.tls.minimumtls: tls1.0 is not allowed; use tls1.2 or tls1.3")
+        self.assert_error(self.config(ciphersuites=("TLS_RSA_WITH_RC4_128_SHA",)),
+                          "http.tls.ciphersuites: unknown or unsupported suite TLS_RSA_WITH_RC4_128_SHA")
+        self.assertIsNotNone(build_options(self.config(ciphersuites=("TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",))))
+
+    def test_twistd_refuses_to_start_with_a_mismatched_key(self):
+        config = os.path.abspath(self.mktemp())
+        with open(config, "w") as f:
+            f.write(f"http:\n  addr: 127.0.0.1:0\n  tls:\n    certificate: {self.pki.server_chain}\n"
+                    f"    key: {self.pki.client_key}\n")
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        result = subprocess.run([twistd, "-n", "--pidfile=", "regd", "--config", config],
+                                capture_output=True, text=True, timeout=60)
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(result.stderr.strip().splitlines(), [
+            f"regd: configuration error: http.tls.key: {self.pki.client_key} does not match the certificate "
+            f"{self.pki.server_chain}"])
+
+
+class TLSServerTests(TestCase):
+    def start(self, **changes):
+        self.pki = PKI(os.path.abspath(self.mktemp()))
+        tls = attrs.evolve(TLSConfig(certificate=self.pki.server_chain, key=self.pki.server_key), **changes)
+        self.context = ReloadingServerContext(tls)
+        server = RegistryServer(self)
+        server.site.plain_http = False
+        endpoint = SSL4ServerEndpoint(reactor, 0, self.context, interface="127.0.0.1")
+        return endpoint.listen(server.site).addCallback(self._listening)
+
+    def _listening(self, port):
+        self.addCleanup(port.stopListening)
+        self.port = port.getHost().port
+
+    async def test_chain_with_intermediate_and_tls12_minimum(self):
+        await self.start()
+        version, _ = await threads.deferToThread(handshake, self.port, self.pki.ca)
+        self.assertIn(version, ("TLSv1.2", "TLSv1.3"))
+        for old in (stdlib_ssl.TLSVersion.TLSv1, stdlib_ssl.TLSVersion.TLSv1_1):
+            with self.assertRaises((stdlib_ssl.SSLError, ConnectionError)):
+                await threads.deferToThread(handshake, self.port, self.pki.ca, maximum=old)
+
+    async def test_openssl_s_client_old_versions_refused(self):
+        if not shutil.which("openssl"):
+            self.skipTest("openssl not installed") if os.environ.get("CI") != "true" else self.fail("no openssl")
+        await self.start()
+        for flag, refused in (("-tls1", True), ("-tls1_1", True), ("-tls1_2", False)):
+            result = await threads.deferToThread(
+                subprocess.run, ["openssl", "s_client", flag, "-connect", f"127.0.0.1:{self.port}",
+                                 "-CAfile", self.pki.ca, "-cipher", "DEFAULT:@SECLEVEL=0"],
+                input=b"", capture_output=True, timeout=30)
+            self.assertEqual(result.returncode != 0, refused, (flag, result.stdout[-300:]))
+
+    async def test_client_certificate_required_when_clientcas_set(self):
+        self.pki = PKI(os.path.abspath(self.mktemp()))
+        tls = TLSConfig(certificate=self.pki.server_chain, key=self.pki.server_key, clientcas=(self.pki.ca,))
+        server = RegistryServer(self)
+        server.site.plain_http = False
+        port = await SSL4ServerEndpoint(reactor, 0, ReloadingServerContext(tls), interface="127.0.0.1").listen(
+            server.site)
+        self.addCleanup(port.stopListening)
+        number = port.getHost().port
+        version, _ = await threads.deferToThread(handshake, number, self.pki.ca,
+                                                 client=(self.pki.client_cert, self.pki.client_key))
+        self.assertTrue(version.startswith("TLS"))
+        with self.assertRaises((stdlib_ssl.SSLError, ConnectionError, AssertionError)):
+            await threads.deferToThread(handshake, number, self.pki.ca)
+
+    async def test_certificate_reload_keeps_open_connections(self):
+        await self.start()
+        _, first_serial = await threads.deferToThread(handshake, self.port, self.pki.ca)
+        context = stdlib_ssl.create_default_context(cafile=self.pki.ca)
+        raw = socket.create_connection(("127.0.0.1", self.port))
+        held = context.wrap_socket(raw, server_hostname="127.0.0.1", do_handshake_on_connect=False)
+        await threads.deferToThread(held.do_handshake)
+        self.addCleanup(held.close)
+        fresh = PKI(os.path.abspath(self.mktemp()))  # new CA too: trust both below
+        shutil.copy(fresh.server_chain, self.pki.server_chain)
+        shutil.copy(fresh.server_key, self.pki.server_key)
+        self.assertTrue(self.context.reload_if_changed())
+        self.assertFalse(self.context.reload_if_changed())
+        _, second_serial = await threads.deferToThread(handshake, self.port, fresh.ca)
+        self.assertNotEqual(first_serial, second_serial)
+
+        def old_connection_still_works():
+            held.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            return held.recv(100)
+
+        self.assertTrue((await threads.deferToThread(old_connection_still_works)).startswith(b"HTTP/1.1 200"))
+
+    async def test_broken_new_files_keep_the_old_certificate(self):
+        await self.start()
+        with open(self.pki.server_key, "w") as f:
+            f.write("not a key")
+        self.assertFalse(self.context.reload_if_changed())
+        version, _ = await threads.deferToThread(handshake, self.port, self.pki.ca)
+        self.assertTrue(version.startswith("TLS"))

@@ -29,6 +29,7 @@ class Options(usage.Options):
     def postOptions(self):
         # Refuse to start with one line naming the key and the problem.
         from regd.notifications.settings import NotificationConfigError, parse_notifications
+        from regd.http.htpasswd import HtpasswdError
         from regd.tls import TLSConfigError, ReloadingServerContext
         try:
             self["loaded"] = loaded = load_config(self["config"], os.environ, default_root=os.path.abspath("data"))
@@ -38,7 +39,8 @@ class Options(usage.Options):
                 raise TLSConfigError("http.tls.letsencrypt: ACME certificates are not supported yet; "
                                      "use http.tls.certificate and http.tls.key")
             self["tls"] = ReloadingServerContext(tls) if (tls.certificate or tls.key) else None
-        except (ConfigError, NotificationConfigError, TLSConfigError) as e:
+            self["auth"] = auth_settings(loaded.config, self["tls"] is not None)
+        except (ConfigError, NotificationConfigError, TLSConfigError, HtpasswdError) as e:
             sys.stderr.write(f"regd: configuration error: {e}\n")
             raise SystemExit(1)
 
@@ -59,6 +61,33 @@ class RegdService(service.MultiService):
         if self.log_observer is not None and set_component is not None:
             from twisted.logger import ILogObserver
             set_component(ILogObserver, self.log_observer)
+
+
+def auth_settings(config, tls_enabled: bool):
+    """
+    The `auth` section: None (open registry) or (realm, htpasswd path).
+    Basic credentials over plain HTTP beyond loopback are refused unless
+    auth.htpasswd.allowinsecure says otherwise.
+    """
+    from regd.http.htpasswd import HtpasswdError, parse_htpasswd
+    auth = config.auth
+    if not auth:
+        return None
+    unsupported = sorted(set(auth) - {"htpasswd"})
+    if unsupported:
+        raise HtpasswdError(f"auth.{unsupported[0]}: this authentication method is not supported yet; use htpasswd")
+    section = auth["htpasswd"] or {}
+    realm, path = section.get("realm"), section.get("path")
+    if not realm or not path:
+        raise HtpasswdError("auth.htpasswd: realm and path are both required")
+    parse_htpasswd(path)
+    loopback = config.http.host_addr in ("127.0.0.1", "::1", "localhost")
+    if not tls_enabled and not loopback:
+        if not section.get("allowinsecure"):
+            raise HtpasswdError("auth.htpasswd: passwords would cross the network in clear text; configure "
+                                "http.tls or set auth.htpasswd.allowinsecure: true (behind a TLS proxy)")
+        log.warn("auth.htpasswd.allowinsecure is set: basic credentials are accepted over plain HTTP")
+    return str(realm), str(path)
 
 
 class CertificateReloader(service.Service):
@@ -156,7 +185,14 @@ def makeService(options) -> service.MultiService:
     prefix = config.http.prefix.rstrip("/")
     urls = UrlBuilder(relative=config.http.relativeurls, base=config.http.host or None, prefix=prefix)
     notifications = add_notifications(root, registry, config, reactor)
-    api = RegistryAPI(registry, urls)
+    access = None
+    if options["auth"] is not None:
+        from twisted.internet.threads import deferToThread
+
+        from regd.http.htpasswd import HtpasswdAccess
+        realm, path = options["auth"]
+        access = HtpasswdAccess(realm, path, deferToThread, reactor)
+    api = RegistryAPI(registry, urls, access)
     site = RegdSite(mount_at_prefix(api.resource(), prefix), registry.new_spool,
                     spool_threshold=config.regd.spoolthreshold, max_body_size=config.regd.maxbodysize,
                     extra_headers=config.http.headers, access_log=not config.log.accesslog_disabled)

@@ -32,14 +32,15 @@ class RecordingListener:
 class RegistryServer:
     """Starts a RegdSite over a filesystem driver; stops everything on test cleanup."""
 
-    def __init__(self, testcase, *, spool_threshold=1024, max_body_size=0, urls=None, **registry_kwargs):
+    def __init__(self, testcase, *, spool_threshold=1024, max_body_size=0, urls=None, access=None,
+                 **registry_kwargs):
         self.root = testcase.mktemp()
         testcase.addCleanup(self._assert_no_spools_left, testcase)
         self.driver = FilesystemDriver(self.root, inline_runner)
         registry_kwargs.setdefault("delete_enabled", True)
         self.listener = RecordingListener()
         self.registry = Registry(self.driver, reactor, listeners=[self.listener], **registry_kwargs)
-        self.api = RegistryAPI(self.registry, urls or UrlBuilder())
+        self.api = RegistryAPI(self.registry, urls or UrlBuilder(), access)
         self.site = RegdSite(self.api.resource(), self.registry.new_spool,
                              spool_threshold=spool_threshold, max_body_size=max_body_size)
         self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")

@@ -1,0 +1,146 @@
+"""htpasswd (bcrypt) authentication: challenges, checks, reloads, slow-downs, no secrets in logs."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+import bcrypt
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.logger import capturedLogs, formatEvent
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from regd.http.htpasswd import FailedLogins, HtpasswdAccess, HtpasswdError, parse_htpasswd
+from regd.oci.errors import Unauthorized
+from regd.storage.threads import inline_runner
+from tests.support.server import RegistryServer, errors_of, header
+
+
+def write_htpasswd(path: str, users: dict[str, str], rounds: int = 4) -> str:
+    with open(path, "wb") as f:
+        for user, password in users.items():
+            hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds)).replace(b"$2b$", b"$2y$")
+            f.write(user.encode() + b":" + hashed + b"\n")
+    return path
+
+
+def basic(user: str, password: str) -> bytes:
+    return b"Basic " + base64.b64encode(f"{user}:{password}".encode())
+
+
+class FakeRequest:
+    def __init__(self, authorization=None, host="10.1.2.3"):
+        self._authorization = authorization
+        self._host = host
+
+    def getHeader(self, name):
+        return self._authorization if name.lower() == b"authorization" else None
+
+    def getClientAddress(self):
+        return type("Address", (), {"host": self._host})()
+
+
+class ParseTests(SynchronousTestCase):
+    def test_only_bcrypt_lines_and_errors_name_the_line(self):
+        path = os.path.abspath(self.mktemp())
+        with open(path, "w") as f:
+            f.write("# comment\n\nalice:$2y$05$abcdefghijklmnopqrstuuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZa\n"
+                    "bob:$apr1$xyz$oldmd5hash\n")
+        with self.assertRaises(HtpasswdError) as caught:
+            parse_htpasswd(path)
+        self.assertEqual(str(caught.exception),
+                         f"{path} line 4: only bcrypt entries are accepted (create them with htpasswd -B)")
+        self.assertRaises(HtpasswdError, parse_htpasswd, "/no/such/file")
+
+
+class AccessTests(SynchronousTestCase):
+    def setUp(self):
+        self.path = write_htpasswd(os.path.abspath(self.mktemp()), {"alice": "wonderland", "bob": "builder"})
+        self.clock = Clock()
+        self.calls = []
+
+        def counting_runner(function, *args):
+            self.calls.append(function.__name__)
+            return inline_runner(function, *args)
+
+        self.access = HtpasswdAccess("regd", self.path, counting_runner, self.clock)
+
+    def authorize(self, request):
+        return defer.ensureDeferred(self.access.authorize(request, []))
+
+    def test_good_password_and_cache(self):
+        self.assertEqual(self.successResultOf(self.authorize(FakeRequest(basic("alice", "wonderland")))).actor,
+                         "alice")
+        self.successResultOf(self.authorize(FakeRequest(basic("alice", "wonderland"))))
+        self.assertEqual(self.calls, ["checkpw"])  # the second check came from the cache
+
+    def test_no_credentials_is_a_challenge(self):
+        failure = self.failureResultOf(self.authorize(FakeRequest()), Unauthorized)
+        self.assertEqual(failure.value.headers["WWW-Authenticate"], 'Basic realm="regd", charset="UTF-8"')
+        self.assertEqual(self.access.failures.total, 0)
+
+    def test_wrong_password_and_unknown_user_slow_down_per_address(self):
+        delays = []
+        for attempt in range(4):
+            d = self.authorize(FakeRequest(basic("alice", "nope")))
+            self.assertNoResult(d)
+            delays.append(self.clock.getDelayedCalls()[0].getTime() - self.clock.seconds())
+            self.clock.advance(100)
+            self.failureResultOf(d, Unauthorized)
+        self.assertEqual([round(d, 6) for d in delays], [0.1, 0.2, 0.4, 0.8])
+        d = self.authorize(FakeRequest(basic("mallory", "x"), host="10.9.9.9"))
+        self.assertEqual(self.clock.getDelayedCalls()[0].getTime() - self.clock.seconds(), 0.1)
+        self.clock.advance(1)
+        self.failureResultOf(d, Unauthorized)
+        self.assertEqual(self.calls.count("checkpw"), 5)  # unknown users are checked too (same cost)
+        self.successResultOf(self.authorize(FakeRequest(basic("alice", "wonderland"))))
+        self.assertEqual(self.access.failures.failed("10.1.2.3"), 0.1)  # success reset the count
+
+    def test_file_changes_are_picked_up(self):
+        self.successResultOf(self.authorize(FakeRequest(basic("bob", "builder"))))
+        write_htpasswd(self.path, {"alice": "new-password"})
+        os.utime(self.path, ns=(1, 1))
+        d = self.authorize(FakeRequest(basic("bob", "builder")))
+        self.clock.advance(10)
+        self.failureResultOf(d, Unauthorized)
+        self.successResultOf(self.authorize(FakeRequest(basic("alice", "new-password"))))
+
+    def test_failed_logins_log_no_password(self):
+        with capturedLogs() as events:
+            d = self.authorize(FakeRequest(basic("alice", "hunter2-secret")))
+            self.clock.advance(1)
+            self.failureResultOf(d, Unauthorized)
+        text = "\n".join(formatEvent(e) for e in events)
+        self.assertIn("failed login for alice from 10.1.2.3", text)
+        self.assertNotIn("hunter2-secret", text)
+
+    def test_failed_logins_backoff_is_capped(self):
+        failures = FailedLogins(base=1.0, cap=5.0)
+        self.assertEqual([failures.failed("a") for _ in range(5)], [1.0, 2.0, 4.0, 5.0, 5.0])
+
+
+class HTTPTests(TestCase):
+    async def test_registry_behind_htpasswd(self):
+        path = write_htpasswd(os.path.abspath(self.mktemp()), {"alice": "wonderland"})
+        from twisted.internet import reactor
+        server = RegistryServer(self, access=HtpasswdAccess("my realm", path, inline_runner, reactor,
+                                                            FailedLogins(base=0.01)))
+        response, body = await server.request("GET", "/v2/")
+        self.assertEqual(response.code, 401)
+        self.assertEqual(errors_of(body), ["UNAUTHORIZED"])
+        self.assertEqual(header(response, "WWW-Authenticate"), 'Basic realm="my realm", charset="UTF-8"')
+        self.assertEqual(header(response, "Docker-Distribution-API-Version"), "registry/2.0")
+        response, body = await server.request("GET", "/v2/", headers={"Authorization": basic("alice", "bad")})
+        self.assertEqual(response.code, 401)
+        self.assertNotIn(b"bad", body)
+        auth = {"Authorization": basic("alice", "wonderland")}
+        response, _ = await server.request("GET", "/v2/", headers=auth)
+        self.assertEqual(response.code, 200)
+        response, _ = await server.request("POST", "/v2/demo/blobs/uploads/", headers=auth)
+        self.assertEqual(response.code, 202)
+        self.assertEqual(server.listener.events, [])
+        response, _ = await server.request("POST", f"/v2/demo/blobs/uploads/?digest=sha256:"
+                                           f"{__import__('hashlib').sha256(b'x').hexdigest()}", b"x", auth)
+        self.assertEqual(response.code, 201)
+        self.assertEqual(server.listener.events[0].context.actor, "alice")

@@ -90,7 +90,7 @@ class AccessTests(SynchronousTestCase):
             self.failureResultOf(d, Unauthorized)
         self.assertEqual([round(d, 6) for d in delays], [0.1, 0.2, 0.4, 0.8])
         d = self.authorize(FakeRequest(basic("mallory", "x"), host="10.9.9.9"))
-        self.assertEqual(self.clock.getDelayedCalls()[0].getTime() - self.clock.seconds(), 0.1)
+        self.assertAlmostEqual(self.clock.getDelayedCalls()[0].getTime() - self.clock.seconds(), 0.1)
         self.clock.advance(1)
         self.failureResultOf(d, Unauthorized)
         self.assertEqual(self.calls.count("checkpw"), 5)  # unknown users are checked too (same cost)

@@ -22,6 +22,7 @@ setup(
         "werkzeug>=3.0",
         "prometheus-client>=0.19",
         "bcrypt>=4.0",
+        "pyjwt[crypto]>=2.8",
     ],
     extras_require={"test": ["pytest>=8.0", "hypothesis>=6.100"]},
 )

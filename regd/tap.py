@@ -30,6 +30,7 @@ class Options(usage.Options):
         # Refuse to start with one line naming the key and the problem.
         from regd.notifications.settings import NotificationConfigError, parse_notifications
         from regd.http.htpasswd import HtpasswdError
+        from regd.http.tokenauth import TokenConfigError
         from regd.tls import TLSConfigError, ReloadingServerContext
         try:
             self["loaded"] = loaded = load_config(self["config"], os.environ, default_root=os.path.abspath("data"))
@@ -40,7 +41,7 @@ class Options(usage.Options):
                                      "use http.tls.certificate and http.tls.key")
             self["tls"] = ReloadingServerContext(tls) if (tls.certificate or tls.key) else None
             self["auth"] = auth_settings(loaded.config, self["tls"] is not None)
-        except (ConfigError, NotificationConfigError, TLSConfigError, HtpasswdError) as e:
+        except (ConfigError, NotificationConfigError, TLSConfigError, HtpasswdError, TokenConfigError) as e:
             sys.stderr.write(f"regd: configuration error: {e}\n")
             raise SystemExit(1)
 
@@ -65,29 +66,72 @@ class RegdService(service.MultiService):
 
 def auth_settings(config, tls_enabled: bool):
     """
-    The `auth` section: None (open registry) or (realm, htpasswd path).
-    Basic credentials over plain HTTP beyond loopback are refused unless
-    auth.htpasswd.allowinsecure says otherwise.
+    Validate the `auth` section; returns it (or None for an open registry).
+    Passwords over plain HTTP beyond loopback are refused unless
+    `allowinsecure` says a TLS proxy is in front.
     """
     from regd.http.htpasswd import HtpasswdError, parse_htpasswd
     auth = config.auth
     if not auth:
         return None
-    unsupported = sorted(set(auth) - {"htpasswd"})
-    if unsupported:
-        raise HtpasswdError(f"auth.{unsupported[0]}: this authentication method is not supported yet; use htpasswd")
-    section = auth["htpasswd"] or {}
-    realm, path = section.get("realm"), section.get("path")
-    if not realm or not path:
-        raise HtpasswdError("auth.htpasswd: realm and path are both required")
-    parse_htpasswd(path)
+    unsupported = sorted(set(auth) - {"htpasswd", "token"})
+    if unsupported or len(auth) != 1:
+        raise HtpasswdError(f"auth.{(unsupported or sorted(auth))[0]}: configure exactly one of htpasswd or token")
+    method, section = next(iter(auth.items()))
+    section = section or {}
+    if method == "htpasswd":
+        if not section.get("realm") or not section.get("path"):
+            raise HtpasswdError("auth.htpasswd: realm and path are both required")
+        parse_htpasswd(section["path"])
+        passwords_here = True
+    else:
+        build_token_access(section, clock=None)  # reads and checks every file now
+        passwords_here = bool(section.get("builtin"))
     loopback = config.http.host_addr in ("127.0.0.1", "::1", "localhost")
-    if not tls_enabled and not loopback:
+    if passwords_here and not tls_enabled and not loopback:
         if not section.get("allowinsecure"):
-            raise HtpasswdError("auth.htpasswd: passwords would cross the network in clear text; configure "
-                                "http.tls or set auth.htpasswd.allowinsecure: true (behind a TLS proxy)")
-        log.warn("auth.htpasswd.allowinsecure is set: basic credentials are accepted over plain HTTP")
-    return str(realm), str(path)
+            raise HtpasswdError(f"auth.{method}: passwords would cross the network in clear text; configure "
+                                f"http.tls or set auth.{method}.allowinsecure: true (behind a TLS proxy)")
+        log.warn("allowinsecure is set: passwords are accepted over plain HTTP")
+    return method, section
+
+
+def build_token_access(section, clock, run_in_thread=None):
+    """TokenAccess (and the built-in TokenIssuer when configured) from auth.token."""
+    from regd.http.tokenauth import TokenAccess, TokenConfigError, load_bundle, load_jwks
+    for key in ("realm", "service", "issuer", "rootcertbundle"):
+        if not section.get(key):
+            raise TokenConfigError(f"auth.token.{key}: required")
+    roots = load_bundle(section["rootcertbundle"])
+    jwks = load_jwks(section["jwks"]) if section.get("jwks") else None
+    issuer = None
+    builtin = section.get("builtin")
+    if builtin:
+        from regd.http.htpasswd import HtpasswdAccess
+        from regd.http.tokenissuer import TokenIssuer, parse_rules
+        from regd.units import parse_duration
+        rules = parse_rules(builtin.get("access") or [], builtin.get("groups"))
+        try:
+            with open(builtin["key"], "rb") as f:
+                key_pem = f.read()
+            with open(section["rootcertbundle"], "rb") as f:
+                certificate_pem = f.read()
+        except (KeyError, OSError) as e:
+            raise TokenConfigError(f"auth.token.builtin.key: cannot read the signing key: {e}") from None
+        passwords = HtpasswdAccess(section["realm"], builtin.get("htpasswd", ""), run_in_thread, clock) \
+            if builtin.get("htpasswd") else None
+        if passwords is None:
+            raise TokenConfigError("auth.token.builtin.htpasswd: required (the users who may log in)")
+        try:
+            issuer = TokenIssuer(service=section["service"], issuer=section["issuer"], key_pem=key_pem,
+                                 certificate_pem=certificate_pem, passwords=passwords, rules=rules,
+                                 clock=clock or __import__("time"),
+                                 expiration=parse_duration(builtin.get("expiration", "5m")))
+        except ValueError as e:
+            raise TokenConfigError(f"auth.token.builtin.key: {e}") from None
+    visible = (lambda subject, name: issuer.rules.may_pull(subject or None, name)) if issuer else None
+    access = TokenAccess(section["realm"], section["service"], section["issuer"], roots, clock, jwks, visible)
+    return access, issuer
 
 
 class CertificateReloader(service.Service):
@@ -185,14 +229,16 @@ def makeService(options) -> service.MultiService:
     prefix = config.http.prefix.rstrip("/")
     urls = UrlBuilder(relative=config.http.relativeurls, base=config.http.host or None, prefix=prefix)
     notifications = add_notifications(root, registry, config, reactor)
-    access = None
+    access = issuer = None
     if options["auth"] is not None:
         from twisted.internet.threads import deferToThread
-
-        from regd.http.htpasswd import HtpasswdAccess
-        realm, path = options["auth"]
-        access = HtpasswdAccess(realm, path, deferToThread, reactor)
-    api = RegistryAPI(registry, urls, access)
+        method, section = options["auth"]
+        if method == "htpasswd":
+            from regd.http.htpasswd import HtpasswdAccess
+            access = HtpasswdAccess(section["realm"], section["path"], deferToThread, reactor)
+        else:
+            access, issuer = build_token_access(section, reactor, deferToThread)
+    api = RegistryAPI(registry, urls, access, issuer)
     site = RegdSite(mount_at_prefix(api.resource(), prefix), registry.new_spool,
                     spool_threshold=config.regd.spoolthreshold, max_body_size=config.regd.maxbodysize,
                     extra_headers=config.http.headers, access_log=not config.log.accesslog_disabled)

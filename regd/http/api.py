@@ -17,6 +17,7 @@ from regd.http.manifests import ManifestHandler, page_size, next_link
 from regd.http.responses import UrlBuilder, query, respond, respond_json
 from regd.http.uploads import UploadHandler
 from regd.oci.digest import Digest
+from regd.oci.errors import NotFound as NotFoundError
 from regd.oci.reference import validate_name
 
 _BLOB_METHODS = ["GET", "HEAD", "DELETE"]
@@ -37,10 +38,11 @@ class RegistryAPI:
 
     app = _app()
 
-    def __init__(self, registry, urls: UrlBuilder = UrlBuilder(), access_controller=None):
+    def __init__(self, registry, urls: UrlBuilder = UrlBuilder(), access_controller=None, token_issuer=None):
         self.registry = registry
         self.urls = urls
         self.access = access_controller or OpenAccess()
+        self.token_issuer = token_issuer
         self.blobs = BlobHandler(registry, urls)
         self.uploads = UploadHandler(registry, urls)
         self.manifests = ManifestHandler(registry, urls)
@@ -57,6 +59,13 @@ class RegistryAPI:
     def root(self, request):
         """Load-balancer health check."""
         return respond(request, 200, b"", None, {})
+
+    @app.route("/auth/token", methods=["GET"])
+    async def token(self, request):
+        """The built-in token issuer, when auth.token.builtin is configured."""
+        if self.token_issuer is None:
+            raise NotFoundError()
+        return await self.token_issuer.handle(request)
 
     @app.route("/v2/", methods=["GET", "HEAD"])
     async def base(self, request):

@@ -133,3 +133,53 @@ def test_mutual_tls_needs_the_client_certificate(skopeo, tls_setup):
     run([skopeo, "copy", "--dest-cert-dir", str(with_client), f"oci:{tmp / 'layout'}:multi", target])
     inspected = run([skopeo, "inspect", "--cert-dir", str(with_client), target])
     assert '"Layers"' in inspected.stdout
+
+
+class TokenRegd(RegdProcess):
+    """regd with its built-in token issuer: alice pushes to team/*, bob only pulls."""
+
+    def __init__(self, root, workdir, cert: str, key: str, htpasswd: Path):
+        super().__init__(root, workdir=workdir)
+        self.cert, self.key, self.htpasswd = cert, key, htpasswd
+
+    def config_text(self) -> str:
+        return super().config_text() + (
+            "auth:\n"
+            "  token:\n"
+            f"    realm: http://{self.host}/auth/token\n"
+            "    service: regd-e2e\n"
+            "    issuer: regd-e2e-issuer\n"
+            f"    rootcertbundle: {self.cert}\n"
+            "    builtin:\n"
+            f"      key: {self.key}\n"
+            f"      htpasswd: {self.htpasswd}\n"
+            "      access:\n"
+            "        - {names: ['team/*'], users: [alice], actions: [pull, push]}\n"
+            "        - {names: ['team/*'], users: [bob], actions: [pull]}\n")
+
+
+def test_token_auth_through_the_builtin_issuer(docker_daemon, tls_setup):
+    from tests.support.certs import token_signing_pair
+    _, htpasswd, tmp, started, _ = tls_setup
+    with open(htpasswd, "ab") as f:
+        f.write(b"bob:" + bcrypt.hashpw(b"builder", bcrypt.gensalt(5)) + b"\n")
+    cert, key = token_signing_pair(str(tmp / "issuer"))
+    registry = TokenRegd(tmp / "root", tmp, cert, key, htpasswd)
+    started.append(registry)
+    registry.start()
+    ref = f"{registry.host}/team/app:1"
+    docker_daemon.docker("import", str(write_rootfs_tar(tmp / "rootfs.tar", {"c": 5_000}, seed="token")), ref)
+    docker_daemon.docker("login", "-u", "bob", "-p", "builder", registry.host)
+    refused = docker_daemon.docker("push", ref, check=False)
+    assert refused.returncode != 0, refused.stdout
+    docker_daemon.docker("login", "-u", "alice", "-p", "wonderland", registry.host)
+    docker_daemon.docker("push", ref)
+    other = f"{registry.host}/private/app:1"
+    docker_daemon.docker("tag", ref, other)
+    assert docker_daemon.docker("push", other, check=False).returncode != 0  # no rule for private/*
+    docker_daemon.docker("rmi", ref, other)
+    docker_daemon.docker("login", "-u", "bob", "-p", "builder", registry.host)
+    docker_daemon.docker("pull", ref)
+    docker_daemon.docker("logout", registry.host)
+    docker_daemon.docker("rmi", ref)
+    assert docker_daemon.docker("pull", ref, check=False).returncode != 0  # anonymous: nothing allowed

@@ -82,3 +82,17 @@ class PKI:
                 kwargs = {"verify": True, "caCerts": [crypto.load_certificate(crypto.FILETYPE_PEM, f.read())],
                           "requireCertificate": True}
         return ssl.CertificateOptions(privateKey=key, certificate=leaf, extraCertChain=extra, **kwargs)
+
+
+def token_signing_pair(directory: str, name: str = "issuer") -> tuple[str, str]:
+    """A self-signed EC P-256 certificate and key for a token issuer: (certificate path, key path)."""
+    os.makedirs(directory, exist_ok=True)
+    key = _key()
+    certificate = _cert(f"regd token {name}", key, None, key, ca=False)
+    cert_path = os.path.join(directory, f"{name}.pem")
+    key_path = os.path.join(directory, f"{name}.key")
+    with open(cert_path, "wb") as f:
+        f.write(certificate.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as f:
+        f.write(_pem_key(key))
+    return cert_path, key_path

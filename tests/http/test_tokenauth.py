@@ -1,0 +1,146 @@
+"""Token auth: Bearer challenges with exact scopes, JWT verification, the built-in issuer and its rules."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+import urllib.parse
+
+import jwt
+from twisted.internet import reactor
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from regd.storage.threads import inline_runner
+from regd.tap import build_token_access
+from tests.http.test_htpasswd import write_htpasswd
+from tests.support.certs import token_signing_pair
+from tests.support.server import RegistryServer, errors_of, header
+
+RULES = {
+    "groups": {"team": ["alice"]},
+    "access": [
+        {"names": ["team/*"], "groups": ["team"], "actions": ["pull", "push"]},
+        {"names": ["team/*"], "users": ["bob"], "actions": ["pull"]},
+        {"names": ["public/*"], "anonymous": True, "actions": ["pull"]},
+        {"names": ["*"], "users": ["alice"], "actions": ["delete"]},
+    ],
+}
+
+
+def basic(user, password):
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+class TokenHTTPTests(TestCase):
+    def setUp(self):
+        directory = os.path.abspath(self.mktemp())
+        self.cert, self.key = token_signing_pair(directory)
+        htpasswd = write_htpasswd(os.path.join(directory, "htpasswd"), {"alice": "a-pass", "bob": "b-pass"})
+        section = {"realm": "http://placeholder/auth/token", "service": "regd-test", "issuer": "regd-issuer",
+                   "rootcertbundle": self.cert, "builtin": dict(RULES, key=self.key, htpasswd=htpasswd)}
+        access, issuer = build_token_access(section, reactor, inline_runner)
+        self.server = RegistryServer(self, access=access)
+        self.server.api.token_issuer = issuer
+        access.realm = self.server.base + "/auth/token"
+        self.access = access
+
+    async def token(self, scopes, user=None, password=None):
+        query = "service=regd-test&" + "&".join("scope=" + urllib.parse.quote(s) for s in scopes)
+        headers = {"Authorization": basic(user, password)} if user else {}
+        response, body = await self.server.request("GET", "/auth/token?" + query, headers=headers)
+        self.assertEqual(response.code, 200, body)
+        return json.loads(body)["token"]
+
+    async def call(self, method, path, token=None, body=None):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return await self.server.request(method, path, body, headers)
+
+    async def test_challenge_names_the_exact_scope(self):
+        response, body = await self.call("POST", "/v2/team/app/blobs/uploads/")
+        self.assertEqual(response.code, 401)
+        self.assertEqual(errors_of(body), ["UNAUTHORIZED"])
+        self.assertEqual(header(response, "WWW-Authenticate"),
+                         f'Bearer realm="{self.server.base}/auth/token",service="regd-test",'
+                         f'scope="repository:team/app:pull,push"')
+        response, _ = await self.call("GET", "/v2/_catalog")
+        self.assertIn('scope="registry:catalog:*"', header(response, "WWW-Authenticate"))
+
+    async def test_two_users_with_different_rights(self):
+        alice = await self.token(["repository:team/app:pull,push"], "alice", "a-pass")
+        claims = jwt.decode(alice, options={"verify_signature": False})
+        self.assertEqual(claims["access"], [{"type": "repository", "name": "team/app", "actions": ["pull", "push"]}])
+        self.assertEqual(claims["sub"], "alice")
+        response, _ = await self.call("POST", "/v2/team/app/blobs/uploads/", alice)
+        self.assertEqual(response.code, 202)
+        bob = await self.token(["repository:team/app:pull,push"], "bob", "b-pass")
+        self.assertEqual(jwt.decode(bob, options={"verify_signature": False})["access"][0]["actions"], ["pull"])
+        response, _ = await self.call("POST", "/v2/team/app/blobs/uploads/", bob)
+        self.assertEqual(response.code, 401)
+        self.assertIn('error="insufficient_scope"', header(response, "WWW-Authenticate"))
+        response, _ = await self.call("GET", "/v2/team/app/tags/list", bob)
+        self.assertEqual(response.code, 404)  # allowed to look; the repository does not exist yet
+
+    async def test_anonymous_pull_where_allowed_only(self):
+        anonymous = await self.token(["repository:public/x:pull", "repository:team/app:pull"])
+        granted = {a["name"]: a["actions"] for a in jwt.decode(anonymous, options={"verify_signature": False})["access"]}
+        self.assertEqual(granted, {"public/x": ["pull"], "team/app": []})
+
+    async def test_wrong_password_gets_no_token(self):
+        response, _ = await self.server.request("GET", "/auth/token?service=regd-test&scope=repository:team/a:pull",
+                                                headers={"Authorization": basic("alice", "wrong")})
+        self.assertEqual(response.code, 401)
+
+    async def test_catalog_lists_only_pullable_repositories(self):
+        alice = await self.token(["repository:team/app:push,pull", "repository:other/thing:push,pull",
+                                  "registry:catalog:*"], "alice", "a-pass")
+        # Repositories are directories holding _manifests.
+        for name in ("team/app", "public/site", "secret/stuff"):
+            os.makedirs(os.path.join(self.server.root, "docker/registry/v2/repositories", name, "_manifests"))
+        response, body = await self.call("GET", "/v2/_catalog", alice)
+        self.assertEqual(json.loads(body)["repositories"], ["public/site", "team/app"])
+        anonymous = await self.token(["registry:catalog:*"])
+        response, body = await self.call("GET", "/v2/_catalog", anonymous)
+        self.assertEqual(json.loads(body)["repositories"], ["public/site"])
+
+
+class VerificationTests(SynchronousTestCase):
+    def setUp(self):
+        directory = os.path.abspath(self.mktemp())
+        self.cert, self.key = token_signing_pair(directory)
+        self.other_cert, self.other_key = token_signing_pair(directory, "other")
+        section = {"realm": "https://r/auth", "service": "svc", "issuer": "iss", "rootcertbundle": self.cert}
+        self.access, _ = build_token_access(section, reactor)
+        with open(self.key, "rb") as f:
+            self.key_pem = f.read()
+        with open(self.cert, "rb") as f:
+            from cryptography import x509
+            from cryptography.hazmat.primitives import serialization
+            certificate = x509.load_pem_x509_certificate(f.read())
+            self.x5c = [base64.b64encode(certificate.public_bytes(serialization.Encoding.DER)).decode()]
+            from regd.http.tokenauth import libtrust_key_id
+            self.kid = libtrust_key_id(certificate.public_key())
+
+    def make(self, key_pem=None, headers=None, **claims):
+        now = time.time()
+        body = {"iss": "iss", "aud": "svc", "sub": "u", "exp": now + 60, "nbf": now - 1,
+                "access": [{"type": "repository", "name": "r", "actions": ["pull"]}]}
+        body.update(claims)
+        return jwt.encode(body, key_pem or self.key_pem, algorithm="ES256",
+                          headers=headers if headers is not None else {"x5c": self.x5c})
+
+    def test_valid_tokens_by_x5c_and_by_libtrust_kid(self):
+        self.assertEqual(self.access.verify(self.make())["sub"], "u")
+        self.assertEqual(self.access.verify(self.make(headers={"kid": self.kid}))["sub"], "u")
+
+    def test_rejections(self):
+        with open(self.other_key, "rb") as f:
+            other = f.read()
+        bad = [self.make(exp=time.time() - 3600), self.make(nbf=time.time() + 3600), self.make(aud="elsewhere"),
+               self.make(iss="someone"), self.make(key_pem=other), self.make(headers={"kid": "NOPE"}),
+               self.make(headers={})]
+        for token in bad:
+            self.assertRaises(jwt.PyJWTError, self.access.verify, token)
+        unsigned = jwt.encode({"iss": "iss", "aud": "svc", "exp": time.time() + 60}, None, algorithm="none")
+        self.assertRaises(jwt.PyJWTError, self.access.verify, unsigned)

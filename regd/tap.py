@@ -31,17 +31,26 @@ class Options(usage.Options):
         from regd.notifications.settings import NotificationConfigError, parse_notifications
         from regd.http.htpasswd import HtpasswdError
         from regd.http.tokenauth import TokenConfigError
+        from regd.letsencrypt import ACMEConfigError
         from regd.tls import TLSConfigError, ReloadingServerContext
         try:
             self["loaded"] = loaded = load_config(self["config"], os.environ, default_root=os.path.abspath("data"))
             parse_notifications(loaded.config.notifications, "")
             tls = loaded.config.http.tls
+            self["acme"] = None
             if tls.letsencrypt:
-                raise TLSConfigError("http.tls.letsencrypt: ACME certificates are not supported yet; "
-                                     "use http.tls.certificate and http.tls.key")
-            self["tls"] = ReloadingServerContext(tls) if (tls.certificate or tls.key) else None
+                from regd.letsencrypt import parse_settings, self_signed
+                from regd.tls import options_from_pem
+                if tls.certificate or tls.key:
+                    raise TLSConfigError("http.tls: use either certificate/key or letsencrypt, not both")
+                self["acme"] = parse_settings(tls.letsencrypt)
+                placeholder = options_from_pem(tls, *self_signed(self["acme"].hosts))
+                self["tls"] = ReloadingServerContext(tls, placeholder)
+            else:
+                self["tls"] = ReloadingServerContext(tls) if (tls.certificate or tls.key) else None
             self["auth"] = auth_settings(loaded.config, self["tls"] is not None)
-        except (ConfigError, NotificationConfigError, TLSConfigError, HtpasswdError, TokenConfigError) as e:
+        except (ConfigError, NotificationConfigError, TLSConfigError, HtpasswdError, TokenConfigError,
+                ACMEConfigError) as e:
             sys.stderr.write(f"regd: configuration error: {e}\n")
             raise SystemExit(1)
 
@@ -250,6 +259,8 @@ def makeService(options) -> service.MultiService:
         site.plain_http = False
         endpoint = SSL4ServerEndpoint(reactor, config.http.port, tls, interface=config.http.host_addr)
         CertificateReloader(tls, reactor).setServiceParent(root)
+        if options["acme"] is not None:
+            add_acme(root, options["acme"], tls, config.http.tls, reactor)
     internet.StreamServerEndpointService(endpoint, site).setServiceParent(root)
     if config.http.debug_addr:
         add_debug_server(root, config.http.debug_addr, notifications, reactor)
@@ -292,6 +303,20 @@ def add_debug_server(root, addr: str, notifications, reactor) -> None:
     host, port = parse_addr(addr)
     endpoint = serverFromString(reactor, listen_description(host, port))
     internet.StreamServerEndpointService(endpoint, Site(notifications.resource())).setServiceParent(root)
+
+
+def add_acme(root, settings, context, tls_config, reactor) -> None:
+    """ACME certificates, with the http-01 challenge responder on its own plain-HTTP address."""
+    from twisted.internet.threads import deferToThread
+    from twisted.web.server import Site
+
+    from regd.config import parse_addr
+    from regd.letsencrypt import CertificateManager, ChallengeResource
+    responder = ChallengeResource()
+    host, port = parse_addr(settings.httpaddr)
+    endpoint = serverFromString(reactor, listen_description(host, port))
+    internet.StreamServerEndpointService(endpoint, Site(responder)).setServiceParent(root)
+    CertificateManager(settings, context, tls_config, reactor, deferToThread, responder).setServiceParent(root)
 
 
 def mount_at_prefix(resource, prefix: str):

@@ -56,20 +56,26 @@ def build_options(tls_config) -> ssl.CertificateOptions:
     """CertificateOptions from http.tls, or TLSConfigError naming what is wrong."""
     if not tls_config.certificate or not tls_config.key:
         raise TLSConfigError("http.tls: certificate and key are both required")
+    return options_from_pem(tls_config, _read(tls_config.certificate, "certificate"), _read(tls_config.key, "key"),
+                            tls_config.certificate, tls_config.key)
+
+
+def options_from_pem(tls_config, chain_pem: bytes, key_pem: bytes, chain_name: str = "the certificate",
+                     key_name: str = "the key") -> ssl.CertificateOptions:
+    """CertificateOptions for a PEM chain and key (files, or an ACME certificate), with http.tls's policy."""
     if tls_config.minimumtls not in MINIMUM:
         raise TLSConfigError(f"http.tls.minimumtls: {tls_config.minimumtls} is not allowed; use tls1.2 or tls1.3")
     try:
-        chain = x509.load_pem_x509_certificates(_read(tls_config.certificate, "certificate"))
+        chain = x509.load_pem_x509_certificates(chain_pem)
     except ValueError:
-        raise TLSConfigError(f"http.tls.certificate: {tls_config.certificate} holds no PEM certificate") from None
+        raise TLSConfigError(f"http.tls.certificate: {chain_name} holds no PEM certificate") from None
     try:
-        key = serialization.load_pem_private_key(_read(tls_config.key, "key"), None)
+        key = serialization.load_pem_private_key(key_pem, None)
     except (ValueError, TypeError):
-        raise TLSConfigError(f"http.tls.key: {tls_config.key} is not an unencrypted PEM private key") from None
+        raise TLSConfigError(f"http.tls.key: {key_name} is not an unencrypted PEM private key") from None
     spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     if chain[0].public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
-        raise TLSConfigError(f"http.tls.key: {tls_config.key} does not match the certificate "
-                             f"{tls_config.certificate}")
+        raise TLSConfigError(f"http.tls.key: {key_name} does not match the certificate {chain_name}")
     kwargs = {}
     if tls_config.ciphersuites:
         unknown = [c for c in tls_config.ciphersuites if c not in GO_CIPHERS]
@@ -96,10 +102,15 @@ def build_options(tls_config) -> ssl.CertificateOptions:
 class ReloadingServerContext:
     """Hands each new connection the context of the current certificate files."""
 
-    def __init__(self, tls_config):
+    def __init__(self, tls_config, options: ssl.CertificateOptions | None = None):
         self._config = tls_config
-        self._options = build_options(tls_config)
+        self._options = options or build_options(tls_config)
         self._stamp = self._files_stamp()
+
+    def use(self, options: ssl.CertificateOptions) -> None:
+        """Serve new connections with these options from now on (ACME renewals)."""
+        options.getContext()
+        self._options = options
 
     def _files_stamp(self):
         paths = [self._config.certificate, self._config.key, *self._config.clientcas]
@@ -117,6 +128,8 @@ class ReloadingServerContext:
 
     def reload(self) -> bool:
         """Re-read the files now; True if the new ones are in use."""
+        if not self._config.certificate:
+            return False  # certificates come from ACME
         self._stamp = self._files_stamp()
         try:
             options = build_options(self._config)
@@ -129,6 +142,6 @@ class ReloadingServerContext:
         return True
 
     def reload_if_changed(self) -> bool:
-        if self._files_stamp() == self._stamp:
+        if not self._config.certificate or self._files_stamp() == self._stamp:
             return False
         return self.reload()

@@ -237,16 +237,25 @@ def makeService(options) -> service.MultiService:
     )
     prefix = config.http.prefix.rstrip("/")
     urls = UrlBuilder(relative=config.http.relativeurls, base=config.http.host or None, prefix=prefix)
-    notifications = add_notifications(root, registry, config, reactor)
-    access = issuer = None
+    access = issuer = authorize_admin = None
+    from prometheus_client import CollectorRegistry
+    metrics = CollectorRegistry()
     if options["auth"] is not None:
         from twisted.internet.threads import deferToThread
+
+        from regd.metrics import FailedLoginsCollector
         method, section = options["auth"]
         if method == "htpasswd":
             from regd.http.htpasswd import HtpasswdAccess
             access = HtpasswdAccess(section["realm"], section["path"], deferToThread, reactor)
+            passwords = access
         else:
             access, issuer = build_token_access(section, reactor, deferToThread)
+            passwords = issuer.passwords if issuer is not None else None
+        if passwords is not None:
+            metrics.register(FailedLoginsCollector(passwords.failures))
+        authorize_admin = admin_authorizer(section, access, passwords)
+    notifications = add_notifications(root, registry, config, reactor, metrics, authorize_admin)
     api = RegistryAPI(registry, urls, access, issuer)
     site = RegdSite(mount_at_prefix(api.resource(), prefix), registry.new_spool,
                     spool_threshold=config.regd.spoolthreshold, max_body_size=config.regd.maxbodysize,
@@ -263,7 +272,7 @@ def makeService(options) -> service.MultiService:
             add_acme(root, options["acme"], tls, config.http.tls, reactor)
     internet.StreamServerEndpointService(endpoint, site).setServiceParent(root)
     if config.http.debug_addr:
-        add_debug_server(root, config.http.debug_addr, notifications, reactor)
+        add_debug_server(root, config.http.debug_addr, notifications, metrics, reactor)
 
     purging = storage.maintenance.uploadpurging
     if purging.enabled:
@@ -274,7 +283,28 @@ def makeService(options) -> service.MultiService:
     return root
 
 
-def add_notifications(root, registry, config, reactor):
+def admin_authorizer(section, access, passwords):
+    """
+    Who may use the admin endpoints: users listed in `admins` (checked with
+    their password), or, with an external token issuer, tokens granting
+    registry:notifications:*.
+    """
+    from regd.http.access import Scope
+    from regd.oci.errors import Denied
+    admins = {str(a) for a in (section.get("admins") or (section.get("builtin") or {}).get("admins") or [])}
+
+    async def authorize(request):
+        if passwords is None:
+            return await access.authorize(request, [Scope("registry", "notifications", ("*",))])
+        grant = await passwords.authorize(request, [])
+        if grant.actor not in admins:
+            raise Denied("admin access required")
+        return grant
+
+    return authorize
+
+
+def add_notifications(root, registry, config, reactor, metrics=None, authorize_admin=None):
     """The webhook service, subscribed to registry events; None without endpoints."""
     from regd.notifications.build import build_notifications
     storage_root = (config.storage.filesystem.rootdirectory if config.storage.driver == "filesystem"
@@ -282,7 +312,7 @@ def add_notifications(root, registry, config, reactor):
     service, admin, warnings = build_notifications(
         config.notifications, reactor=reactor,
         default_journal=os.path.join(storage_root, "regd", "notifications.sqlite3"),
-        source_addr=config.http.addr)
+        source_addr=config.http.addr, metrics=metrics, authorize_admin=authorize_admin)
     for warning in warnings:
         log.warn("configuration: {warning}", warning=warning)
     if service is None:
@@ -292,17 +322,21 @@ def add_notifications(root, registry, config, reactor):
     return admin
 
 
-def add_debug_server(root, addr: str, notifications, reactor) -> None:
-    """The debug address: notification status, dead letters and metrics."""
+def add_debug_server(root, addr: str, notifications, metrics, reactor) -> None:
+    """The debug address: Prometheus /metrics, and notification status and dead letters."""
+    from twisted.web.resource import Resource
     from twisted.web.server import Site
 
     from regd.config import parse_addr
-    if notifications is None:
-        log.info("debug address {addr} has nothing to serve yet (no notification endpoints)", addr=addr)
-        return
+    from regd.metrics import MetricsResource
+    if notifications is not None:
+        resource = notifications.resource()  # serves /metrics from the same registry too
+    else:
+        resource = Resource()
+        resource.putChild(b"metrics", MetricsResource(metrics))
     host, port = parse_addr(addr)
     endpoint = serverFromString(reactor, listen_description(host, port))
-    internet.StreamServerEndpointService(endpoint, Site(notifications.resource())).setServiceParent(root)
+    internet.StreamServerEndpointService(endpoint, Site(resource)).setServiceParent(root)
 
 
 def add_acme(root, settings, context, tls_config, reactor) -> None:

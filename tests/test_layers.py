@@ -19,6 +19,9 @@ ALLOWED = {
     "config": {"oci", "units"},
     "logging": set(),
     "units": set(),
+    "metrics": set(),
+    "tls": set(),
+    "letsencrypt": {"units", "tls"},
 }
 # Modules that compose everything.
 COMPOSERS = {"tap", "cli"}

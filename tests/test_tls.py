@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import attrs
-from twisted.internet import reactor, threads
+from twisted.internet import reactor, task, threads
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -155,3 +155,39 @@ class TLSServerTests(TestCase):
         self.assertFalse(self.context.reload_if_changed())
         version, _ = await threads.deferToThread(handshake, self.port, self.pki.ca)
         self.assertTrue(version.startswith("TLS"))
+
+    async def test_rotation_under_load_fails_no_request(self):
+        await self.start()
+        fresh = [PKI(os.path.abspath(self.mktemp())) for _ in range(3)]
+        bundle = os.path.abspath(self.mktemp())
+        with open(bundle, "wb") as out:  # clients trust the old and every new CA
+            for pki in [self.pki] + fresh:
+                out.write(open(pki.ca, "rb").read())
+        import threading
+        stop = threading.Event()
+        results = []
+
+        def client():
+            while not stop.is_set():
+                try:
+                    handshake(self.port, bundle)
+                    results.append(True)
+                except Exception as e:  # any failure counts
+                    results.append(e)
+
+        workers = [threading.Thread(target=client) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        try:
+            for pki in fresh:
+                await task.deferLater(reactor, 0.2, lambda: None)
+                shutil.copy(pki.server_chain, self.pki.server_chain)
+                shutil.copy(pki.server_key, self.pki.server_key)
+                self.assertTrue(self.context.reload())
+            await task.deferLater(reactor, 0.2, lambda: None)
+        finally:
+            stop.set()
+            await threads.deferToThread(lambda: [w.join(10) for w in workers])
+        failures = [r for r in results if r is not True]
+        self.assertEqual(failures, [])
+        self.assertGreater(len(results), 20)

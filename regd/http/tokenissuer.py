@@ -111,7 +111,7 @@ class TokenIssuer:
         self._algorithm = _signing_algorithm(self._key)
         chain = x509.load_pem_x509_certificates(certificate_pem)
         self._x5c = [base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode() for c in chain]
-        self._passwords = passwords  # HtpasswdAccess: checks Basic credentials
+        self.passwords = passwords  # HtpasswdAccess: checks Basic credentials
         self.rules = rules
         self._clock = clock
         self._expiration = expiration
@@ -122,7 +122,7 @@ class TokenIssuer:
     async def handle(self, request) -> bytes:
         user = None
         if request.getHeader(b"Authorization"):
-            grant = await self._passwords.authorize(request, [])  # 401 after a slow-down on bad passwords
+            grant = await self.passwords.authorize(request, [])  # 401 after a slow-down on bad passwords
             user = grant.actor
         service = _arg(request, "service")
         if service is not None and service != self.service:

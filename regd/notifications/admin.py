@@ -49,10 +49,12 @@ class NotificationCollector:
 class NotificationAdmin:
     app = Klein()
 
-    def __init__(self, service, registry: CollectorRegistry | None = None):
+    def __init__(self, service, registry: CollectorRegistry | None = None, authorize=None):
         self.service = service
         self.metrics = registry or CollectorRegistry()
         self.metrics.register(NotificationCollector(service))
+        # authorize(request) -> Deferred that fails with a RegistryError for non-admins; None: open.
+        self.authorize = authorize
 
     def resource(self):
         return self.app.resource()
@@ -65,12 +67,30 @@ class NotificationAdmin:
         request.setHeader(b"Content-Length", b"%d" % len(body))
         return body
 
+    async def _admin_only(self, request):
+        if self.authorize is None:
+            return None
+        try:
+            await self.authorize(request)
+        except Exception as e:
+            status = getattr(e, "status", 403)
+            for name, value in getattr(e, "headers", {}).items():
+                request.setHeader(name.encode(), value.encode())
+            return self._json(request, status, {"error": "admin access required"})
+        return None
+
     @app.route("/debug/notifications", methods=["GET"])
     async def status(self, request):
+        refused = await self._admin_only(request)
+        if refused is not None:
+            return refused
         return self._json(request, 200, {"endpoints": await self.service.status()})
 
     @app.route("/debug/notifications/<name>/deadletters", methods=["GET"])
     async def dead_letters(self, request, name):
+        refused = await self._admin_only(request)
+        if refused is not None:
+            return refused
         if self.service.endpoint(name) is None:
             return self._json(request, 404, {"error": "no such endpoint"})
         entries = await self.service.journal.dead_letters(name)
@@ -80,6 +100,9 @@ class NotificationAdmin:
 
     @app.route("/debug/notifications/<name>/deadletters/replay", methods=["POST"])
     async def replay(self, request, name):
+        refused = await self._admin_only(request)
+        if refused is not None:
+            return refused
         if self.service.endpoint(name) is None:
             return self._json(request, 404, {"error": "no such endpoint"})
         seqs = [int(v) for v in request.args.get(b"seq", []) if v.isdigit()] or None
@@ -89,6 +112,6 @@ class NotificationAdmin:
     @app.route("/metrics", methods=["GET"])
     def metrics_page(self, request):
         body = generate_latest(self.metrics)
-        request.setHeader(b"Content-Type", b"text/plain; version=0.0.4")
+        request.setHeader(b"Content-Type", b"text/plain; version=0.0.4; charset=utf-8")
         request.setHeader(b"Content-Length", b"%d" % len(body))
         return body

@@ -7,7 +7,7 @@ from regd.notifications.settings import parse_notifications
 
 
 def build_notifications(raw, *, reactor, default_journal: str, source_addr: str, run_in_thread=None,
-                        metrics=None):
+                        metrics=None, authorize_admin=None):
     """
     (service, admin, warnings); service and admin are None when no endpoint
     is configured. The journal gets one thread of its own (SQLite
@@ -41,7 +41,7 @@ def build_notifications(raw, *, reactor, default_journal: str, source_addr: str,
 
     service = NotificationService(settings, journal, sink_factory, reactor, source_addr=source_addr,
                                   on_stop=[lambda: _close_pools(pools)], thread_pool=pool)
-    return service, NotificationAdmin(service, metrics), warnings
+    return service, NotificationAdmin(service, metrics, authorize_admin), warnings
 
 
 def _close_pools(pools):

@@ -183,3 +183,43 @@ def test_token_auth_through_the_builtin_issuer(docker_daemon, tls_setup):
     docker_daemon.docker("logout", registry.host)
     docker_daemon.docker("rmi", ref)
     assert docker_daemon.docker("pull", ref, check=False).returncode != 0  # anonymous: nothing allowed
+
+
+class AdminRegd(RegdProcess):
+    def __init__(self, root, workdir, htpasswd: Path, debug_port: int):
+        super().__init__(root, workdir=workdir)
+        self.htpasswd, self.debug_port = htpasswd, debug_port
+
+    def config_text(self) -> str:
+        return super().config_text() + (
+            f"  debug:\n    addr: 127.0.0.1:{self.debug_port}\n"
+            f"auth:\n  htpasswd:\n    realm: r\n    path: {self.htpasswd}\n    admins: [alice]\n"
+            "notifications:\n  endpoints:\n    - name: ci\n      url: http://127.0.0.1:9/hook\n      backoff: 10s\n")
+
+
+def test_admin_endpoint_needs_an_admin_and_failed_logins_are_counted(tls_setup):
+    import base64
+
+    from tests.support import e2e_http
+    from tests.support.processes import free_port
+    _, htpasswd, tmp, started, _ = tls_setup
+    with open(htpasswd, "ab") as f:
+        f.write(b"bob:" + bcrypt.hashpw(b"builder", bcrypt.gensalt(5)) + b"\n")
+    debug = free_port()
+    registry = AdminRegd(tmp / "root", tmp, htpasswd, debug)
+    started.append(registry)
+    registry.start()
+
+    def auth(user, password):
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+    status = f"http://127.0.0.1:{debug}/debug/notifications"
+    assert e2e_http.get(status).status == 401
+    assert e2e_http.get(status, headers=auth("bob", "builder")).status == 403
+    answer = e2e_http.get(status, headers=auth("alice", "wonderland"))
+    assert answer.status == 200 and "ci" in answer.json()["endpoints"], answer.describe()
+    for _ in range(2):
+        assert e2e_http.get(f"{registry.url}/v2/", headers=auth("alice", "guess")).status == 401
+    metrics = e2e_http.get(f"http://127.0.0.1:{debug}/metrics").body.decode()
+    assert "regd_auth_failed_logins_total 2.0" in metrics, metrics
+    assert 'regd_notifications_pending{endpoint="ci"}' in metrics

@@ -45,10 +45,11 @@ class PKI:
     def __init__(self, directory: str):
         os.makedirs(directory, exist_ok=True)
         self.directory = directory
+        tag = os.urandom(4).hex()  # distinct names, so several test CAs can share one trust bundle
         ca_key = _key()
-        ca = _cert("regd test CA", ca_key, None, ca_key, ca=True)
+        ca = _cert(f"regd test CA {tag}", ca_key, None, ca_key, ca=True)
         mid_key = _key()
-        mid = _cert("regd test intermediate", mid_key, ca.subject, ca_key, ca=True)
+        mid = _cert(f"regd test intermediate {tag}", mid_key, ca.subject, ca_key, ca=True)
         server_key = _key()
         server = _cert("127.0.0.1", server_key, mid.subject, mid_key, ca=False,
                        usage=ExtendedKeyUsageOID.SERVER_AUTH, ip="127.0.0.1")

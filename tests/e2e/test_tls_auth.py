@@ -223,3 +223,23 @@ def test_admin_endpoint_needs_an_admin_and_failed_logins_are_counted(tls_setup):
     metrics = e2e_http.get(f"http://127.0.0.1:{debug}/metrics").body.decode()
     assert "regd_auth_failed_logins_total 2.0" in metrics, metrics
     assert 'regd_notifications_pending{endpoint="ci"}' in metrics
+
+
+def test_sighup_reloads_the_certificate_at_once(tls_setup):
+    import signal
+
+    from tests.e2e.test_acme import served_certificate
+    pki, _, tmp, started, _ = tls_setup
+    registry = TLSRegd(tmp / "root", tmp, pki, None)
+    started.append(registry)
+    registry.start()
+    before = served_certificate(registry.port).serial_number
+    fresh = PKI(str(tmp / "fresh"))
+    shutil.copy(fresh.server_chain, pki.server_chain)
+    shutil.copy(fresh.server_key, pki.server_key)
+    registry.popen.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 2  # well before the 5 s file check
+    while served_certificate(registry.port).serial_number == before:
+        assert time.monotonic() < deadline, tail(registry.log_path)
+        time.sleep(0.05)
+    assert registry.popen.poll() is None

@@ -144,3 +144,24 @@ class VerificationTests(SynchronousTestCase):
             self.assertRaises(jwt.PyJWTError, self.access.verify, token)
         unsigned = jwt.encode({"iss": "iss", "aud": "svc", "exp": time.time() + 60}, None, algorithm="none")
         self.assertRaises(jwt.PyJWTError, self.access.verify, unsigned)
+
+
+class JWKSTests(SynchronousTestCase):
+    def test_keys_from_a_jwks_file(self):
+        from cryptography.hazmat.primitives.asymmetric import ec
+        directory = os.path.abspath(self.mktemp())
+        cert, _ = token_signing_pair(directory)
+        key = ec.generate_private_key(ec.SECP256R1())
+        jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+        jwk.update(kid="key-1", alg="ES256", use="sig")
+        jwks = os.path.join(directory, "jwks.json")
+        with open(jwks, "w") as f:
+            json.dump({"keys": [jwk]}, f)
+        access, _ = build_token_access({"realm": "r", "service": "svc", "issuer": "iss", "rootcertbundle": cert,
+                                        "jwks": jwks}, reactor)
+        token = jwt.encode({"iss": "iss", "aud": "svc", "exp": time.time() + 60, "sub": "ci"}, key,
+                           algorithm="ES256", headers={"kid": "key-1"})
+        self.assertEqual(access.verify(token)["sub"], "ci")
+        forged = jwt.encode({"iss": "iss", "aud": "svc", "exp": time.time() + 60}, ec.generate_private_key(
+            ec.SECP256R1()), algorithm="ES256", headers={"kid": "key-1"})
+        self.assertRaises(jwt.PyJWTError, access.verify, forged)

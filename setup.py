@@ -23,6 +23,7 @@ setup(
         "prometheus-client>=0.19",
         "bcrypt>=4.0",
         "pyjwt[crypto]>=2.8",
+        "acme>=2.0",
     ],
     extras_require={"test": ["pytest>=8.0", "hypothesis>=6.100"]},
 )

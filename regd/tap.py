@@ -20,6 +20,8 @@ from regd.config import ConfigError, load_config
 
 log = Logger()
 
+DEFAULT_DRAIN = 30.0  # seconds requests in progress get at shutdown when http.draintimeout is unset
+
 
 class Options(usage.Options):
     synopsis = "[--config PATH]"
@@ -61,9 +63,43 @@ class RegdService(service.MultiService):
     regd's log observer there, so the `log` section decides level and format.
     """
 
-    def __init__(self, log_observer=None):
+    def __init__(self, log_observer=None, reactor=None):
         super().__init__()
         self.log_observer = log_observer
+        self.reactor = reactor
+
+    def startService(self):
+        super().startService()
+        if self.reactor is not None:
+            self.reactor.callWhenRunning(self._handle_sigterm)
+
+    def _handle_sigterm(self):
+        """
+        A SIGTERM stop is a clean stop: exit 0 once services stopped (twistd
+        would otherwise re-raise the signal at exit). Installed after the
+        reactor's own handlers, which it replaces for SIGTERM only.
+        """
+        import signal
+
+        def stop(signum, frame):
+            log.info("SIGTERM received: stopping cleanly")
+            self.reactor.callFromThread(self.reactor.stop)
+
+        signal.signal(signal.SIGTERM, stop)
+
+    def stopService(self):
+        """Stop children one at a time, newest first, so each can rely on the older ones."""
+        from twisted.internet import defer
+        service.Service.stopService(self)
+
+        async def stop_all():
+            for child in reversed(list(self)):
+                try:
+                    await defer.maybeDeferred(child.stopService)
+                except Exception:
+                    log.failure("stopping {child} failed", child=child)
+
+        return defer.ensureDeferred(stop_all())
 
     def setServiceParent(self, parent):
         super().setServiceParent(parent)
@@ -175,6 +211,35 @@ class CertificateReloader(service.Service):
             signal.signal(signal.SIGHUP, self._previous)
 
 
+class DrainService(service.Service):
+    """
+    On stop (after the listener closed), lets requests in progress finish,
+    for at most `timeout` seconds; uploads complete rather than break.
+    """
+
+    flush_grace = 0.5
+
+    def __init__(self, site, timeout: float, clock):
+        self.site, self.timeout, self.clock = site, timeout, clock
+
+    def stopService(self):
+        from twisted.internet import task
+        super().stopService()
+        if self.site.in_flight:
+            log.info("waiting up to {timeout}s for {count} requests in progress", timeout=self.timeout,
+                     count=self.site.in_flight)
+        idle = self.site.when_idle()
+        timeout = self.clock.callLater(self.timeout, lambda: idle.called or idle.callback(None))
+
+        def flushed(_):
+            if timeout.active():
+                timeout.cancel()
+            # The last responses may still sit in transport buffers: give them a moment to go out.
+            return task.deferLater(self.clock, self.flush_grace, lambda: None)
+
+        return idle.addCallback(flushed)
+
+
 class ThreadPoolService(service.Service):
     """Runs a ThreadPool for as long as the daemon runs."""
 
@@ -215,7 +280,7 @@ def makeService(options) -> service.MultiService:
         log.warn("configuration: {warning}", warning=warning)
 
     from regd.logging import make_observer
-    root = RegdService(make_observer(config.log))
+    root = RegdService(make_observer(config.log), reactor)
     storage = config.storage
     if storage.driver == "inmemory":
         from regd.storage.memory import InMemoryDriver
@@ -270,6 +335,8 @@ def makeService(options) -> service.MultiService:
         CertificateReloader(tls, reactor).setServiceParent(root)
         if options["acme"] is not None:
             add_acme(root, options["acme"], tls, config.http.tls, reactor)
+    # Stopped newest first: the listener closes, then requests drain, then the rest.
+    DrainService(site, config.http.draintimeout or DEFAULT_DRAIN, reactor).setServiceParent(root)
     internet.StreamServerEndpointService(endpoint, site).setServiceParent(root)
     if config.http.debug_addr:
         add_debug_server(root, config.http.debug_addr, notifications, metrics, reactor)

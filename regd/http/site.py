@@ -34,6 +34,10 @@ class RegdRequest(server.Request):
         self.request_id = uuid.uuid4().hex
         self._received = 0
         self._too_large = False
+        # Counted from the request line on, so a body still arriving holds a shutdown back.
+        site = getattr(channel, "site", None)
+        if site is not None and hasattr(site, "request_started"):
+            site.request_started(self)
 
     def gotLength(self, length):
         if self.max_body_size and length is not None and length > self.max_body_size:
@@ -91,6 +95,8 @@ class RegdSite(server.Site):
         # False when TLS wraps this site (the check would then see plaintext anyway).
         self.plain_http = True
         self._wrapping = policies.WrappingFactory(self)
+        self.in_flight = 0
+        self._idle_waiters = []
 
         class _Request(RegdRequest):
             pass
@@ -100,6 +106,26 @@ class RegdSite(server.Site):
         _Request.max_body_size = max_body_size
         _Request.extra_headers = dict(extra_headers or {})
         self.requestFactory = _Request
+
+    def request_started(self, request) -> None:
+        self.in_flight += 1
+        request.notifyFinish().addBoth(self._request_ended)
+
+    def _request_ended(self, _):
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            waiting, self._idle_waiters = self._idle_waiters, []
+            for d in waiting:
+                d.callback(None)
+
+    def when_idle(self):
+        """A Deferred that fires once no request is in progress."""
+        from twisted.internet import defer
+        if self.in_flight == 0:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._idle_waiters.append(d)
+        return d
 
     def buildProtocol(self, addr):
         protocol = super().buildProtocol(addr)

@@ -177,3 +177,27 @@ def test_a_stalled_upload_does_not_block_other_repositories(regd):
         started = time.monotonic()
         push_image(regd.url, "fast", "v1", b"fast", 500_000)
         assert time.monotonic() - started < 10
+
+
+def test_sigterm_lets_an_upload_in_progress_finish(regd):
+    import signal
+    import socket
+    regd.start()
+    data = os.urandom(2 * 1024 * 1024)
+    answer = e2e_http.request("POST", f"{regd.url}/v2/drain/blobs/uploads/")
+    path = answer.headers["Location"].split(regd.host, 1)[1]
+    with socket.create_connection(("127.0.0.1", regd.port), timeout=30) as upload:
+        upload.sendall(f"PUT {path}?digest={sha(data)} HTTP/1.1\r\nHost: {regd.host}\r\n"
+                       f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data[:1_000_000])
+        time.sleep(0.3)
+        regd.popen.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        with pytest.raises(OSError):  # the listener is closed: no new connections
+            socket.create_connection(("127.0.0.1", regd.port), timeout=2).close()
+        upload.sendall(data[1_000_000:])
+        reply = upload.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 201"), reply
+    assert regd.popen.wait(30) == 0
+    regd.popen = None
+    stored = regd.root / "docker/registry/v2/blobs/sha256" / sha(data)[7:9] / sha(data)[7:] / "data"
+    assert stored.read_bytes() == data

@@ -338,8 +338,12 @@ def makeService(options) -> service.MultiService:
     # Stopped newest first: the listener closes, then requests drain, then the rest.
     DrainService(site, config.http.draintimeout or DEFAULT_DRAIN, reactor).setServiceParent(root)
     internet.StreamServerEndpointService(endpoint, site).setServiceParent(root)
+    health = add_health(root, registry, reactor, config.health, notifications)
+    api.health = health
     if config.http.debug_addr:
-        add_debug_server(root, config.http.debug_addr, notifications, metrics, reactor)
+        from regd.http.metrics import HTTPMetrics
+        site.metrics = HTTPMetrics(metrics, site)
+        add_debug_server(root, config.http.debug_addr, notifications, metrics, health, reactor)
 
     purging = storage.maintenance.uploadpurging
     if purging.enabled:
@@ -389,21 +393,54 @@ def add_notifications(root, registry, config, reactor, metrics=None, authorize_a
     return admin
 
 
-def add_debug_server(root, addr: str, notifications, metrics, reactor) -> None:
-    """The debug address: Prometheus /metrics, and notification status and dead letters."""
+def add_health(root, registry, reactor, raw, notifications):
+    """Storage health check (health.storagedriver) plus notification endpoint status."""
+    from regd.health import Check, HealthService, storage_check_settings
+    from regd.storage import paths
+    enabled, interval, threshold = storage_check_settings(raw)
+    checks = []
+    if enabled:
+        async def storage_probe():
+            stamp = str(reactor.seconds()).encode()
+            await registry.driver.put_content(paths.HEALTH, stamp)
+            if await registry.driver.get_content(paths.HEALTH) != stamp:
+                raise OSError("storage returned other bytes than were written")
+        checks.append((Check("storagedriver_filesystem", storage_probe, threshold), interval))
+    extra = {}
+    if notifications is not None:
+        def endpoints():
+            return {e.name: {"pending": e.pending, "oldest_pending_age_seconds": round(e.oldest_pending_age(), 3),
+                             "last_error": e.stats.last_error} for e in notifications.service.endpoints}
+        extra["notifications"] = endpoints
+    health = HealthService(reactor, checks, extra)
+    health.setServiceParent(root)
+    return health
+
+
+def debug_resource(metrics, health=None, notifications=None):
+    """The debug address's tree: /metrics, /debug/health, /debug/notifications/..."""
     from twisted.web.resource import Resource
+
+    from regd.health import HealthResource
+    from regd.metrics import MetricsResource
+    root, debug = Resource(), Resource()
+    root.putChild(b"metrics", MetricsResource(metrics))
+    root.putChild(b"debug", debug)
+    if health is not None:
+        debug.putChild(b"health", HealthResource(health))
+    if notifications is not None:
+        debug.putChild(b"notifications", notifications.resource())
+    return root
+
+
+def add_debug_server(root, addr: str, notifications, metrics, health, reactor) -> None:
     from twisted.web.server import Site
 
     from regd.config import parse_addr
-    from regd.metrics import MetricsResource
-    if notifications is not None:
-        resource = notifications.resource()  # serves /metrics from the same registry too
-    else:
-        resource = Resource()
-        resource.putChild(b"metrics", MetricsResource(metrics))
     host, port = parse_addr(addr)
     endpoint = serverFromString(reactor, listen_description(host, port))
-    internet.StreamServerEndpointService(endpoint, Site(resource)).setServiceParent(root)
+    site = Site(debug_resource(metrics, health, notifications))
+    internet.StreamServerEndpointService(endpoint, site).setServiceParent(root)
 
 
 def add_acme(root, settings, context, tls_config, reactor) -> None:

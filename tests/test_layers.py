@@ -22,6 +22,7 @@ ALLOWED = {
     "metrics": set(),
     "tls": set(),
     "letsencrypt": {"units", "tls"},
+    "health": {"units"},
 }
 # Modules that compose everything.
 COMPOSERS = {"tap", "cli"}

@@ -43,6 +43,7 @@ class RegistryAPI:
         self.urls = urls
         self.access = access_controller or OpenAccess()
         self.token_issuer = token_issuer
+        self.health = None  # a HealthService; / answers 503 while a check fails
         self.blobs = BlobHandler(registry, urls)
         self.uploads = UploadHandler(registry, urls)
         self.manifests = ManifestHandler(registry, urls)
@@ -58,7 +59,8 @@ class RegistryAPI:
     @app.route("/", methods=["GET", "HEAD"])
     def root(self, request):
         """Load-balancer health check."""
-        return respond(request, 200, b"", None, {})
+        healthy = self.health is None or self.health.healthy
+        return respond(request, 200 if healthy else 503, b"", None, {})
 
     @app.route("/auth/token", methods=["GET"])
     async def token(self, request):

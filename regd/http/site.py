@@ -10,6 +10,7 @@ once, hashed on the way, and the service can adopt it with a rename.
 
 from __future__ import annotations
 
+import time
 import uuid
 from io import BytesIO
 
@@ -32,6 +33,7 @@ class RegdRequest(server.Request):
     def __init__(self, channel, *args, **kwargs):
         super().__init__(channel, *args, **kwargs)
         self.request_id = uuid.uuid4().hex
+        self.started = time.monotonic()
         self._received = 0
         self._too_large = False
         # Counted from the request line on, so a body still arriving holds a shutdown back.
@@ -47,6 +49,10 @@ class RegdRequest(server.Request):
             self.content = self.spool_factory()
         else:
             self.content = BytesIO()
+
+    @property
+    def body_bytes(self) -> int:
+        return self._received
 
     def handleContentChunk(self, data):
         if self._too_large:
@@ -97,6 +103,7 @@ class RegdSite(server.Site):
         self._wrapping = policies.WrappingFactory(self)
         self.in_flight = 0
         self._idle_waiters = []
+        self.metrics = None  # an HTTPMetrics, when the debug address serves /metrics
 
         class _Request(RegdRequest):
             pass
@@ -134,6 +141,8 @@ class RegdSite(server.Site):
         return _RefuseTLSOnPlainHTTP(self._wrapping, protocol)
 
     def log(self, request):
+        if self.metrics is not None:
+            self.metrics.observe(request)
         if self.access_log:
             super().log(request)
 

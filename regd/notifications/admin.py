@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 from klein import Klein
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 
@@ -79,14 +79,15 @@ class NotificationAdmin:
             return self._json(request, status, {"error": "admin access required"})
         return None
 
-    @app.route("/debug/notifications", methods=["GET"])
+    # Routes are relative: the daemon mounts this at /debug/notifications.
+    @app.route("/", methods=["GET"])
     async def status(self, request):
         refused = await self._admin_only(request)
         if refused is not None:
             return refused
         return self._json(request, 200, {"endpoints": await self.service.status()})
 
-    @app.route("/debug/notifications/<name>/deadletters", methods=["GET"])
+    @app.route("/<name>/deadletters", methods=["GET"])
     async def dead_letters(self, request, name):
         refused = await self._admin_only(request)
         if refused is not None:
@@ -98,7 +99,7 @@ class NotificationAdmin:
             {"seq": e.seq, "id": e.event_id, "created": e.created, "attempts": e.attempts,
              "last_error": e.last_error, "event": json.loads(e.body)} for e in entries]})
 
-    @app.route("/debug/notifications/<name>/deadletters/replay", methods=["POST"])
+    @app.route("/<name>/deadletters/replay", methods=["POST"])
     async def replay(self, request, name):
         refused = await self._admin_only(request)
         if refused is not None:
@@ -108,10 +109,3 @@ class NotificationAdmin:
         seqs = [int(v) for v in request.args.get(b"seq", []) if v.isdigit()] or None
         count = await self.service.replay(name, seqs)
         return self._json(request, 200, {"endpoint": name, "replayed": count})
-
-    @app.route("/metrics", methods=["GET"])
-    def metrics_page(self, request):
-        body = generate_latest(self.metrics)
-        request.setHeader(b"Content-Type", b"text/plain; version=0.0.4; charset=utf-8")
-        request.setHeader(b"Content-Length", b"%d" % len(body))
-        return body

@@ -17,6 +17,7 @@ BLOBS = f"{V2}/blobs"
 REPOSITORIES = f"{V2}/repositories"
 REGD = "regd"
 SPOOL = f"{REGD}/spool"
+HEALTH = f"{REGD}/health"  # written and read back by the storage health check
 
 
 def _alg(digest: Digest) -> str:

@@ -223,6 +223,14 @@ def test_admin_endpoint_needs_an_admin_and_failed_logins_are_counted(tls_setup):
     metrics = e2e_http.get(f"http://127.0.0.1:{debug}/metrics").body.decode()
     assert "regd_auth_failed_logins_total 2.0" in metrics, metrics
     assert 'regd_notifications_pending{endpoint="ci"}' in metrics
+    # two wrong guesses plus the start-up readiness probe
+    assert 'regd_http_requests_total{method="GET",route="base",status="401"} 3.0' in metrics, metrics
+    assert "regd_http_request_duration_seconds_bucket" in metrics
+    health = e2e_http.get(f"http://127.0.0.1:{debug}/debug/health")
+    assert health.status == 200, health.describe()
+    assert health.json()["storagedriver_filesystem"]["status"] == "ok"
+    assert "ci" in health.json()["notifications"]
+    assert e2e_http.get(f"{registry.url}/").status == 200
 
 
 def test_sighup_reloads_the_certificate_at_once(tls_setup):

@@ -46,6 +46,24 @@ class NotificationCollector:
         yield from counters.values()
 
 
+def _admin_only(handler):
+    """Answer 401/403 unless the admin authorizer accepts the request (open without one)."""
+    import functools
+
+    @functools.wraps(handler)
+    async def guarded(self, request, *args, **kwargs):
+        if self.authorize is not None:
+            try:
+                await self.authorize(request)
+            except Exception as e:
+                for name, value in getattr(e, "headers", {}).items():
+                    request.setHeader(name.encode(), value.encode())
+                return self._json(request, getattr(e, "status", 403), {"error": "admin access required"})
+        return await handler(self, request, *args, **kwargs)
+
+    return guarded
+
+
 class NotificationAdmin:
     app = Klein()
 
@@ -67,31 +85,15 @@ class NotificationAdmin:
         request.setHeader(b"Content-Length", b"%d" % len(body))
         return body
 
-    async def _admin_only(self, request):
-        if self.authorize is None:
-            return None
-        try:
-            await self.authorize(request)
-        except Exception as e:
-            status = getattr(e, "status", 403)
-            for name, value in getattr(e, "headers", {}).items():
-                request.setHeader(name.encode(), value.encode())
-            return self._json(request, status, {"error": "admin access required"})
-        return None
-
     # Routes are relative: the daemon mounts this at /debug/notifications.
     @app.route("/", methods=["GET"])
+    @_admin_only
     async def status(self, request):
-        refused = await self._admin_only(request)
-        if refused is not None:
-            return refused
         return self._json(request, 200, {"endpoints": await self.service.status()})
 
     @app.route("/<name>/deadletters", methods=["GET"])
+    @_admin_only
     async def dead_letters(self, request, name):
-        refused = await self._admin_only(request)
-        if refused is not None:
-            return refused
         if self.service.endpoint(name) is None:
             return self._json(request, 404, {"error": "no such endpoint"})
         entries = await self.service.journal.dead_letters(name)
@@ -100,10 +102,8 @@ class NotificationAdmin:
              "last_error": e.last_error, "event": json.loads(e.body)} for e in entries]})
 
     @app.route("/<name>/deadletters/replay", methods=["POST"])
+    @_admin_only
     async def replay(self, request, name):
-        refused = await self._admin_only(request)
-        if refused is not None:
-            return refused
         if self.service.endpoint(name) is None:
             return self._json(request, 404, {"error": "no such endpoint"})
         seqs = [int(v) for v in request.args.get(b"seq", []) if v.isdigit()] or None

@@ -26,4 +26,5 @@ setup(
         "acme>=2.0",
     ],
     extras_require={"test": ["pytest>=8.0", "hypothesis>=6.100"]},
+    entry_points={"console_scripts": ["regd = regd.cli:main"]},
 )

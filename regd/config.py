@@ -194,10 +194,18 @@ class ValidationConfig:
 
 
 @attrs.frozen
+class GCConfig:
+    interval: float = 0.0  # 0: no collection inside the daemon
+    grace: float = 3600.0
+    deleteuntagged: bool = False
+
+
+@attrs.frozen
 class RegdConfig:
     maxbodysize: int = 0
     spoolthreshold: int = 65536
     inlinereads: bool = True
+    gc: GCConfig = GCConfig()
 
 
 @attrs.frozen
@@ -244,7 +252,8 @@ SCHEMA: dict[str, Any] = {
                 "s3": RAW, "azure": RAW, "gcs": RAW, "swift": RAW, "oss": RAW},
     "validation": {"enabled": _bool, "disabled": _bool,
                    "manifests": {"urls": {"allow": _regex_list, "deny": _regex_list}}},
-    "regd": {"maxbodysize": _int(0), "spoolthreshold": _int(1), "inlinereads": _bool},
+    "regd": {"maxbodysize": _int(0), "spoolthreshold": _int(1), "inlinereads": _bool,
+             "gc": {"interval": parse_duration, "grace": parse_duration, "deleteuntagged": _bool}},
     "notifications": RAW, "auth": RAW, "health": RAW, "redis": RAW, "proxy": RAW, "middleware": RAW,
     "reporting": IGNORED, "compatibility": IGNORED, "catalog": IGNORED,
 }
@@ -408,7 +417,7 @@ def _build(v: dict, default_root: str) -> Config:
         ),
         validation=ValidationConfig(disabled=disabled, manifests=ManifestValidation(
             URLValidation(allow=urls.get("allow", ()), deny=urls.get("deny", ())))),
-        regd=RegdConfig(**v.get("regd", {})),
+        regd=RegdConfig(**{**v.get("regd", {}), "gc": GCConfig(**v.get("regd", {}).get("gc", {}))}),
         notifications=_plain(v.get("notifications")),
         auth=_plain(v.get("auth")),
         health=_plain(v.get("health")),

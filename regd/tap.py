@@ -345,6 +345,20 @@ def makeService(options) -> service.MultiService:
         site.metrics = HTTPMetrics(metrics, site)
         add_debug_server(root, config.http.debug_addr, notifications, metrics, health, reactor)
 
+    gc = config.regd.gc
+    if gc.interval > 0:
+        from regd.registry.gc import GarbageCollector
+        collector = GarbageCollector(registry, reactor, grace=gc.grace, delete_untagged=gc.deleteuntagged)
+
+        async def collect():
+            report = await collector.run()
+            log.info("garbage collection: {blobs} blobs ({bytes} bytes) and {manifests} manifests deleted",
+                     blobs=len(report.blobs_deleted), bytes=report.bytes_freed,
+                     manifests=len(report.manifests_deleted))
+
+        timer = internet.TimerService(gc.interval, _run_logged, collect)
+        timer.setServiceParent(root)
+
     purging = storage.maintenance.uploadpurging
     if purging.enabled:
         def purge():

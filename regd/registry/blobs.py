@@ -85,7 +85,15 @@ class BlobService:
         return ServedBlob(reader, BlobInfo(digest, reader.size), pulled)
 
     async def link(self, name: str, digest: Digest) -> None:
+        # Touching the bytes tells a concurrent garbage collection they are in use again.
+        await self.touch(digest)
         await links.write_link(self._driver, paths.layer_link(name, digest), digest)
+
+    async def touch(self, digest: Digest) -> None:
+        try:
+            await self._driver.touch(paths.blob_data(digest))
+        except PathNotFound:
+            pass
 
     async def mount(self, name: str, source: str, digest: Digest, context: RequestContext) -> BlobInfo | None:
         """

@@ -196,6 +196,9 @@ class ManifestService:
         if missing:
             raise ManifestBlobUnknown(detail={"digest": str(missing[0].digest),
                                               "missing": [str(d.digest) for d in missing[:16]]})
+        # In use again: a garbage collection running now must not sweep them (its grace period).
+        for descriptor in parsed.blobs + parsed.manifests:
+            await self._blobs.touch(descriptor.digest)
 
     # -- deleting --------------------------------------------------------
 
@@ -203,9 +206,18 @@ class ManifestService:
         if not self._delete_enabled:
             raise Unsupported("deletes are disabled on this registry")
 
-    async def delete(self, name: str, reference: str, context: RequestContext) -> None:
-        """Delete by digest (manifest and every tag on it) or by tag (untag only)."""
-        self._require_delete()
+    def forget(self, digest: Digest) -> None:
+        """Drop a cached body whose blob is gone (garbage collection)."""
+        self._cache.discard(digest)
+
+    async def delete(self, name: str, reference: str, context: RequestContext, force: bool = False) -> None:
+        """
+        Delete by digest (manifest and every tag on it) or by tag (untag only).
+        C{force}: the garbage collector's own removal, allowed with deletes
+        disabled and reported to no listener.
+        """
+        if not force:
+            self._require_delete()
         if ":" not in reference:
             await self.untag(name, reference, context)
             return
@@ -219,8 +231,10 @@ class ManifestService:
         if parsed is not None and parsed.subject is not None:
             await links.delete_if_present(
                 self._driver, paths.referrer_link(name, parsed.subject.digest, digest).rsplit("/", 1)[0])
-        await self._listeners.emit(RegistryEvent(
-            DELETE, MANIFEST, name, context, digest=digest, size=len(stored.body), media_type=stored.media_type))
+        if not force:
+            await self._listeners.emit(RegistryEvent(
+                DELETE, MANIFEST, name, context, digest=digest, size=len(stored.body),
+                media_type=stored.media_type))
 
     async def untag(self, name: str, tag: str, context: RequestContext) -> None:
         self._require_delete()

@@ -284,6 +284,15 @@ class FilesystemDriver:
         os.replace(src, dst)
         _fsync_dir(directory)
 
+    def touch(self, path: str):
+        return self._deferred(self._touch, path)
+
+    def _touch(self, path):
+        try:
+            os.utime(self._full(path))
+        except (FileNotFoundError, NotADirectoryError):
+            raise PathNotFound(path) from None
+
     def truncate(self, path: str, size: int):
         return self._deferred(self._truncate, path, size)
 

@@ -157,5 +157,11 @@ class IStorageDriver(Interface):
         C{_manifests}; directories starting with '_' are not descended.
         """
 
+    def touch(path: str):
+        """
+        Deferred[None]: mark an object as just used (its modified time becomes
+        now), so garbage collection's grace period protects it; PathNotFound if absent.
+        """
+
     def truncate(path: str, size: int):
         """Deferred[None]: cut an object back to C{size} bytes (failed append)."""

@@ -174,6 +174,13 @@ class InMemoryDriver:
             self._set(destination, data)
         return self._sync(move)
 
+    def touch(self, path):
+        def touch():
+            if _check(path) not in self._files:
+                raise PathNotFound(path)
+            self._mtimes[path] = self._now()
+        return self._sync(touch)
+
     def truncate(self, path, size):
         def truncate():
             try:

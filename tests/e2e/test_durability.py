@@ -201,3 +201,56 @@ def test_sigterm_lets_an_upload_in_progress_finish(regd):
     regd.popen = None
     stored = regd.root / "docker/registry/v2/blobs/sha256" / sha(data)[7:9] / sha(data)[7:] / "data"
     assert stored.read_bytes() == data
+
+
+def test_garbage_collection_in_a_loop_while_clients_push(regd):
+    """Collections run back to back (CLI, against the live root) while images are pushed: all stay pullable."""
+    import subprocess
+    import sys
+    regd.start()
+    base = regd.url
+    orphans = [push_blob(base, "gc/orphans", os.urandom(1000)) for _ in range(5)]
+    past = time.time() - 7200
+    for digest in orphans:  # unreferenced and old: the collector must remove these
+        data = regd.root / "docker/registry/v2/blobs/sha256" / digest[7:9] / digest[7:] / "data"
+        os.utime(data, (past, past))
+    stop = threading.Event()
+    pushed: list[tuple[str, str, str]] = []
+    errors: list[BaseException] = []
+
+    def pusher():
+        n = 0
+        try:
+            while not stop.is_set():
+                n += 1
+                pushed.append((f"gc/app{n % 3}", f"v{n}", push_image(base, f"gc/app{n % 3}", f"v{n}",
+                                                                      os.urandom(8), 50_000)))
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    thread = threading.Thread(target=pusher)
+    thread.start()
+    regd_cli = Path(sys.executable).parent / "regd"
+    outputs = []
+    try:
+        for _ in range(4):
+            result = subprocess.run([str(regd_cli), "garbage-collect", "--config", str(regd.config_path),
+                                     "--grace", "30s", "--delete-untagged"],
+                                    capture_output=True, text=True, timeout=120)
+            assert result.returncode == 0, result.stderr
+            outputs.append(result.stdout)
+    finally:
+        stop.set()
+        thread.join(60)
+    assert not errors, errors
+    assert len(pushed) > 5
+    swept = "".join(outputs)
+    assert all(f"deleted blob {d}" in swept for d in orphans), swept
+    for name, tag, digest in pushed:
+        answer = e2e_http.get(f"{base}/v2/{name}/manifests/{tag}", headers={"Accept": OCI_MANIFEST})
+        assert answer.status == 200, answer.describe()
+        assert sha(answer.body) == digest
+        document = answer.json()
+        for descriptor in document["layers"] + [document["config"]]:
+            blob = e2e_http.get(f"{base}/v2/{name}/blobs/{descriptor['digest']}")
+            assert blob.status == 200 and sha(blob.body) == descriptor["digest"], blob.describe()

@@ -169,6 +169,15 @@ class DriverContract:
         hasher = self.ok(self.driver.digest_file("f", "sha512"))
         self.assertEqual(hasher.hexdigest(), hashlib.sha512(b"content").hexdigest())
 
+    def test_touch_updates_modified_time(self):
+        self.ok(self.driver.put_content("t", b"x"))
+        before = self.ok(self.driver.stat("t")).modified
+        import time
+        time.sleep(0.01)
+        self.ok(self.driver.touch("t"))
+        self.assertGreater(self.ok(self.driver.stat("t")).modified, before)
+        self.failureResultOf(self.driver.touch("missing"), PathNotFound)
+
     def test_truncate(self):
         self.ok(self.driver.put_content("f", b"0123456789"))
         self.ok(self.driver.truncate("f", 4))

@@ -1,0 +1,88 @@
+# -*- test-case-name: tests.registry.test_gc -*-
+"""
+`regd` command-line tools that work on a registry's storage:
+
+    regd garbage-collect --config /etc/regd/regd.yml [--dry-run] [--delete-untagged] [--grace 1h]
+
+Garbage collection is safe while the daemon serves pushes (see regd.registry.gc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from twisted.internet import defer, task
+from twisted.python.threadpool import ThreadPool
+
+from regd.config import ConfigError, load_config
+from regd.units import parse_duration
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="regd")
+    commands = parser.add_subparsers(dest="command", required=True)
+    gc = commands.add_parser("garbage-collect", help="delete blobs no manifest needs")
+    gc.add_argument("--config", "-c", help="the daemon's configuration file")
+    gc.add_argument("--dry-run", "-d", action="store_true", help="only list what would be deleted")
+    gc.add_argument("--delete-untagged", "-m", action="store_true",
+                    help="also delete manifests no tag reaches (index children and referrers are kept)")
+    gc.add_argument("--grace", default="1h", help="keep anything used more recently than this (default 1h)")
+    return parser
+
+
+async def garbage_collect(reactor, options) -> int:
+    from regd.registry.gc import GarbageCollector
+    from regd.registry.service import Registry
+    from regd.storage.filesystem import FilesystemDriver
+    from regd.storage.threads import thread_pool_runner
+
+    config = load_config(options.config, os.environ, default_root=os.path.abspath("data")).config
+    pool = ThreadPool(minthreads=1, maxthreads=4, name="regd-gc")
+    pool.start()
+    try:
+        driver = FilesystemDriver(config.storage.filesystem.rootdirectory, thread_pool_runner(reactor, pool))
+        collector = GarbageCollector(Registry(driver, reactor), reactor, grace=parse_duration(options.grace),
+                                     delete_untagged=options.delete_untagged, dry_run=options.dry_run)
+        report = await collector.run()
+    finally:
+        pool.stop()
+    verb = "would delete" if options.dry_run else "deleted"
+    for name, digest in report.manifests_deleted:
+        print(f"{verb} manifest {name}@{digest}")
+    for digest in report.blobs_deleted:
+        print(f"{verb} blob {digest}")
+    print(f"{len(report.marked)} blobs marked, {len(report.blobs_deleted)} blobs {verb} "
+          f"({report.bytes_freed} bytes), {len(report.manifests_deleted)} manifests {verb}")
+    return 0
+
+
+def main(argv=None) -> int:
+    options = _parser().parse_args(argv)
+    try:
+        if options.command == "garbage-collect":
+            parse_duration(options.grace)
+    except ValueError as e:
+        print(f"regd: --grace: {e}", file=sys.stderr)
+        return 2
+    try:
+        load_config(options.config, os.environ)
+    except ConfigError as e:
+        print(f"regd: configuration error: {e}", file=sys.stderr)
+        return 1
+    codes = []
+
+    async def run(reactor):
+        codes.append(await garbage_collect(reactor, options))
+
+    try:
+        task.react(lambda reactor: defer.ensureDeferred(run(reactor)))
+    except SystemExit as done:
+        if done.code not in (0, None):
+            return int(done.code)
+    return codes[0] if codes else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

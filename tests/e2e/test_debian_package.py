@@ -1,0 +1,95 @@
+"""
+The Debian package: builds from a clean copy of the checkout, lintian finds no
+error, the unit verifies, and the installed package's ExecStart command line,
+run as the service user, pushes and pulls.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support import e2e_http
+from tests.support.processes import free_port, require_tool
+
+pytestmark = pytest.mark.e2e
+
+SOURCE = Path(__file__).resolve().parents[2]
+UNIT = Path("/lib/systemd/system/regd.service")
+
+
+def run(command, **kwargs):
+    result = subprocess.run(command, capture_output=True, text=True, timeout=kwargs.pop("timeout", 900), **kwargs)
+    assert result.returncode == 0, f"{command}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory):
+    for tool in ("dpkg-buildpackage", "lintian", "systemd-analyze", "dh_virtualenv", "runuser"):
+        require_tool(tool)
+    if os.geteuid() != 0:
+        pytest.skip("installing a package needs root") if os.environ.get("CI") != "true" else pytest.fail("not root")
+    build = tmp_path_factory.mktemp("deb") / "regd"
+    files = run(["git", "ls-files", "-co", "--exclude-standard"], cwd=SOURCE).stdout.split()
+    for name in files:
+        target = build / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if (SOURCE / name).is_file():
+            shutil.copy2(SOURCE / name, target)
+    run(["dpkg-buildpackage", "-us", "-uc", "-b"], cwd=build, timeout=1200)
+    deb = next(build.parent.glob("regd_*.deb"))
+    yield deb
+    subprocess.run(["dpkg", "--purge", "regd"], capture_output=True, timeout=300)
+
+
+def test_lintian_reports_no_errors(package):
+    result = subprocess.run(["lintian", str(package)], capture_output=True, text=True, timeout=600)
+    errors = [line for line in result.stdout.splitlines() if line.startswith("E:")]
+    assert errors == [], "\n".join(errors)
+
+
+def test_installed_service_pushes_and_pulls(package):
+    run(["dpkg", "-i", str(package)], timeout=300)
+    run(["systemd-analyze", "verify", str(UNIT)])
+    unit = UNIT.read_text()
+    assert re.search(r"^User=regd$", unit, re.M) and "ProtectSystem=strict" in unit
+    assert "CapabilityBoundingSet=CAP_NET_BIND_SERVICE" in unit and "NoNewPrivileges=yes" in unit
+    assert Path("/etc/regd/regd.yml").exists()
+    assert "/etc/regd/regd.yml" in Path("/var/lib/dpkg/info/regd.conffiles").read_text()
+    command = re.search(r"^ExecStart=(.+)$", unit, re.M).group(1).split()
+    port = free_port()
+    env = dict(os.environ, REGISTRY_HTTP_ADDR=f"127.0.0.1:{port}")
+    env.pop("PYTHONPATH", None)
+    daemon = subprocess.Popen(["runuser", "-u", "regd", "--", *command], cwd="/var/lib/regd", env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if e2e_http.get(base + "/v2/").status == 200:
+                    break
+            except OSError:
+                pass
+            assert daemon.poll() is None and time.monotonic() < deadline, daemon.stdout.read().decode()[-3000:]
+            time.sleep(0.2)
+        data = os.urandom(100_000)
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        answer = e2e_http.request("POST", f"{base}/v2/pkg/test/blobs/uploads/?digest={digest}", data=data)
+        assert answer.status == 201, answer.describe()
+        assert e2e_http.get(f"{base}/v2/pkg/test/blobs/{digest}").body == data
+        stored = Path("/var/lib/regd/docker/registry/v2/blobs/sha256") / digest[7:9] / digest[7:] / "data"
+        assert stored.stat().st_uid == int(run(["id", "-u", "regd"]).stdout)
+    finally:
+        os.kill(daemon.pid, 15)  # runuser passes it on to twistd
+        daemon.wait(60)
+    log = daemon.stdout.read().decode()
+    assert "SIGTERM received: stopping cleanly" in log and "Server Shut Down." in log, log[-3000:]

@@ -3,6 +3,7 @@
 `regd` command-line tools that work on a registry's storage:
 
     regd garbage-collect --config /etc/regd/regd.yml [--dry-run] [--delete-untagged] [--grace 1h]
+    regd fsck --config /etc/regd/regd.yml [--repair]
 
 Garbage collection is safe while the daemon serves pushes (see regd.registry.gc).
 """
@@ -29,25 +30,54 @@ def _parser() -> argparse.ArgumentParser:
     gc.add_argument("--delete-untagged", "-m", action="store_true",
                     help="also delete manifests no tag reaches (index children and referrers are kept)")
     gc.add_argument("--grace", default="1h", help="keep anything used more recently than this (default 1h)")
+    fsck = commands.add_parser("fsck", help="verify every blob's digest and every link's target")
+    fsck.add_argument("--config", "-c", help="the daemon's configuration file")
+    fsck.add_argument("--repair", action="store_true",
+                      help="quarantine corrupt blobs (regd/quarantine) and remove dangling links")
     return parser
 
 
-async def garbage_collect(reactor, options) -> int:
-    from regd.registry.gc import GarbageCollector
+async def _with_registry(reactor, options, work):
+    """Run C{work(registry)} against the configured storage, with a thread pool of its own."""
     from regd.registry.service import Registry
     from regd.storage.filesystem import FilesystemDriver
     from regd.storage.threads import thread_pool_runner
 
     config = load_config(options.config, os.environ, default_root=os.path.abspath("data")).config
-    pool = ThreadPool(minthreads=1, maxthreads=4, name="regd-gc")
+    pool = ThreadPool(minthreads=1, maxthreads=4, name="regd-tool")
     pool.start()
     try:
         driver = FilesystemDriver(config.storage.filesystem.rootdirectory, thread_pool_runner(reactor, pool))
-        collector = GarbageCollector(Registry(driver, reactor), reactor, grace=parse_duration(options.grace),
-                                     delete_untagged=options.delete_untagged, dry_run=options.dry_run)
-        report = await collector.run()
+        return await work(Registry(driver, reactor))
     finally:
         pool.stop()
+
+
+async def storage_check(reactor, options) -> int:
+    from regd.registry.fsck import StorageCheck
+    problems = await _with_registry(reactor, options, lambda registry: StorageCheck(registry, options.repair).run())
+    for digest in problems.corrupt_blobs:
+        print(f"corrupt blob {digest}")
+    for path in problems.bad_links:
+        print(f"bad link {path}")
+    for path in problems.dangling_links:
+        print(f"dangling link {path}")
+    for action in problems.repaired:
+        print(action)
+    print(f"{problems.blobs_checked} blobs and {problems.links_checked} links checked: "
+          f"{len(problems.corrupt_blobs)} corrupt blobs, {len(problems.bad_links)} bad links, "
+          f"{len(problems.dangling_links)} dangling links")
+    return 0 if problems.clean or options.repair else 1
+
+
+async def garbage_collect(reactor, options) -> int:
+    from regd.registry.gc import GarbageCollector
+
+    def collect(registry):
+        return GarbageCollector(registry, reactor, grace=parse_duration(options.grace),
+                                delete_untagged=options.delete_untagged, dry_run=options.dry_run).run()
+
+    report = await _with_registry(reactor, options, collect)
     verb = "would delete" if options.dry_run else "deleted"
     for name, digest in report.manifests_deleted:
         print(f"{verb} manifest {name}@{digest}")
@@ -73,8 +103,10 @@ def main(argv=None) -> int:
         return 1
     codes = []
 
+    commands = {"garbage-collect": garbage_collect, "fsck": storage_check}
+
     async def run(reactor):
-        codes.append(await garbage_collect(reactor, options))
+        codes.append(await commands[options.command](reactor, options))
 
     try:
         task.react(lambda reactor: defer.ensureDeferred(run(reactor)))

@@ -342,7 +342,7 @@ def makeService(options) -> service.MultiService:
     api.health = health
     if config.http.debug_addr:
         from regd.http.metrics import HTTPMetrics
-        site.metrics = HTTPMetrics(metrics, site)
+        site.metrics = HTTPMetrics(metrics, site, registry.uploads)
         add_debug_server(root, config.http.debug_addr, notifications, metrics, health, reactor)
 
     gc = config.regd.gc

@@ -50,6 +50,11 @@ def install_error_handlers(app) -> None:
         log.failure("internal error handling {method} {path}", failure,
                     method=request.method.decode("ascii", "replace"),
                     path=request.path.decode("ascii", "replace"))
-        error = Unavailable("internal error; see the registry's log") if failure.check(OSError) else \
-            RegistryError("internal error; see the registry's log")
+        if failure.check(OSError):
+            error = Unavailable("storage error; see the registry's log")
+            metrics = getattr(getattr(request, "site", None), "metrics", None)
+            if metrics is not None:
+                metrics.storage_error(request)
+        else:
+            error = RegistryError("internal error; see the registry's log")
         return render_registry_error(request, error)

@@ -34,7 +34,7 @@ def route_of(path: bytes) -> str:
 
 
 class HTTPMetrics:
-    def __init__(self, registry, site=None):
+    def __init__(self, registry, site=None, uploads=None):
         labels = ["route", "method", "status"]
         self.requests = Counter("regd_http_requests", "Requests answered", labels, registry=registry)
         self.latency = Histogram("regd_http_request_duration_seconds", "Time from request line to last byte",
@@ -48,6 +48,15 @@ class HTTPMetrics:
                                registry=registry)
         if site is not None:
             self.in_flight.set_function(lambda: site.in_flight)
+        self.uploads = Gauge("regd_uploads_in_progress", "Upload sessions started and not yet finished",
+                             registry=registry)
+        if uploads is not None:
+            self.uploads.set_function(uploads.in_progress)
+        self.storage_errors = Counter("regd_storage_errors", "Requests that failed on a storage error",
+                                      ["route"], registry=registry)
+
+    def storage_error(self, request) -> None:
+        self.storage_errors.labels(route_of(request.uri or b"")).inc()
 
     def observe(self, request) -> None:
         route = route_of(request.uri or b"")

@@ -95,6 +95,7 @@ class RegdSite(server.Site):
     def __init__(self, resource, spool_factory=None, *, spool_threshold: int = 65536,
                  max_body_size: int = 0, extra_headers=None, access_log: bool = True, **kwargs):
         kwargs.setdefault("parsePOSTFormSubmission", False)
+        kwargs.setdefault("logFormatter", access_log_line)
         super().__init__(resource, **kwargs)
         self.displayTracebacks = False
         self.access_log = access_log
@@ -145,6 +146,12 @@ class RegdSite(server.Site):
             self.metrics.observe(request)
         if self.access_log:
             super().log(request)
+
+
+def access_log_line(timestamp: str, request) -> str:
+    """The combined log format, plus the request id that the response header and events carry."""
+    from twisted.web.http import combinedLogFormatter
+    return f"{combinedLogFormatter(timestamp, request)} request_id={getattr(request, 'request_id', '-')}"
 
 
 _TLS_HANDSHAKE = b"\x16\x03"

@@ -74,6 +74,10 @@ class UploadService:
     def new_spool(self):
         return self._driver.new_spool()
 
+    def in_progress(self) -> int:
+        """Upload sessions this process has seen start and not finish."""
+        return len(self._sessions)
+
     def spool_from_bytes(self, data: bytes):
         spool = self._driver.new_spool()
         spool.write(data)

@@ -226,6 +226,7 @@ def test_admin_endpoint_needs_an_admin_and_failed_logins_are_counted(tls_setup):
     # two wrong guesses plus the start-up readiness probe
     assert 'regd_http_requests_total{method="GET",route="base",status="401"} 3.0' in metrics, metrics
     assert "regd_http_request_duration_seconds_bucket" in metrics
+    assert "regd_uploads_in_progress 0.0" in metrics and "# TYPE regd_storage_errors_total counter" in metrics
     health = e2e_http.get(f"http://127.0.0.1:{debug}/debug/health")
     assert health.status == 200, health.describe()
     assert health.json()["storagedriver_filesystem"]["status"] == "ok"

@@ -66,3 +66,30 @@ class RobustnessTests(TestCase):
         await self.check("GET", "/v2/x/referrers/sha256:abc")
         await self.check("GET", "/v2/_catalog?n=99999999")
         await defer.succeed(None)
+
+
+class StorageFailureTests(TestCase):
+    async def test_storage_errors_are_503_and_counted(self):
+        from prometheus_client import CollectorRegistry
+
+        from regd.http.metrics import HTTPMetrics
+        server = RegistryServer(self)
+        metrics = CollectorRegistry()
+        server.site.metrics = HTTPMetrics(metrics, server.site, server.registry.uploads)
+
+        def broken(path):
+            return defer.fail(OSError(5, "Input/output error"))
+
+        server.driver.get_content = broken
+        response = await self.check_status(server, "/v2/app/manifests/latest")
+        self.assertEqual(response, 503)
+        self.assertEqual(metrics.get_sample_value("regd_storage_errors_total", {"route": "manifest"}), 1.0)
+        self.assertEqual(metrics.get_sample_value(
+            "regd_http_requests_total", {"route": "manifest", "method": "GET", "status": "503"}), 1.0)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)  # logged with its traceback, once
+
+    async def check_status(self, server, path):
+        response, body = await server.request("GET", path)
+        self.assertEqual(json.loads(body)["errors"][0]["code"], "UNAVAILABLE")
+        self.assertNotIn(b"Input/output", body)
+        return response.code

@@ -8,11 +8,13 @@ enforces read-only mode in one place.
 from __future__ import annotations
 
 from regd.oci.errors import ReadOnly
+from regd.oci.reference import is_valid_name
 from regd.registry.blobs import BlobService
 from regd.registry.listener import ListenerSet
 from regd.registry.listing import ListingService
 from regd.registry.manifests import ManifestService, UrlPolicy
 from regd.registry.uploads import UploadService
+from regd.storage import paths
 
 
 class Registry:
@@ -40,4 +42,5 @@ class Registry:
         return self.driver.new_spool()
 
     async def purge_uploads(self, older_than: float, dry_run: bool = False) -> list[str]:
-        return await self.uploads.purge(await self.listing.repositories(), older_than, dry_run)
+        names = await self.driver.walk_repositories(paths.REPOSITORIES, "_uploads")
+        return await self.uploads.purge([n for n in names if is_valid_name(n)], older_than, dry_run)

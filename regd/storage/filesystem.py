@@ -390,14 +390,14 @@ class FilesystemDriver:
             raise PathNotFound(path) from None
         return hasher
 
-    def walk_repositories(self, root: str):
-        return self._deferred(self._walk, root)
+    def walk_repositories(self, root: str, marker: str = "_manifests"):
+        return self._deferred(self._walk, root, marker)
 
-    def _walk(self, root):
+    def _walk(self, root, marker):
         base = self._full(root)
         found = []
         for directory, subdirs, _files in os.walk(base):
-            if "_manifests" in subdirs:
+            if marker in subdirs:
                 found.append(os.path.relpath(directory, base).replace(os.sep, "/"))
             subdirs[:] = sorted(d for d in subdirs if not d.startswith("_"))
         return sorted(found)

@@ -150,11 +150,13 @@ class IStorageDriver(Interface):
         running hash is gone.
         """
 
-    def walk_repositories(root: str):
+    def walk_repositories(root: str, marker: str = "_manifests"):
         """
         Deferred[list[str]]: every repository name under C{root} (the
         repositories directory), sorted; a repository is a directory holding
-        C{_manifests}; directories starting with '_' are not descended.
+        C{marker} (C{_manifests}, or C{_uploads} to find uploads in
+        repositories that have no manifest yet); directories starting with
+        '_' are not descended.
         """
 
     def touch(path: str):

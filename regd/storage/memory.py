@@ -227,7 +227,7 @@ class InMemoryDriver:
                 raise PathNotFound(path) from None
         return self._sync(digest)
 
-    def walk_repositories(self, root):
+    def walk_repositories(self, root, marker="_manifests"):
         def walk():
             prefix = _check(root) + "/"
             found = set()
@@ -236,7 +236,7 @@ class InMemoryDriver:
                     continue
                 parts = p[len(prefix):].split("/")
                 for i, part in enumerate(parts):
-                    if part == "_manifests":
+                    if part == marker:
                         found.add("/".join(parts[:i]))
                         break
                     if part.startswith("_"):

@@ -189,6 +189,7 @@ class DriverContract:
                      "b/_uploads/u/data", "d/_layers/_manifests/x", "e/f/g/_manifests/x"):
             self.ok(self.driver.put_content(f"{root}/{path}", b"."))
         self.assertEqual(self.ok(self.driver.walk_repositories(root)), ["a", "b/c", "e/f/g"])
+        self.assertEqual(self.ok(self.driver.walk_repositories(root, "_uploads")), ["b"])
         self.assertEqual(self.ok(self.driver.walk_repositories("nothing/here")), [])
 
 

@@ -49,26 +49,19 @@ class StorageCheck:
         return problems
 
     async def _check_blobs(self, problems: Problems) -> None:
-        for alg in await links.list_or_empty(self._driver, paths.BLOBS):
-            for prefix in await links.list_or_empty(self._driver, f"{paths.BLOBS}/{alg}"):
-                for hex_ in await links.list_or_empty(self._driver, f"{paths.BLOBS}/{alg}/{prefix}"):
-                    try:
-                        digest = Digest.parse(f"{alg}:{hex_}")
-                    except RegistryError:
-                        continue
-                    try:
-                        hasher = await self._driver.digest_file(paths.blob_data(digest), digest.algorithm)
-                    except PathNotFound:
-                        continue
-                    problems.blobs_checked += 1
-                    if hasher.hexdigest() != digest.hex:
-                        problems.corrupt_blobs.append(str(digest))
-                        if self.repair:
-                            await self._driver.move(paths.blob_data(digest),
-                                                    f"{QUARANTINE}/{digest.algorithm}-{digest.hex}")
-                            await links.delete_if_present(self._driver, paths.blob_dir(digest))
-                            self._registry.manifests.forget(digest)
-                            problems.repaired.append(f"quarantined {digest}")
+        for digest in await links.stored_blobs(self._driver):
+            try:
+                hasher = await self._driver.digest_file(paths.blob_data(digest), digest.algorithm)
+            except PathNotFound:
+                continue
+            problems.blobs_checked += 1
+            if hasher.hexdigest() != digest.hex:
+                problems.corrupt_blobs.append(str(digest))
+                if self.repair:
+                    await self._driver.move(paths.blob_data(digest), f"{QUARANTINE}/{digest.algorithm}-{digest.hex}")
+                    await links.delete_if_present(self._driver, paths.blob_dir(digest))
+                    self._registry.manifests.forget(digest)
+                    problems.repaired.append(f"quarantined {digest}")
 
     async def _link_dirs(self, base: str, depth: int) -> list[str]:
         """Directories C{depth} levels below C{base}."""

@@ -54,18 +54,8 @@ class GarbageCollector:
 
     # -- mark ------------------------------------------------------------
 
-    async def _revisions(self, name: str) -> list[Digest]:
-        found = []
-        base = paths.revisions(name)
-        for alg in await links.list_or_empty(self._driver, base):
-            for hex_ in await links.list_or_empty(self._driver, f"{base}/{alg}"):
-                digest = await links.read_link(self._driver, f"{base}/{alg}/{hex_}/link")
-                if digest is not None:
-                    found.append(digest)
-        return found
-
     async def _mark_repository(self, name: str, report: Report) -> None:
-        revisions = await self._revisions(name)
+        revisions = await links.linked_digests(self._driver, paths.revisions(name))
         if not self.delete_untagged:
             roots = revisions
         else:
@@ -89,7 +79,7 @@ class GarbageCollector:
                 report.marked.add(descriptor.digest)
             pending.extend(d.digest for d in parsed.manifests)
             # Artifacts (signatures, SBOMs) attached to a kept manifest stay with it.
-            pending.extend(await self._referrers(name, digest))
+            pending.extend(await links.linked_digests(self._driver, paths.referrers(name, digest)))
         for digest in revisions:
             if digest not in kept and await self._older_than_grace(paths.revision_link(name, digest)):
                 report.manifests_deleted.append((name, str(digest)))
@@ -100,16 +90,6 @@ class GarbageCollector:
                 parsed = await self._parse(digest)
                 for descriptor in (parsed.blobs + parsed.manifests) if parsed else ():
                     report.marked.add(descriptor.digest)
-
-    async def _referrers(self, name: str, subject: Digest) -> list[Digest]:
-        base = paths.referrers(name, subject)
-        found = []
-        for alg in await links.list_or_empty(self._driver, base):
-            for hex_ in await links.list_or_empty(self._driver, f"{base}/{alg}"):
-                digest = await links.read_link(self._driver, f"{base}/{alg}/{hex_}/link")
-                if digest is not None:
-                    found.append(digest)
-        return found
 
     async def _parse(self, digest: Digest):
         try:
@@ -128,25 +108,19 @@ class GarbageCollector:
     # -- sweep -----------------------------------------------------------
 
     async def _sweep(self, report: Report) -> None:
-        for alg in await links.list_or_empty(self._driver, paths.BLOBS):
-            for prefix in await links.list_or_empty(self._driver, f"{paths.BLOBS}/{alg}"):
-                for hex_ in await links.list_or_empty(self._driver, f"{paths.BLOBS}/{alg}/{prefix}"):
-                    try:
-                        digest = Digest.parse(f"{alg}:{hex_}")
-                    except RegistryError:
-                        continue
-                    if digest in report.marked:
-                        continue
-                    data = paths.blob_data(digest)
-                    # Checked again now, just before deleting: a push may have touched it meanwhile.
-                    if not await self._older_than_grace(data):
-                        continue
-                    try:
-                        size = (await self._driver.stat(data)).size
-                    except PathNotFound:
-                        continue
-                    report.blobs_deleted.append(str(digest))
-                    report.bytes_freed += size
-                    if not self.dry_run:
-                        await links.delete_if_present(self._driver, paths.blob_dir(digest))
-                        self._registry.manifests.forget(digest)
+        for digest in await links.stored_blobs(self._driver):
+            if digest in report.marked:
+                continue
+            data = paths.blob_data(digest)
+            # Checked again now, just before deleting: a push may have touched it meanwhile.
+            if not await self._older_than_grace(data):
+                continue
+            try:
+                size = (await self._driver.stat(data)).size
+            except PathNotFound:
+                continue
+            report.blobs_deleted.append(str(digest))
+            report.bytes_freed += size
+            if not self.dry_run:
+                await links.delete_if_present(self._driver, paths.blob_dir(digest))
+                self._registry.manifests.forget(digest)

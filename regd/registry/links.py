@@ -13,6 +13,7 @@ from twisted.internet import defer
 
 from regd.oci.digest import Digest
 from regd.oci.errors import RegistryError
+from regd.storage import paths
 from regd.storage.interfaces import PathNotFound
 
 
@@ -52,3 +53,27 @@ async def list_or_empty(driver, path: str) -> list[str]:
         return await driver.list(path)
     except PathNotFound:
         return []
+
+
+async def linked_digests(driver, base: str) -> list[Digest]:
+    """Digests named by the links at C{base}/<alg>/<hex>/link (revisions, referrers, layers)."""
+    found = []
+    for alg in await list_or_empty(driver, base):
+        for hex_ in await list_or_empty(driver, f"{base}/{alg}"):
+            digest = await read_link(driver, f"{base}/{alg}/{hex_}/link")
+            if digest is not None:
+                found.append(digest)
+    return found
+
+
+async def stored_blobs(driver) -> list[Digest]:
+    """Every digest in the global blob store (blobs/<alg>/<hh>/<hex>), whatever its state."""
+    found = []
+    for alg in await list_or_empty(driver, paths.BLOBS):
+        for prefix in await list_or_empty(driver, f"{paths.BLOBS}/{alg}"):
+            for hex_ in await list_or_empty(driver, f"{paths.BLOBS}/{alg}/{prefix}"):
+                try:
+                    found.append(Digest.parse(f"{alg}:{hex_}"))
+                except RegistryError:
+                    continue
+    return found

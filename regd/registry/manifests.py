@@ -256,29 +256,24 @@ class ManifestService:
 
     async def referrers(self, name: str, subject: Digest, artifact_type: str | None) -> list[dict]:
         """Descriptors of the manifests in C{name} whose subject is C{subject}."""
-        base = paths.referrers(name, subject)
         found = []
-        for alg in await links.list_or_empty(self._driver, base):
-            for hex_ in await links.list_or_empty(self._driver, f"{base}/{alg}"):
-                digest = await links.read_link(self._driver, f"{base}/{alg}/{hex_}/link")
-                if digest is None:
-                    continue
-                if await links.read_link(self._driver, paths.revision_link(name, digest)) != digest:
-                    continue
-                try:
-                    stored = await self.load(digest)
-                except ManifestUnknown:
-                    continue
-                parsed = self._parse_stored(stored)
-                if parsed is None or parsed.subject is None or parsed.subject.digest != subject:
-                    continue
-                kind = parsed.referrer_artifact_type()
-                if artifact_type is not None and kind != artifact_type:
-                    continue
-                entry = {"mediaType": stored.media_type, "digest": str(digest), "size": len(stored.body)}
-                if kind:
-                    entry["artifactType"] = kind
-                if parsed.annotations:
-                    entry["annotations"] = parsed.annotations
-                found.append(entry)
+        for digest in await links.linked_digests(self._driver, paths.referrers(name, subject)):
+            if await links.read_link(self._driver, paths.revision_link(name, digest)) != digest:
+                continue
+            try:
+                stored = await self.load(digest)
+            except ManifestUnknown:
+                continue
+            parsed = self._parse_stored(stored)
+            if parsed is None or parsed.subject is None or parsed.subject.digest != subject:
+                continue
+            kind = parsed.referrer_artifact_type()
+            if artifact_type is not None and kind != artifact_type:
+                continue
+            entry = {"mediaType": stored.media_type, "digest": str(digest), "size": len(stored.body)}
+            if kind:
+                entry["artifactType"] = kind
+            if parsed.annotations:
+                entry["annotations"] = parsed.annotations
+            found.append(entry)
         return found

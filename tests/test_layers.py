@@ -18,6 +18,8 @@ ALLOWED = {
     "notifications": {"oci", "registry", "notifications", "units"},
     "config": {"oci", "units"},
     "logging": set(),
+    "services": set(),
+    "authsetup": {"http", "oci", "units"},
     "units": set(),
     "metrics": set(),
     "tls": set(),

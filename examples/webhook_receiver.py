@@ -63,6 +63,11 @@ class Seen:
             except sqlite3.IntegrityError:
                 return False
 
+    def forget(self, event_id: str) -> None:
+        """Handling failed: let the registry's retry run it again."""
+        with self._lock:
+            self._db.execute("DELETE FROM seen WHERE id = ?", (event_id,))
+
 
 def events_of(body: bytes, content_type: str) -> list[dict]:
     document = json.loads(body)
@@ -93,7 +98,14 @@ def make_handler(options, seen: Seen):
                 if not seen.first_time(event["id"]):
                     print(f"duplicate {event['id']} ignored", file=sys.stderr, flush=True)
                     continue
-                handle(options, event)
+                if not handle(options, event):
+                    # 500: the registry keeps the event and sends it again later, same id.
+                    seen.forget(event["id"])
+                    print(f"command failed for {event['id']}; asking for a retry", file=sys.stderr, flush=True)
+                    self.send_response(500)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
             self.send_response(200)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -104,12 +116,13 @@ def make_handler(options, seen: Seen):
     return Handler
 
 
-def handle(options, event: dict) -> None:
+def handle(options, event: dict) -> bool:
+    """Run the command (or print); False if the command failed."""
     line = json.dumps(event)
     if options.exec:
-        subprocess.run(options.exec, shell=True, input=line.encode(), check=False)
-    else:
-        print(line, flush=True)
+        return subprocess.run(options.exec, shell=True, input=line.encode(), check=False).returncode == 0
+    print(line, flush=True)
+    return True
 
 
 def main(argv=None) -> int:

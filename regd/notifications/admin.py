@@ -26,6 +26,8 @@ class NotificationCollector:
             "age": GaugeMetricFamily("regd_notifications_oldest_pending_age_seconds",
                                      "Age of the oldest pending event", labels=["endpoint"]),
             "dead": GaugeMetricFamily("regd_notifications_dead_letters", "Events given up on", labels=["endpoint"]),
+            "bytes": GaugeMetricFamily("regd_notifications_pending_bytes", "Bytes of event JSON waiting for delivery",
+                                       labels=["endpoint"]),
         }
         counters = {
             "attempts": CounterMetricFamily("regd_notifications_attempts", "Delivery attempts", labels=["endpoint"]),
@@ -40,6 +42,7 @@ class NotificationCollector:
             gauges["pending"].add_metric(labels, endpoint.pending)
             gauges["age"].add_metric(labels, endpoint.oldest_pending_age())
             gauges["dead"].add_metric(labels, endpoint.stats.dead_letters)
+            gauges["bytes"].add_metric(labels, endpoint.pending_bytes)
             for key in counters:
                 counters[key].add_metric(labels, getattr(endpoint.stats, key))
         yield from gauges.values()
@@ -106,6 +109,8 @@ class NotificationAdmin:
     async def replay(self, request, name):
         if self.service.endpoint(name) is None:
             return self._json(request, 404, {"error": "no such endpoint"})
+        # ?id=<event id> and ?seq=<journal seq> (repeatable) pick dead letters; neither: all of them.
         seqs = [int(v) for v in request.args.get(b"seq", []) if v.isdigit()] or None
-        count = await self.service.replay(name, seqs)
+        ids = [v.decode("utf-8", "replace") for v in request.args.get(b"id", [])] or None
+        count = await self.service.replay(name, seqs, ids)
         return self._json(request, 200, {"endpoint": name, "replayed": count})

@@ -39,7 +39,8 @@ def build_notifications(raw, *, reactor, default_journal: str, source_addr: str,
         pools.append(connection_pool)
         return HTTPSink(endpoint_settings, client, reactor)
 
-    service = NotificationService(settings, journal, sink_factory, reactor, source_addr=source_addr,
+    from regd.notifications.events import source_address
+    service = NotificationService(settings, journal, sink_factory, reactor, source_addr=source_address(source_addr),
                                   on_stop=[lambda: _close_pools(pools)], thread_pool=pool)
     return service, NotificationAdmin(service, metrics, authorize_admin), warnings
 

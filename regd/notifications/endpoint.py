@@ -16,10 +16,18 @@ import attrs
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from regd.notifications.events import envelope
-from regd.notifications.journal import JournalEntry
+from regd.notifications.events import ENVELOPE_MEDIA_TYPE, envelope
+from regd.notifications.journal import JournalClosed, JournalEntry
 
 log = Logger()
+
+DEFAULT_DEAD_LETTER_LIMIT = 100_000  # when queuelimit counts bytes, dead letters are still bounded
+DROP_LOG_EVERY = 1000  # while full, one error line per this many dropped events
+
+
+def _bookkeeping_failed(failure):
+    if not failure.check(JournalClosed):  # at shutdown: the event is simply sent again next start
+        log.failure("notifications: journal update failed", failure)
 
 
 @attrs.define
@@ -31,6 +39,7 @@ class EndpointStats:
     dead_letters: int = 0
     dropped: int = 0
     last_error: str = ""
+    full: bool = False  # the queue limit was reached and events are being dropped
 
 
 def backoff_delay(settings, attempts: int, jitter: float) -> float:
@@ -50,6 +59,8 @@ class Endpoint:
         self._jitter = jitter
         self._queue: deque[JournalEntry] = deque()
         self._held: list[JournalEntry] = []
+        self.pending_bytes = 0
+        self._kick_call = None
         self._loading = True
         self._busy = False
         self._retry = None
@@ -75,8 +86,11 @@ class Endpoint:
         return max(0.0, self._clock.seconds() - min(h.created for h in heads))
 
     async def start(self) -> None:
+        _, self.stats.dead_letters = await self._journal.counts(self.name)
         loaded = await self._journal.pending(self.name)
         known = {e.seq for e in loaded}
+        self.pending_bytes = sum(len(e.body) for e in loaded) + sum(
+            len(e.body) for e in self._held if e.seq not in known)
         self._queue.extend(loaded)
         self._queue.extend(e for e in self._held if e.seq not in known)
         self._held = []
@@ -86,21 +100,43 @@ class Endpoint:
                      endpoint=self.name)
         self._kick()
 
+    def admit(self, size: int) -> bool:
+        """
+        Whether a new event of C{size} bytes fits under `queuelimit`. At the
+        limit the event is dropped for this endpoint (never journaled, so the
+        disk stays bounded and the push is not held up): counted, and logged
+        as an error when it starts, every DROP_LOG_EVERY drops, and when it ends.
+        """
+        limit, limit_bytes = self.settings.queue_limit, self.settings.queue_limit_bytes
+        fits = not ((limit and self.pending + 1 > limit) or (limit_bytes and self.pending_bytes + size > limit_bytes))
+        if fits:
+            if self.stats.full:
+                self.stats.full = False
+                log.warn("notifications: endpoint {endpoint} is below its queue limit again after {dropped} "
+                         "dropped events", endpoint=self.name, dropped=self.stats.dropped)
+            return True
+        self.stats.dropped += 1
+        if not self.stats.full or self.stats.dropped % DROP_LOG_EVERY == 0:
+            log.error("notifications: queue of endpoint {endpoint} is full ({pending} events, {pending_bytes} "
+                      "bytes; queuelimit {limit}); new events for it are DROPPED ({dropped} so far)",
+                      endpoint=self.name, pending=self.pending, pending_bytes=self.pending_bytes,
+                      limit=limit or f"{limit_bytes} bytes", dropped=self.stats.dropped)
+        self.stats.full = True
+        return False
+
     def enqueue(self, entry: JournalEntry) -> None:
-        if self.pending >= self.settings.queue_limit:
-            self.stats.dropped += 1
-            self.stats.dead_letters += 1
-            log.error("notifications: queue of endpoint {endpoint} is full ({limit} events); event {id} "
-                      "goes to its dead letters ({dropped} so far)", endpoint=self.name,
-                      limit=self.settings.queue_limit, id=entry.event_id, dropped=self.stats.dropped)
-            self._journal.failed(self.name, [entry.seq], "queue limit reached", dead=True).addErrback(
-                lambda f: log.failure("notifications: journal update failed", f))
-            return
+        """Queue a journaled event; delivery starts on the next reactor turn, after the request's answer."""
+        self.pending_bytes += len(entry.body)
         if self._loading:
             self._held.append(entry)
-        else:
-            self._queue.append(entry)
-            self._kick()
+            return
+        self._queue.append(entry)
+        if self._kick_call is None and not self._busy and self._retry is None and not self._stopped:
+            self._kick_call = self._clock.callLater(0, self._deferred_kick)
+
+    def _deferred_kick(self) -> None:
+        self._kick_call = None
+        self._kick()
 
     def requeue(self, entries: list[JournalEntry]) -> None:
         """Replayed dead letters go to the back of the queue."""
@@ -131,7 +167,12 @@ class Endpoint:
 
     async def _deliver_head(self) -> None:
         batch = [self._queue[i] for i in range(min(self.settings.batch, len(self._queue)))]
-        body, content_type = envelope([json.loads(e.body) for e in batch], self.settings.format)
+        if self.settings.format == "distribution":
+            # The journal holds each event as registry:2 JSON already: splice, don't re-encode.
+            body, content_type = b'{"events": [' + ", ".join(e.body for e in batch).encode() + b"]}", ENVELOPE_MEDIA_TYPE
+        else:
+            body, content_type = envelope([json.loads(e.body) for e in batch], self.settings.format,
+                                          batched=self.settings.batch > 1)
         message_id = batch[0].event_id if len(batch) == 1 else f"{batch[0].event_id}+{len(batch) - 1}"
         self.stats.attempts += 1
         try:
@@ -139,16 +180,20 @@ class Endpoint:
         except defer.CancelledError:
             raise
         except Exception as e:
+            if self._stopped:  # cut short by stop(): not the receiver's fault, try again next start
+                raise defer.CancelledError() from None
             await self._failed(batch, str(e) or type(e).__name__)
             return
         self.stats.successes += 1
         self.stats.delivered_events += len(batch)
-        for _ in batch:
-            self._queue.popleft()
+        self._pop(len(batch))
         # Not awaited: the next POST need not wait for this bookkeeping, which is
         # group-committed; if it is lost in a crash the event is sent again, same id.
-        self._journal.delivered(self.name, [e.seq for e in batch]).addErrback(
-            lambda f: log.failure("notifications: journal update failed", f))
+        self._journal.delivered(self.name, [e.seq for e in batch]).addErrback(_bookkeeping_failed)
+
+    def _pop(self, count: int) -> None:
+        for _ in range(count):
+            self.pending_bytes -= len(self._queue.popleft().body)
 
     async def _failed(self, batch: list[JournalEntry], error: str) -> None:
         self.stats.failures += 1
@@ -157,14 +202,20 @@ class Endpoint:
         now = self._clock.seconds()
         limit = self.settings.max_retries
         expired = (limit and attempts >= limit) or now - batch[0].created >= self.settings.max_age
-        log.warn("notifications: delivery to {endpoint} failed (attempt {attempts}): {error}",
-                 endpoint=self.name, attempts=attempts, error=error)
+        # Names and ids only: header values and secrets never reach the log.
+        log.warn("notifications: delivery to {endpoint} failed (attempt {attempts}, event {event_id}, "
+                 "{count} in batch): {error}", endpoint=self.name, attempts=attempts,
+                 event_id=batch[0].event_id, count=len(batch), error=error)
         for i, entry in enumerate(batch):
             self._queue[i] = attrs.evolve(entry, attempts=attempts, last_error=error)
-        await self._journal.failed(self.name, [e.seq for e in batch], error, dead=bool(expired))
+        try:
+            pruned = await self._journal.failed(self.name, [e.seq for e in batch], error, dead=bool(expired),
+                                                keep_dead=self.settings.queue_limit or DEFAULT_DEAD_LETTER_LIMIT)
+        except JournalClosed:
+            return
+        self.stats.dead_letters -= pruned or 0
         if expired:
-            for _ in batch:
-                self._queue.popleft()
+            self._pop(len(batch))
             self.stats.dead_letters += len(batch)
             log.error("notifications: {count} events for {endpoint} moved to dead letters after {attempts} "
                       "attempts: {error}", count=len(batch), endpoint=self.name, attempts=attempts, error=error)
@@ -208,6 +259,9 @@ class Endpoint:
 
     def stop(self) -> None:
         self._stopped = True
+        if self._kick_call is not None:
+            self._kick_call.cancel()
+            self._kick_call = None
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None

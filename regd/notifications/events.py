@@ -16,7 +16,16 @@ from regd.registry.listener import BLOB, MANIFEST, RegistryEvent
 
 ENVELOPE_MEDIA_TYPE = "application/vnd.docker.distribution.events.v1+json"
 CLOUDEVENTS_BATCH = "application/cloudevents-batch+json"
+CLOUDEVENT_STRUCTURED = "application/cloudevents+json"
 CLOUDEVENT_TYPE_PREFIX = "io.regd.registry"
+
+
+def source_address(listen_addr: str, hostname: str | None = None) -> str:
+    """registry:2's source.addr: this host's name and the port it listens on ("host:5000")."""
+    import socket
+    hostname = hostname or socket.gethostname()
+    port = listen_addr.rpartition(":")[2] if ":" in listen_addr else ""
+    return f"{hostname}:{port}" if port.isdigit() else hostname
 
 
 def _timestamp(seconds: float) -> str:
@@ -85,8 +94,14 @@ def to_cloudevent(entry: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def envelope(entries: list[dict[str, Any]], event_format: str) -> tuple[bytes, str]:
-    """The POST body and its Content-Type for a batch of entries."""
+def envelope(entries: list[dict[str, Any]], event_format: str, batched: bool = False) -> tuple[bytes, str]:
+    """
+    The POST body and its Content-Type for entries. CloudEvents go one per
+    POST in structured mode, or as a JSON batch when the endpoint batches
+    (batch > 1), so a receiver always sees one shape.
+    """
     if event_format == "cloudevents":
+        if not batched and len(entries) == 1:
+            return json.dumps(to_cloudevent(entries[0])).encode(), CLOUDEVENT_STRUCTURED
         return json.dumps([to_cloudevent(e) for e in entries]).encode(), CLOUDEVENTS_BATCH
     return json.dumps({"events": entries}).encode(), ENVELOPE_MEDIA_TYPE

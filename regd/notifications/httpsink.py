@@ -78,6 +78,10 @@ class HTTPSink:
         timer = self._clock.callLater(self._settings.timeout, expire)
         try:
             status = await exchange
+        except defer.CancelledError:
+            if not timed_out:
+                raise  # stopped from outside (shutdown): not a failed attempt
+            raise DeliveryFailed(f"timed out after {self._settings.timeout:g}s") from None
         except Exception as e:
             if timed_out:
                 raise DeliveryFailed(f"timed out after {self._settings.timeout:g}s") from None
@@ -92,6 +96,17 @@ class HTTPSink:
         response = await self._client.post(self._settings.url, data=body, headers=headers)
         await treq.content(response)  # read it all, so the connection goes back to the pool
         return response.code
+
+
+def redacted_url(url: str) -> str:
+    """The URL without credentials or query string, for logs and status pages."""
+    from urllib.parse import urlsplit
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return f"{parts.scheme}://{netloc}{parts.path}"
 
 
 def _describe(error: Exception) -> str:

@@ -34,7 +34,13 @@ CREATE TABLE IF NOT EXISTS deliveries (
     PRIMARY KEY (endpoint, seq)
 );
 CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries(endpoint, dead, seq);
+-- "is any endpoint still owed this event?" without scanning every delivery
+CREATE INDEX IF NOT EXISTS deliveries_seq ON deliveries(seq);
 """
+
+
+class JournalClosed(Exception):
+    """A write arrived after close(); the journal on disk keeps what it had."""
 
 
 @attrs.frozen
@@ -55,6 +61,9 @@ class Journal:
         self._db: sqlite3.Connection | None = None
         self._waiting: list[tuple[str, tuple, defer.Deferred]] = []
         self._committing = False
+        self._closed = False
+        self._quiet: list[defer.Deferred] = []  # close() waiting for the commit in progress
+        self._synchronous = ""
 
     # -- lifecycle (runner thread) -------------------------------------
 
@@ -71,6 +80,12 @@ class Journal:
         self._db = db
 
     def close(self) -> defer.Deferred:
+        """Commit what is queued, then close; later writes fail with JournalClosed."""
+        self._closed = True
+        if self._committing:
+            d: defer.Deferred = defer.Deferred()
+            self._quiet.append(d)
+            return d.addCallback(lambda _: self._run(self._close))
         return self._run(self._close)
 
     def _close(self) -> None:
@@ -85,6 +100,8 @@ class Journal:
         Queue a write; it is committed with every other write queued while
         the previous commit ran, in one transaction (one fsync for many).
         """
+        if self._closed:
+            return defer.fail(JournalClosed(operation))
         d: defer.Deferred = defer.Deferred()
         self._waiting.append((operation, args, d))
         if not self._committing:
@@ -99,6 +116,10 @@ class Journal:
             self._committing = False
             if self._waiting:
                 self._commit_waiting()
+            else:
+                quiet, self._quiet = self._quiet, []
+                for d in quiet:
+                    d.callback(None)
             return result
 
         def succeeded(results):
@@ -119,7 +140,10 @@ class Journal:
         # New events must be on disk before their request is answered (fsync);
         # delivery bookkeeping need not: losing it only means sending again.
         durable = any(operation == "append" for operation, _ in operations)
-        db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        synchronous = "FULL" if durable else "NORMAL"
+        if synchronous != self._synchronous:  # each statement costs a GIL round trip; skip the no-ops
+            db.execute(f"PRAGMA synchronous={synchronous}")
+            self._synchronous = synchronous
         db.execute("BEGIN IMMEDIATE")
         try:
             for operation, args in operations:
@@ -165,21 +189,41 @@ class Journal:
         db.executemany("DELETE FROM events WHERE seq = ? AND NOT EXISTS "
                        "(SELECT 1 FROM deliveries WHERE seq = ?)", [(s, s) for s in seqs])
 
-    def failed(self, endpoint: str, seqs: list[int], error: str, dead: bool) -> defer.Deferred:
-        return self._write("failed", endpoint, list(seqs), error, dead)
+    def failed(self, endpoint: str, seqs: list[int], error: str, dead: bool,
+               keep_dead: int = 0) -> defer.Deferred:
+        """
+        Count a failed attempt; with C{dead} the events become dead letters,
+        of which only the newest C{keep_dead} are kept (0: all), so a dead
+        receiver cannot fill the disk.
+        """
+        return self._write("failed", endpoint, list(seqs), error, dead, keep_dead)
 
     @staticmethod
-    def _op_failed(db, now, endpoint: str, seqs: list[int], error: str, dead: bool) -> None:
+    def _op_failed(db, now, endpoint: str, seqs: list[int], error: str, dead: bool, keep_dead: int) -> int:
         db.executemany(
             "UPDATE deliveries SET attempts = attempts + 1, last_error = ?, dead = ? WHERE endpoint = ? AND seq = ?",
             [(error[:500], int(dead), endpoint, s) for s in seqs])
+        if not (dead and keep_dead):
+            return 0
+        doomed = [row[0] for row in db.execute(
+            "SELECT seq FROM deliveries WHERE endpoint = ? AND dead = 1 ORDER BY seq DESC LIMIT -1 OFFSET ?",
+            (endpoint, keep_dead)).fetchall()]
+        db.executemany("DELETE FROM deliveries WHERE endpoint = ? AND seq = ?", [(endpoint, s) for s in doomed])
+        db.executemany("DELETE FROM events WHERE seq = ? AND NOT EXISTS (SELECT 1 FROM deliveries WHERE seq = ?)",
+                       [(s, s) for s in doomed])
+        pruned = len(doomed)
+        return pruned
 
-    def replay(self, endpoint: str, seqs: list[int] | None = None) -> defer.Deferred:
-        """Deferred[list[JournalEntry]]: turn dead letters back into pending deliveries."""
-        return self._write("replay", endpoint, seqs)
+    def replay(self, endpoint: str, seqs: list[int] | None = None,
+               event_ids: list[str] | None = None) -> defer.Deferred:
+        """Deferred[list[JournalEntry]]: turn dead letters (all, or those named) back into pending deliveries."""
+        return self._write("replay", endpoint, seqs, event_ids)
 
-    def _op_replay(self, db, now, endpoint: str, seqs: list[int] | None) -> list[JournalEntry]:
-        revived = [e for e in self._select(endpoint, 1, 1_000_000) if seqs is None or e.seq in seqs]
+    def _op_replay(self, db, now, endpoint: str, seqs: list[int] | None,
+                   event_ids: list[str] | None) -> list[JournalEntry]:
+        every = seqs is None and event_ids is None
+        revived = [e for e in self._select(endpoint, 1, 1_000_000)
+                   if every or e.seq in (seqs or ()) or e.event_id in (event_ids or ())]
         db.executemany("UPDATE deliveries SET dead = 0, attempts = 0 WHERE endpoint = ? AND seq = ?",
                        [(endpoint, e.seq) for e in revived])
         return revived

@@ -17,10 +17,15 @@ from zope.interface import implementer
 
 from regd.notifications.endpoint import Endpoint
 from regd.notifications.events import to_distribution
+from regd.notifications.httpsink import redacted_url
 from regd.notifications.journal import JournalEntry
 from regd.registry.listener import IRegistryListener
 
 log = Logger()
+
+
+class JournalUnavailable(Exception):
+    """The journal could not be opened; requests go on without events."""
 
 
 @implementer(IRegistryListener)
@@ -33,7 +38,9 @@ class NotificationService(service.Service):
         self.source_addr = source_addr or socket.gethostname()
         self.instance_id = instance_id or str(uuid.uuid4())
         self.endpoints = [Endpoint(s, journal, sink_factory(s), clock) for s in settings.endpoints]
-        self._ready = defer.Deferred()
+        self._opened = False
+        self._broken: Exception | None = None  # why the journal could not open
+        self._waiting_for_journal: list[defer.Deferred] = []
         self._on_stop = list(on_stop)
         # The journal's own thread: started first, stopped after the journal closed.
         self._thread_pool = thread_pool
@@ -41,30 +48,63 @@ class NotificationService(service.Service):
     def endpoint(self, name: str) -> Endpoint | None:
         return next((e for e in self.endpoints if e.name == name), None)
 
-    async def registry_event(self, event) -> None:
+    def registry_event(self, event):
+        """
+        Journal the event (the request waits for this Deferred), then queue it
+        for every endpoint that wants it and has room. Plain Deferreds rather
+        than a coroutine: this runs once per request, on the reactor thread.
+        """
         targets = [e for e in self.endpoints if e.accepts(event)]
         if not targets:
-            return
-        await self._ready
+            return None
+        if self._opened:
+            return self._record(event, targets)
+        if self._broken is not None:
+            return defer.fail(self._broken)
+        waiting: defer.Deferred = defer.Deferred()
+        self._waiting_for_journal.append(waiting)
+        return waiting.addCallback(lambda _: self._record(event, targets))
+
+    def _record(self, event, targets):
         entry = to_distribution(event, now=self.clock.seconds(), source_addr=self.source_addr,
                                 instance_id=self.instance_id,
                                 include_references=self.settings.include_references)
         body = json.dumps(entry)
-        seq = await self.journal.append(entry["id"], body, tuple(e.name for e in targets))
-        record = JournalEntry(seq, entry["id"], self.clock.seconds(), body)
-        for endpoint in targets:
-            endpoint.enqueue(record)
+        admitted = [e for e in targets if e.admit(len(body))]
+        if not admitted:
+            return None
+        created = self.clock.seconds()
+
+        def queue(seq):
+            record = JournalEntry(seq, entry["id"], created, body)
+            for endpoint in admitted:
+                endpoint.enqueue(record)
+
+        return self.journal.append(entry["id"], body, tuple(e.name for e in admitted)).addCallback(queue)
 
     def startService(self):
         super().startService()
         if self._thread_pool is not None:
             self._thread_pool.start()
         d = defer.ensureDeferred(self._start())
-        d.addErrback(lambda f: log.failure("notifications: journal failed to open", f))
+        d.addErrback(lambda f: log.failure("notifications: failed to start", f))
 
     async def _start(self) -> None:
-        await self.journal.open()
-        self._ready.callback(None)
+        try:
+            await self.journal.open()
+        except Exception as e:
+            # Requests must not hang on a journal that will never open: they go on, without events.
+            log.failure("notifications: the journal {path} cannot be opened; NO events will be sent",
+                        path=self.settings.journal)
+            self._broken = JournalUnavailable(f"{self.settings.journal}: {e}")
+            waiting, self._waiting_for_journal = self._waiting_for_journal, []
+            for d in waiting:
+                d.errback(self._broken)
+            return
+        self._opened = True
+        waiting, self._waiting_for_journal = self._waiting_for_journal, []
+        for d in waiting:
+            d.callback(None)
         for endpoint in self.endpoints:
             await endpoint.start()
 
@@ -74,14 +114,15 @@ class NotificationService(service.Service):
         await defer.gatherResults([e.drain(self.settings.drain_timeout) for e in self.endpoints])
         for stop in self._on_stop:
             await defer.maybeDeferred(stop)
-        if self._ready.called:
+        if self._opened:
             await self.journal.close()
         if self._thread_pool is not None:
             self._thread_pool.stop()
 
-    async def replay(self, name: str, seqs: list[int] | None = None) -> int:
+    async def replay(self, name: str, seqs: list[int] | None = None, event_ids: list[str] | None = None) -> int:
+        """Dead letters back to the queue: all of them, or those named by seq or event id."""
         endpoint = self.endpoint(name)
-        revived = await self.journal.replay(name, seqs)
+        revived = await self.journal.replay(name, seqs, event_ids)
         endpoint.stats.dead_letters = max(0, endpoint.stats.dead_letters - len(revived))
         endpoint.requeue([JournalEntry(e.seq, e.event_id, e.created, e.body) for e in revived])
         return len(revived)
@@ -92,7 +133,8 @@ class NotificationService(service.Service):
             pending, dead = await self.journal.counts(endpoint.name)
             stats = endpoint.stats
             report[endpoint.name] = {
-                "url": endpoint.settings.url.split("?")[0], "pending": endpoint.pending,
+                "url": redacted_url(endpoint.settings.url), "pending": endpoint.pending,
+                "pending_bytes": endpoint.pending_bytes, "queue_full": stats.full,
                 "oldest_pending_age_seconds": round(endpoint.oldest_pending_age(), 3),
                 "attempts": stats.attempts, "successes": stats.successes, "failures": stats.failures,
                 "delivered_events": stats.delivered_events, "dead_letters": dead, "dropped": stats.dropped,

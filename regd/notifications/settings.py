@@ -15,6 +15,10 @@ import attrs
 from regd.units import parse_duration
 
 ACTIONS = ("push", "pull", "mount", "delete")
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmgt]i?b?|b)\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
+               "ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4}
+
 
 class NotificationConfigError(ValueError):
     """One line naming the key path and the problem."""
@@ -31,6 +35,22 @@ def _int(value: Any, where: str, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise NotificationConfigError(f"{where}: expected a whole number >= {minimum}, got {value!r}")
     return value
+
+
+def _queue_limit(value: Any, where: str) -> tuple[int, int]:
+    """(events, bytes): a whole number counts events; "512MB" or "1GiB" counts bytes of event JSON."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _int(value, where, 1), 0
+    match = _SIZE.match(str(value))
+    if match is None:
+        raise NotificationConfigError(f"{where}: expected a number of events or a size like 512MB, got {value!r}")
+    unit = match.group(2).lower().rstrip("b")
+    size = int(match.group(1)) * _SIZE_UNITS[unit]
+    if size < 1:
+        raise NotificationConfigError(f"{where}: must be positive")
+    return 0, size
 
 
 def _strings(value: Any, where: str) -> tuple[str, ...]:
@@ -59,7 +79,8 @@ class EndpointSettings:
     ignored_actions: frozenset = frozenset()
     max_retries: int = 0  # 0: retry until max_age
     max_age: float = 7 * 24 * 3600.0  # then the event becomes a dead letter
-    queue_limit: int = 100_000  # pending events kept for this endpoint
+    queue_limit: int = 100_000  # pending events kept for this endpoint (0: no count limit)
+    queue_limit_bytes: int = 0  # pending event JSON bytes kept for this endpoint (0: no byte limit)
     format: str = "distribution"
     batch: int = 1
     secrets: tuple[str, ...] = attrs.field(default=(), repr=False)
@@ -113,6 +134,7 @@ def _endpoint(raw: Any, where: str, warnings: list[str]) -> EndpointSettings:
     tls = raw.get("tls") or {}
     if not isinstance(tls, dict):
         raise NotificationConfigError(f"{where}.tls: expected a map")
+    limit_events, limit_bytes = _queue_limit(raw.get("queuelimit", 100_000), f"{where}.queuelimit")
     settings = EndpointSettings(
         name=name, url=url, headers=headers,
         timeout=_duration(raw.get("timeout", "1s"), f"{where}.timeout"),
@@ -123,7 +145,7 @@ def _endpoint(raw: Any, where: str, warnings: list[str]) -> EndpointSettings:
         ignored_media_types=frozenset(media_types), ignored_actions=frozenset(actions),
         max_retries=_int(raw.get("maxretries", 0), f"{where}.maxretries"),
         max_age=_duration(raw.get("maxage", "168h"), f"{where}.maxage"),
-        queue_limit=_int(raw.get("queuelimit", 100_000), f"{where}.queuelimit", 1),
+        queue_limit=limit_events, queue_limit_bytes=limit_bytes,
         format=event_format, batch=_int(raw.get("batch", 1), f"{where}.batch", 1),
         secrets=secrets,
         ca_file=str(tls.get("ca", "")), client_certificate=str(tls.get("certificate", "")),

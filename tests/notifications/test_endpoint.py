@@ -5,6 +5,7 @@ import os
 
 from twisted.internet import defer
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from regd.notifications.endpoint import Endpoint, backoff_delay
@@ -50,13 +51,17 @@ class EndpointTests(SynchronousTestCase):
         self.successResultOf(defer.ensureDeferred(endpoint.start()))
         return endpoint
 
-    def push(self, endpoints, n=1, start=0):
+    def push(self, endpoints, n=1, start=0, turn=True):
+        """Journal and queue n events as the service does; C{turn}: let the reactor turn once (delivery starts)."""
         for i in range(start, start + n):
             event_id = f"e{i}"
             body = json.dumps({"id": event_id, "action": "push", "target": {"repository": "r"}})
-            seq = self.successResultOf(self.journal.append(event_id, body, tuple(e.name for e in endpoints)))
-            for endpoint in endpoints:
+            admitted = [e for e in endpoints if e.admit(len(body))]
+            seq = self.successResultOf(self.journal.append(event_id, body, tuple(e.name for e in admitted)))
+            for endpoint in admitted:
                 endpoint.enqueue(JournalEntry(seq, event_id, self.clock.seconds(), body))
+        if turn:
+            self.clock.advance(0)
 
     def test_delivers_in_order(self):
         sink = FakeSink()
@@ -113,12 +118,62 @@ class EndpointTests(SynchronousTestCase):
         self.assertEqual(len(self.successResultOf(self.journal.dead_letters("ep"))), 1)
         self.assertEqual(endpoint.pending, 0)
 
-    def test_queue_limit_never_blocks_and_counts_drops(self):
+    def test_delivery_starts_only_after_the_current_reactor_turn(self):
+        # The request that caused the event is answered in this turn; the POST comes after.
+        sink = FakeSink()
+        endpoint = self.endpoint(sink)
+        self.push([endpoint], 2, turn=False)
+        self.assertEqual((sink.posts, endpoint.pending), ([], 2))
+        self.clock.advance(0)
+        self.assertEqual([p[0] for p in sink.posts], [["e0"], ["e1"]])
+
+    def test_queue_limit_drops_loudly_never_blocks_and_keeps_the_disk_bounded(self):
         sink = FakeSink(hang=True)
         endpoint = self.endpoint(sink, queue_limit=3)
-        self.push([endpoint], 5)
+        other = self.endpoint(FakeSink(hang=True), name="other")
+        with capturedLogs() as logs:
+            self.push([endpoint, other], 5)
+        self.assertEqual((endpoint.pending, endpoint.stats.dropped, endpoint.stats.full), (3, 2, True))
+        self.assertEqual(other.pending, 5)  # another endpoint's limit is its own
+        # Dropped events are not journaled for the full endpoint: its disk use stays bounded.
+        self.assertEqual([e.event_id for e in self.successResultOf(self.journal.pending("ep"))], ["e0", "e1", "e2"])
+        self.assertEqual(self.successResultOf(self.journal.dead_letters("ep")), [])
+        errors = [e for e in logs if e["log_level"] == LogLevel.error]
+        self.assertEqual(len(errors), 1)  # said once when it fills up, not once per event
+        self.assertIn("DROPPED", formatEvent(errors[0]))
+        sink.hang = False
+        endpoint._in_flight.cancel()
+        self.clock.advance(1)
+        self.push([endpoint], 1, start=5)
+        self.assertFalse(endpoint.stats.full)
+        self.assertEqual(endpoint.pending, 0)
+
+    def test_queue_limit_in_bytes(self):
+        endpoint = self.endpoint(FakeSink(hang=True), queue_limit=0, queue_limit_bytes=200)
+        self.push([endpoint], 5)  # each event is ~60 bytes of JSON
         self.assertEqual((endpoint.pending, endpoint.stats.dropped), (3, 2))
+        self.assertLessEqual(endpoint.pending_bytes, 200)
+
+    def test_dead_letters_are_bounded_by_the_queue_limit(self):
+        sink = FakeSink(fail_times=100)
+        endpoint = self.endpoint(sink, max_retries=1, queue_limit=2)
+        for i in range(5):
+            self.push([endpoint], 1, start=i)
         self.assertEqual([e.event_id for e in self.successResultOf(self.journal.dead_letters("ep"))], ["e3", "e4"])
+        self.assertEqual(self.journal._db.execute("SELECT COUNT(*) FROM events").fetchone()[0], 2)
+        self.assertEqual(endpoint.stats.dead_letters, 2)
+        endpoint.stop()
+        self.assertEqual(self.endpoint(FakeSink()).stats.dead_letters, 2)  # counted again after a restart
+
+    def test_stopping_cuts_the_attempt_short_without_counting_a_failure(self):
+        sink = FakeSink(hang=True)
+        endpoint = self.endpoint(sink, max_retries=1)
+        self.push([endpoint], 1)
+        endpoint.stop()
+        self.assertEqual(endpoint.stats.failures, 0)
+        [pending] = self.successResultOf(self.journal.pending("ep"))
+        self.assertEqual((pending.event_id, pending.attempts), ("e0", 0))
+        self.assertEqual(self.successResultOf(self.journal.dead_letters("ep")), [])
 
     def test_batching(self):
         sink = FakeSink(hang=True)

@@ -101,6 +101,6 @@ class LoggingTests(TestCase):
         endpoint.stop()
         journal._close()
         text = "\n".join(formatEvent(e) for e in events)
-        self.assertIn("delivery to ci failed (attempt 1): HTTP 503", text)
+        self.assertIn("delivery to ci failed (attempt 1, event e1, 1 in batch): HTTP 503", text)
         self.assertNotIn("tok-XYZ", text)
         self.assertNotIn("sekrit-123", text)

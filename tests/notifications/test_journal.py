@@ -83,3 +83,37 @@ class JournalTests(SynchronousTestCase):
         self.assertEqual(runner.history, [1, 2])  # two transactions: e1, then e2 and e3 together
         seqs = [self.successResultOf(d) for d in (first, second, third)]
         self.assertEqual(seqs, sorted(seqs))
+
+    def test_replay_by_event_id(self):
+        seqs = [self.successResultOf(self.journal.append(f"e{i}", "{}", ("a",))) for i in range(3)]
+        self.successResultOf(self.journal.failed("a", seqs, "HTTP 500", dead=True))
+        revived = self.successResultOf(self.journal.replay("a", event_ids=["e1"]))
+        self.assertEqual([e.event_id for e in revived], ["e1"])
+        self.assertEqual(self.successResultOf(self.journal.counts("a")), (1, 2))
+
+    def test_close_waits_for_the_commit_in_progress_then_refuses_writes(self):
+        from regd.notifications.journal import JournalClosed
+        runner = DeferredRunner()
+        journal = Journal(self.path, runner)
+        d_open = journal.open()
+        runner.run_all()
+        self.successResultOf(d_open)
+        appended = journal.append("e1", "{}", ("a",))
+        marked = journal.delivered("a", [999])
+        closed = journal.close()
+        self.failureResultOf(journal.append("late", "{}", ("a",)), JournalClosed)
+        runner.run_all()
+        self.successResultOf(appended)
+        self.successResultOf(marked)
+        self.successResultOf(closed)
+        self.assertIsNone(journal._db)
+        again = Journal(self.path, inline_runner)
+        self.successResultOf(again.open())
+        self.addCleanup(again._close)
+        self.assertEqual([e.event_id for e in self.successResultOf(again.pending("a"))], ["e1"])
+
+    def test_delivery_marks_do_not_scan_the_whole_table(self):
+        plan = self.journal._db.execute(
+            "EXPLAIN QUERY PLAN DELETE FROM events WHERE seq = ? AND NOT EXISTS "
+            "(SELECT 1 FROM deliveries WHERE seq = ?)", (1, 1)).fetchall()
+        self.assertFalse([row for row in plan if "SCAN" in row[-1]], plan)

@@ -5,13 +5,15 @@ import os
 
 import treq
 from twisted.internet import reactor, task
-from twisted.trial.unittest import TestCase
+from twisted.internet import defer
+from twisted.logger import capturedLogs
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.server import Site
 
 from regd.notifications.admin import NotificationAdmin
 from regd.notifications.httpsink import HTTPSink, make_client
 from regd.notifications.journal import Journal
-from regd.notifications.service import NotificationService
+from regd.notifications.service import JournalUnavailable, NotificationService
 from regd.notifications.settings import parse_notifications
 from regd.storage.threads import inline_runner
 from tests.support.receiver import Receiver
@@ -93,8 +95,12 @@ class ServiceTests(TestCase):
         dead = json.loads(await treq.content(await treq.get(base + "/debug/notifications/ci/deadletters",
                                                             persistent=False)))
         self.assertEqual(dead["deadletters"][0]["event"]["target"]["repository"], "r")
+        event_id = dead["deadletters"][0]["id"]
+        nothing = json.loads(await treq.content(await treq.post(
+            base + "/debug/notifications/ci/deadletters/replay?id=no-such-event", persistent=False)))
+        self.assertEqual(nothing["replayed"], 0)
         replay = json.loads(await treq.content(await treq.post(
-            base + "/debug/notifications/ci/deadletters/replay", persistent=False)))
+            base + f"/debug/notifications/ci/deadletters/replay?id={event_id}", persistent=False)))
         self.assertEqual(replay["replayed"], 1)
         await receiver.wait_for(1)
         metrics = (await treq.content(await treq.get(base + "/metrics", persistent=False))).decode()
@@ -104,3 +110,46 @@ class ServiceTests(TestCase):
         missing = await treq.get(base + "/debug/notifications/nope/deadletters", persistent=False)
         self.assertEqual(missing.code, 404)
         await treq.content(missing)
+
+
+class BrokenJournal:
+    def open(self):
+        from twisted.internet import defer
+        return defer.fail(OSError("read-only file system"))
+
+    def close(self):
+        raise AssertionError("never opened, never closed")
+
+
+class NullSink:
+    async def deliver(self, body, content_type, message_id):
+        pass
+
+
+class ServiceUnitTests(SynchronousTestCase):
+    def settings(self, url="http://user:pw@hooks.example:8080/in?token=t0p"):
+        settings, _ = parse_notifications({"endpoints": [{"name": "ci", "url": url}]}, "/nonexistent/j.sqlite3")
+        return settings
+
+    def test_a_journal_that_cannot_open_never_holds_requests(self):
+        from regd.registry.context import RequestContext
+        from regd.registry.listener import RegistryEvent
+        service = NotificationService(self.settings(), BrokenJournal(), lambda s: NullSink(), task.Clock())
+        event = RegistryEvent("push", "blob", "r", RequestContext())
+        waiting = service.registry_event(event)  # before the journal tried to open
+        with capturedLogs() as logs:
+            service.startService()
+        self.assertIn("NO events will be sent", "".join(e["log_format"] for e in logs))
+        self.flushLoggedErrors(OSError)
+        self.failureResultOf(waiting, JournalUnavailable)
+        self.failureResultOf(service.registry_event(event), JournalUnavailable)
+        self.successResultOf(defer.ensureDeferred(service.stopService()))
+
+    def test_status_shows_the_url_without_credentials(self):
+        journal = Journal(os.path.join(os.path.abspath(self.mktemp()), "j.sqlite3"), inline_runner)
+        service = NotificationService(self.settings(), journal, lambda s: NullSink(), task.Clock())
+        service.startService()
+        self.addCleanup(lambda: self.successResultOf(defer.ensureDeferred(service.stopService())))
+        status = self.successResultOf(defer.ensureDeferred(service.status()))
+        self.assertEqual(status["ci"]["url"], "http://hooks.example:8080/in")
+        self.assertNotIn("pw", json.dumps(status))

@@ -62,6 +62,22 @@ class SettingsTests(SynchronousTestCase):
                 parse_notifications(raw, "/j")
             self.assertEqual(str(caught.exception), message)
 
+    def test_queuelimit_counts_events_or_bytes(self):
+        def limit(value):
+            settings, _ = parse_notifications({"endpoints": [{"name": "a", "url": "http://h/", "queuelimit": value}]},
+                                              "/j")
+            return settings.endpoints[0].queue_limit, settings.endpoints[0].queue_limit_bytes
+        self.assertEqual(limit(500), (500, 0))
+        self.assertEqual(limit("500"), (500, 0))
+        self.assertEqual(limit("64MB"), (0, 64_000_000))
+        self.assertEqual(limit("1GiB"), (0, 1024 ** 3))
+        self.assertEqual(limit("10k"), (0, 10_000))
+        for bad in ("lots", 0, "0MB", True):
+            with self.assertRaises(NotificationConfigError) as caught:
+                limit(bad)
+            self.assertTrue(str(caught.exception).startswith("notifications.endpoints[0].queuelimit: "))
+            self.assertNotIn("\n", str(caught.exception))
+
     def test_no_section(self):
         settings, warnings = parse_notifications(None, "/j")
         self.assertEqual((settings.endpoints, warnings), ((), []))

@@ -4,8 +4,10 @@ Upload sessions: bytes arrive in one or more bodies, are appended to the
 session's data file while a running hash follows them, and become a blob only
 once the digest the client names matches what was received.
 
-The running hash lives in memory. After a restart it is rebuilt by hashing
-the data file once, so an upload begun before the restart can be finished.
+The stored data file is the truth about an upload, so any process or
+instance sharing the storage can take its next chunk or its final PUT. The
+running hash a process keeps is a cache: it is used only while its offset
+matches the stored size, and rebuilt by hashing the data file otherwise.
 """
 
 from __future__ import annotations
@@ -109,19 +111,32 @@ class UploadService:
         if not await links.exists(self._driver, paths.upload_started_at(name, upload_id)):
             self._sessions.pop(key, None)
             raise BlobUploadUnknown(detail={"uuid": upload_id})
-        if session is None:
-            # Resumed after a restart, or served by another process: trust the disk.
-            try:
-                size = (await self._driver.stat(paths.upload_data(name, upload_id))).size
-            except PathNotFound:
-                size = 0
-            session = self._sessions.setdefault(key, _Session(size=size))
-        return session
+        return self._sessions.setdefault(key, _Session())
+
+    async def _refresh(self, name: str, upload_id: str, session: _Session) -> None:
+        """
+        Another process (or instance) may have appended since this one last
+        saw the upload: the stored data is the truth, and what is held here is
+        only a cache, dropped as soon as the sizes disagree. Called under the
+        session lock so this process's own appends are never half-seen.
+        """
+        try:
+            size = (await self._driver.stat(paths.upload_data(name, upload_id))).size
+        except PathNotFound:
+            size = 0
+        if session.size != size:
+            session.size = size
+            session.hasher = None
 
     async def status(self, name: str, upload_id: str) -> int:
         """Bytes received so far."""
         session = await self._session(name, upload_id)
-        return session.size
+        await session.lock.acquire()
+        try:
+            await self._refresh(name, upload_id, session)
+            return session.size
+        finally:
+            session.lock.release()
 
     async def append(self, name: str, upload_id: str, spool, start: int | None = None,
                      end: int | None = None) -> int:
@@ -133,6 +148,7 @@ class UploadService:
         session = await self._session(name, upload_id)
         await session.lock.acquire()
         try:
+            await self._refresh(name, upload_id, session)
             return await self._append_locked(name, upload_id, session, spool, start, end)
         finally:
             session.lock.release()
@@ -174,6 +190,7 @@ class UploadService:
         session = await self._session(name, upload_id)
         await session.lock.acquire()
         try:
+            await self._refresh(name, upload_id, session)
             if spool is not None:
                 await self._append_locked(name, upload_id, session, spool, None, None)
             data_path = paths.upload_data(name, upload_id)

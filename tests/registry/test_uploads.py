@@ -68,6 +68,25 @@ class UploadTests(SynchronousTestCase):
             self.assertEqual(f.read(), data)
         self.assertFalse(os.path.exists(os.path.join(self.root, paths.upload_dir("demo", upload_id))))
 
+    def test_chunks_spread_over_processes(self):
+        """
+        Three processes on one storage take turns: each one's cached offset and
+        running hash go stale while another appends, and must not be trusted.
+        """
+        data = os.urandom(90_000)
+        a, b, c = self.registry, self.make_registry(), self.make_registry()
+        upload_id = run(self, a.uploads.start("demo"))
+        run(self, a.uploads.append("demo", upload_id, self.spool(a, data[:30_000]), 0, 29_999))
+        run(self, b.uploads.append("demo", upload_id, self.spool(b, data[30_000:60_000]), 30_000, 59_999))
+        self.assertEqual(run(self, a.uploads.status("demo", upload_id)), 60_000)
+        run(self, a.uploads.append("demo", upload_id, self.spool(a, data[60_000:80_000]), 60_000, 79_999))
+        fail(self, b.uploads.append("demo", upload_id, self.spool(b, b"x"), 60_000, 60_000), RangeInvalid)
+        info = run(self, c.uploads.commit("demo", upload_id, Digest.of(data), self.spool(c, data[80_000:]), CTX))
+        self.assertEqual(info.size, len(data))
+        with open(os.path.join(self.root, paths.blob_data(Digest.of(data))), "rb") as f:
+            self.assertEqual(f.read(), data)
+        fail(self, a.uploads.status("demo", upload_id), BlobUploadUnknown)
+
     def test_listener_fires_only_after_blob_is_in_place(self):
         seen = []
         data = b"durable"

@@ -24,6 +24,7 @@ setup(
         "bcrypt>=4.0",
         "pyjwt[crypto]>=2.8",
         "acme>=2.0",
+        "rehashes>=0.3.0",
     ],
     extras_require={"test": ["pytest>=8.0", "hypothesis>=6.100"]},
     entry_points={"console_scripts": ["regd = regd.cli:main"]},

@@ -7,7 +7,9 @@ once the digest the client names matches what was received.
 The stored data file is the truth about an upload, so any process or
 instance sharing the storage can take its next chunk or its final PUT. The
 running hash a process keeps is a cache: it is used only while its offset
-matches the stored size, and rebuilt by hashing the data file otherwise.
+matches the stored size. After every append the hash state is saved beside
+the data with the offset it covers, so the next process carries on from it;
+when it is missing or stale the data file is hashed again once.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from regd.oci.digest import CANONICAL, Digest
+from regd.oci.hashstate import ResumableSha256, decode_state, encode_state
 from regd.oci.errors import BlobUploadUnknown, DigestInvalid, RangeInvalid, SizeInvalid
 from regd.registry import links
 from regd.registry.blobs import BlobInfo, BlobService
@@ -126,7 +129,22 @@ class UploadService:
             size = 0
         if session.size != size:
             session.size = size
-            session.hasher = None
+            session.hasher = await self._stored_hasher(name, upload_id, size)
+
+    async def _stored_hasher(self, name: str, upload_id: str, size: int):
+        """The running hash saved by whoever appended last, if it covers exactly C{size} bytes."""
+        try:
+            saved = decode_state(await self._driver.get_content(paths.upload_hash_state(name, upload_id)))
+        except PathNotFound:
+            return None
+        if saved is None or saved[0] != size:
+            return None  # a crash between append and save: re-hash from storage when needed
+        return saved[1]
+
+    async def _save_hasher(self, name: str, upload_id: str, session: _Session) -> None:
+        if isinstance(session.hasher, ResumableSha256):
+            await self._driver.put_content(paths.upload_hash_state(name, upload_id),
+                                           encode_state(session.size, session.hasher))
 
     async def status(self, name: str, upload_id: str) -> int:
         """Bytes received so far."""
@@ -171,6 +189,8 @@ class UploadService:
             hasher = spool.hasher.copy()
             session.size = await self._driver.store_spool(spool, data_path)
             session.hasher = hasher
+            await self._save_hasher(name, upload_id, session)
+            return session.size
         else:
             if session.hasher is None:
                 session.hasher = await self._driver.digest_file(data_path, CANONICAL)
@@ -182,6 +202,7 @@ class UploadService:
                 session.hasher = None
                 session.size = before
                 raise
+        await self._save_hasher(name, upload_id, session)
         return session.size
 
     async def commit(self, name: str, upload_id: str, digest: Digest, spool,

@@ -9,7 +9,6 @@ socket cannot outrun the disk.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import stat
@@ -20,6 +19,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPullProducer
 from zope.interface import implementer
 
+from regd.oci.hashstate import running_hasher
 from regd.storage import paths
 from regd.storage.interfaces import FileInfo, IBlobReader, IBodySpool, IStorageDriver, InvalidPath, PathNotFound
 
@@ -52,7 +52,7 @@ class FileSpool:
         self.path = os.path.join(directory, uuid.uuid4().hex)
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o666)
         self._position = 0
-        self.hasher = hashlib.sha256()
+        self.hasher = running_hasher()
         self.size = 0
         self.adopted = False
         self.closed = False
@@ -378,7 +378,7 @@ class FilesystemDriver:
 
     def _digest_file(self, path, algorithm):
         full = self._full(path)
-        hasher = hashlib.new(algorithm)
+        hasher = running_hasher(algorithm)
         try:
             with open(full, "rb") as f:
                 while True:

@@ -6,7 +6,6 @@ and for `storage: inmemory` (data is gone when the process stops).
 
 from __future__ import annotations
 
-import hashlib
 import time
 from io import BytesIO
 
@@ -15,6 +14,7 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPullProducer
 from zope.interface import implementer
 
+from regd.oci.hashstate import running_hasher
 from regd.storage.interfaces import FileInfo, IBlobReader, IBodySpool, IStorageDriver, InvalidPath, PathNotFound
 
 
@@ -30,7 +30,7 @@ def _check(path: str) -> str:
 class MemorySpool:
     def __init__(self):
         self._buffer = BytesIO()
-        self.hasher = hashlib.sha256()
+        self.hasher = running_hasher()
         self.size = 0
         self.closed = False
 
@@ -222,7 +222,9 @@ class InMemoryDriver:
     def digest_file(self, path, algorithm):
         def digest():
             try:
-                return hashlib.new(algorithm, self._files[_check(path)])
+                hasher = running_hasher(algorithm)
+                hasher.update(self._files[_check(path)])
+                return hasher
             except KeyError:
                 raise PathNotFound(path) from None
         return self._sync(digest)

@@ -104,3 +104,8 @@ def upload_data(name: str, upload_id: str) -> str:
 
 def upload_started_at(name: str, upload_id: str) -> str:
     return f"{upload_dir(name, upload_id)}/startedat"
+
+
+def upload_hash_state(name: str, upload_id: str) -> str:
+    """regd's own running-hash state; registry:2 keeps Go states under hashstates/ and ignores this."""
+    return f"{upload_dir(name, upload_id)}/regdhashstate"

@@ -87,6 +87,31 @@ class UploadTests(SynchronousTestCase):
             self.assertEqual(f.read(), data)
         fail(self, a.uploads.status("demo", upload_id), BlobUploadUnknown)
 
+    def test_hash_state_travels_through_storage(self):
+        """The next process carries on from the saved hash state: nothing is re-hashed."""
+        data = os.urandom(50_000)
+        a, b = self.registry, self.make_registry()
+        rehashed = []
+        original = b.driver.digest_file
+        b.driver.digest_file = lambda *args: rehashed.append(args) or original(*args)
+        upload_id = run(self, a.uploads.start("demo"))
+        run(self, a.uploads.append("demo", upload_id, self.spool(a, data[:20_000]), 0, 19_999))
+        run(self, b.uploads.append("demo", upload_id, self.spool(b, data[20_000:]), 20_000, 49_999))
+        run(self, b.uploads.commit("demo", upload_id, Digest.of(data), None, CTX))
+        self.assertEqual(rehashed, [])
+
+    def test_stale_or_broken_hash_state_is_not_trusted(self):
+        """A state that does not cover exactly the stored bytes means a re-hash, never a wrong digest."""
+        for bad in (b"10:" + b"00" * 104, b"garbage", b""):
+            data = os.urandom(30_000)
+            a, b = self.registry, self.make_registry()
+            upload_id = run(self, a.uploads.start("demo"))
+            run(self, a.uploads.append("demo", upload_id, self.spool(a, data[:10_000]), 0, 9_999))
+            run(self, a.driver.put_content(paths.upload_hash_state("demo", upload_id), bad))
+            run(self, b.uploads.append("demo", upload_id, self.spool(b, data[10_000:]), 10_000, 29_999))
+            info = run(self, b.uploads.commit("demo", upload_id, Digest.of(data), None, CTX))
+            self.assertEqual(info.size, len(data))
+
     def test_listener_fires_only_after_blob_is_in_place(self):
         seen = []
         data = b"durable"

@@ -38,6 +38,7 @@ class PathTests(SynchronousTestCase):
             (paths.upload_dir("r", "u-1"), f"{V2}/repositories/r/_uploads/u-1"),
             (paths.upload_data("r", "u-1"), f"{V2}/repositories/r/_uploads/u-1/data"),
             (paths.upload_started_at("r", "u-1"), f"{V2}/repositories/r/_uploads/u-1/startedat"),
+            (paths.upload_hash_state("r", "u-1"), f"{V2}/repositories/r/_uploads/u-1/regdhashstate"),
             (paths.SPOOL, "regd/spool"),
         ]
         for actual, expected in table:

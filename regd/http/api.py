@@ -17,12 +17,14 @@ from regd.http.manifests import ManifestHandler, page_size, next_link
 from regd.http.responses import UrlBuilder, query, respond, respond_json
 from regd.http.uploads import UploadHandler
 from regd.oci.digest import Digest
+from regd.oci.errors import MethodNotAllowed as MethodNotAllowedError
 from regd.oci.errors import NotFound as NotFoundError
 from regd.oci.reference import validate_name
 
 _BLOB_METHODS = ["GET", "HEAD", "DELETE"]
 _MANIFEST_METHODS = ["GET", "HEAD", "PUT", "DELETE"]
 _UPLOAD_METHODS = ["GET", "PATCH", "PUT", "DELETE"]
+_UPLOAD_HANDLERS = {b"GET": "status", b"PATCH": "patch", b"PUT": "put", b"DELETE": "cancel"}
 
 
 def _app() -> Klein:
@@ -111,13 +113,13 @@ class RegistryAPI:
 
     @app.route("/v2/<repo:name>/blobs/uploads/<segment:upload_id>", methods=_UPLOAD_METHODS)
     async def upload(self, request, name, upload_id):
+        if request.method not in _UPLOAD_HANDLERS:
+            # werkzeug adds HEAD to every GET rule; the spec defines no HEAD on an upload.
+            error = MethodNotAllowedError(detail={"method": request.method.decode("ascii", "replace")})
+            error.headers["Allow"] = ", ".join(_UPLOAD_METHODS)
+            raise error
         await self._authorize(request, access.repository(validate_name(name), "pull", "push"))
-        handler = {
-            b"GET": self.uploads.status,
-            b"PATCH": self.uploads.patch,
-            b"PUT": self.uploads.put,
-            b"DELETE": self.uploads.cancel,
-        }[request.method]
+        handler = getattr(self.uploads, _UPLOAD_HANDLERS[request.method])
         return await handler(request, name, upload_id)
 
     @app.route("/v2/<repo:name>/blobs/<segment:digest>", methods=_BLOB_METHODS)

@@ -10,6 +10,7 @@ once, hashed on the way, and the service can adopt it with a rename.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from io import BytesIO
@@ -20,6 +21,8 @@ from twisted.web import server
 API_VERSION_HEADER = b"Docker-Distribution-API-Version"
 API_VERSION = b"registry/2.0"
 REQUEST_ID_HEADER = b"X-Request-Id"
+# A DNS name or an IP literal, with an optional port: anything else (`..`, `a/..`) is refused before routing.
+_VALID_HOST = re.compile(rb"(?:[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 
 
 class RegdRequest(server.Request):
@@ -83,6 +86,16 @@ class RegdRequest(server.Request):
             self.responseHeaders.setRawHeaders(name, list(values))
         if b"/v2" in self.path:
             self.setHeader(API_VERSION_HEADER, API_VERSION)
+        host = self.getHeader(b"host")
+        if host is not None and not _VALID_HOST.fullmatch(host):
+            self.site = self.channel.site
+            body = b'{"errors":[{"code":"UNSUPPORTED","message":"invalid Host header"}]}'
+            self.setResponseCode(400)
+            self.setHeader(b"Content-Type", b"application/json")
+            self.setHeader(b"Content-Length", b"%d" % len(body))
+            self.write(body)
+            self.finish()
+            return
         super().process()
 
 

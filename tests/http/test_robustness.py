@@ -93,3 +93,50 @@ class StorageFailureTests(TestCase):
         self.assertEqual(json.loads(body)["errors"][0]["code"], "UNAVAILABLE")
         self.assertNotIn(b"Input/output", body)
         return response.code
+
+
+class SpecCornerTests(TestCase):
+    """Requests found by attacking a running regd: each answered 5xx before."""
+
+    def setUp(self):
+        self.server = RegistryServer(self)
+
+    async def raw(self, method: str, path: str, headers: dict[str, str] | None = None):
+        """One request over http.client, which sends methods and Host exactly as given."""
+        import http.client
+
+        from twisted.internet import threads
+
+        def send():
+            connection = http.client.HTTPConnection("127.0.0.1", self.server.port.getHost().port, timeout=10)
+            try:
+                connection.putrequest(method, path, skip_host=bool(headers and "Host" in headers))
+                for key, value in (headers or {}).items():
+                    connection.putheader(key, value)
+                connection.endheaders()
+                response = connection.getresponse()
+                return response.status, dict(response.getheaders()), response.read()
+            finally:
+                connection.close()
+
+        return await threads.deferToThread(send)
+
+    async def test_undefined_methods_on_upload_urls_are_405(self):
+        response, _ = await self.server.request("POST", "/v2/x/blobs/uploads/")
+        location = response.headers.getRawHeaders("Location")[0].replace(self.server.base, "")
+        for method in ["HEAD", "patch", "get", "put", "delete", "OPTIONS", "POST"]:
+            status, headers, body = await self.raw(method, location)
+            self.assertEqual(status, 405, (method, body))
+            if method != "HEAD":
+                self.assertEqual(json.loads(body)["errors"][0]["code"], "UNSUPPORTED")
+        status, _, _ = await self.raw("GET", location)
+        self.assertEqual(status, 204)
+
+    async def test_dot_dot_host_is_400_on_every_route(self):
+        for host in ["..", "a/..", "a/../b", "."]:
+            for method, path in [("GET", "/"), ("GET", "/v2/"), ("GET", "/v2/_catalog"),
+                                 ("POST", "/v2/x/blobs/uploads/"), ("GET", "/v2/x/manifests/latest")]:
+                status, _, body = await self.raw(method, path, {"Host": host})
+                self.assertEqual(status, 400, (host, method, path, body))
+                self.assertNotIn(host.encode() + b"/", body)
+                self.assertEqual(json.loads(body)["errors"][0]["code"], "UNSUPPORTED")

@@ -75,12 +75,13 @@ class UploadService:
         self._listeners = listeners
         self._clock = clock
         self._sessions: dict[tuple[str, str], _Session] = {}
+        self.max_sessions = 4096
 
     def new_spool(self):
         return self._driver.new_spool()
 
     def in_progress(self) -> int:
-        """Upload sessions this process has seen start and not finish."""
+        """Upload sessions this process has seen and not seen finish (bounded, see _forget_idle)."""
         return len(self._sessions)
 
     def spool_from_bytes(self, data: bytes):
@@ -103,6 +104,7 @@ class UploadService:
         upload_id = str(uuid.uuid4())
         started = format_started_at(self._clock.seconds())
         await self._driver.put_content(paths.upload_started_at(name, upload_id), started.encode("ascii"))
+        self._forget_idle()
         self._sessions[(name, upload_id)] = _Session()
         return upload_id
 
@@ -114,7 +116,19 @@ class UploadService:
         if not await links.exists(self._driver, paths.upload_started_at(name, upload_id)):
             self._sessions.pop(key, None)
             raise BlobUploadUnknown(detail={"uuid": upload_id})
+        if key not in self._sessions:
+            self._forget_idle()
         return self._sessions.setdefault(key, _Session())
+
+    def _forget_idle(self) -> None:
+        """
+        Uploads finished or cancelled by another instance never tell this one:
+        keep at most C{max_sessions} cached, dropping the oldest idle ones
+        (an idle session holds nothing the storage does not also hold).
+        """
+        excess = len(self._sessions) - self.max_sessions + 1
+        for key in [k for k, v in self._sessions.items() if not v.lock.locked][:max(excess, 0)]:
+            del self._sessions[key]
 
     async def _refresh(self, name: str, upload_id: str, session: _Session) -> None:
         """

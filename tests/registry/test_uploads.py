@@ -112,6 +112,16 @@ class UploadTests(SynchronousTestCase):
             info = run(self, b.uploads.commit("demo", upload_id, Digest.of(data), None, CTX))
             self.assertEqual(info.size, len(data))
 
+    def test_sessions_finished_elsewhere_do_not_accumulate(self):
+        a, b = self.registry, self.make_registry()
+        a.uploads.max_sessions = 3
+        for i in range(10):
+            data = b"%d" % i
+            upload_id = run(self, a.uploads.start("demo"))
+            run(self, a.uploads.append("demo", upload_id, self.spool(a, data)))
+            run(self, b.uploads.commit("demo", upload_id, Digest.of(data), None, CTX))
+        self.assertLessEqual(a.uploads.in_progress(), 3)
+
     def test_listener_fires_only_after_blob_is_in_place(self):
         seen = []
         data = b"durable"

@@ -13,6 +13,7 @@ from regd.http.access import OpenAccess
 from regd.http.blobs import BlobHandler
 from regd.http.converters import CONVERTERS
 from regd.http.errors import install_error_handlers
+from regd.http.search import SearchHandler
 from regd.http.manifests import ManifestHandler, page_size, next_link
 from regd.http.responses import UrlBuilder, query, respond, respond_json
 from regd.http.uploads import UploadHandler
@@ -49,6 +50,7 @@ class RegistryAPI:
         self.blobs = BlobHandler(registry, urls)
         self.uploads = UploadHandler(registry, urls)
         self.manifests = ManifestHandler(registry, urls)
+        self.searching = SearchHandler(registry)
 
     def resource(self):
         return self.app.resource()
@@ -83,6 +85,16 @@ class RegistryAPI:
         page = await self.registry.listing.catalog(n, query(request, "last"), grant.may_pull)
         return respond_json(request, 200, {"repositories": list(page.items)},
                             headers=next_link("/v2/_catalog", n, page.next_last))
+
+    @app.route("/v1/_ping", methods=["GET", "HEAD"])
+    def v1_ping(self, request):
+        """The Docker engine pings this before its search call."""
+        return self.searching.ping(request)
+
+    @app.route("/v1/search", methods=["GET"])
+    async def v1_search(self, request):
+        grant = await self._authorize(request, access.CATALOG)
+        return await self.searching.search(request, grant.may_pull)
 
     @app.route("/v2/<repo:name>/tags/list", methods=["GET"])
     async def tags(self, request, name):

@@ -12,6 +12,7 @@ from regd.oci.reference import is_valid_name
 from regd.registry.blobs import BlobService
 from regd.registry.listener import ListenerSet
 from regd.registry.listing import ListingService
+from regd.registry.search import SearchService
 from regd.registry.manifests import ManifestService, UrlPolicy
 from regd.registry.uploads import UploadService
 from regd.storage import paths
@@ -30,6 +31,7 @@ class Registry:
         self.manifests = ManifestService(driver, self.blobs, self.listeners, delete_enabled=delete_enabled,
                                          url_policy=url_policy, validate=validate_manifests)
         self.listing = ListingService(driver)
+        self.search = SearchService(self.listing)
 
     def add_listener(self, listener) -> None:
         self.listeners.add(listener)

@@ -1,0 +1,64 @@
+# -*- test-case-name: tests.registry.test_search -*-
+"""
+Repository search for the Docker engine's v1 search call: a case-insensitive
+substring match on repository names, best matches first, one page at a time.
+Only names the caller may pull (C{visible}) are ever considered.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+MAX_TERM = 255
+MAX_PAGE_SIZE = 100
+DEFAULT_PAGE_SIZE = 25
+
+
+@attrs.frozen
+class SearchPage:
+    query: str
+    page: int
+    page_size: int
+    total: int
+    names: tuple[str, ...]
+
+    @property
+    def num_pages(self) -> int:
+        return max(1, -(-self.total // self.page_size))
+
+
+def rank(name: str, term: str) -> tuple[int, str] | None:
+    """Sort key for C{name} against a lower-cased C{term}, or None when it does not match."""
+    lowered = name.lower()
+    if term not in lowered:
+        return None
+    last = lowered.rsplit("/", 1)[-1]
+    if lowered == term:
+        score = 0
+    elif last == term:
+        score = 1
+    elif lowered.startswith(term):
+        score = 2
+    elif last.startswith(term):
+        score = 3
+    else:
+        score = 4
+    return (score, name)
+
+
+def search(names, term: str, page: int, page_size: int, visible=lambda name: True) -> SearchPage:
+    """One page of the names matching C{term}; C{page} counts from 1."""
+    needle = term.lower()
+    keyed = [k for k in (rank(n, needle) for n in names if visible(n)) if k is not None]
+    keyed.sort()
+    start = (page - 1) * page_size
+    chosen = tuple(name for _, name in keyed[start:start + page_size])
+    return SearchPage(term, page, page_size, len(keyed), chosen)
+
+
+class SearchService:
+    def __init__(self, listing):
+        self._listing = listing
+
+    async def search(self, term: str, page: int, page_size: int, visible=lambda name: True) -> SearchPage:
+        return search(await self._listing.repositories(), term, page, page_size, visible)

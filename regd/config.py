@@ -220,6 +220,7 @@ class Config:
     notifications: dict = attrs.field(factory=dict)
     auth: dict = attrs.field(factory=dict)
     health: dict = attrs.field(factory=dict)
+    search: Switch = Switch(True)
 
 
 @attrs.frozen
@@ -256,6 +257,7 @@ SCHEMA: dict[str, Any] = {
              "gc": {"interval": parse_duration, "grace": parse_duration, "deleteuntagged": _bool}},
     "notifications": RAW, "auth": RAW, "health": RAW, "redis": RAW, "proxy": RAW, "middleware": RAW,
     "reporting": IGNORED, "compatibility": IGNORED, "catalog": IGNORED,
+    "search": {"enabled": _bool},
 }
 
 _DRIVERS_AVAILABLE = ("filesystem", "inmemory")
@@ -421,6 +423,7 @@ def _build(v: dict, default_root: str) -> Config:
         notifications=_plain(v.get("notifications")),
         auth=_plain(v.get("auth")),
         health=_plain(v.get("health")),
+        search=Switch(v.get("search", {}).get("enabled", True)),
     )
 
 

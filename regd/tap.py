@@ -126,6 +126,7 @@ def makeService(options) -> service.MultiService:
         authorize_admin = admin_authorizer(section, access, passwords)
     notifications = add_notifications(root, registry, config, reactor, metrics, authorize_admin)
     api = RegistryAPI(registry, urls, access, issuer)
+    api.search_enabled = config.search.enabled
     site = RegdSite(mount_at_prefix(api.resource(), prefix), registry.new_spool,
                     spool_threshold=config.regd.spoolthreshold, max_body_size=config.regd.maxbodysize,
                     extra_headers=config.http.headers, access_log=not config.log.accesslog_disabled)

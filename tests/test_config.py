@@ -45,6 +45,8 @@ class ConfigTests(SynchronousTestCase):
         self.assertTrue(config.storage.maintenance.uploadpurging.enabled)
         self.assertEqual(config.storage.maintenance.uploadpurging.age, 168 * 3600)
         self.assertEqual(loaded.warnings, ())
+        self.assertTrue(config.search.enabled)
+        self.assertFalse(parse_config("search: {enabled: false}", {}).config.search.enabled)
 
     def test_reference_config_starts_regd(self):
         loaded = parse_config(REFERENCE_CONFIG, {})

@@ -47,6 +47,7 @@ class RegistryAPI:
         self.access = access_controller or OpenAccess()
         self.token_issuer = token_issuer
         self.health = None  # a HealthService; / answers 503 while a check fails
+        self.search_enabled = True  # the config's search.enabled: /v1/ answers 404 when off
         self.blobs = BlobHandler(registry, urls)
         self.uploads = UploadHandler(registry, urls)
         self.manifests = ManifestHandler(registry, urls)
@@ -89,10 +90,14 @@ class RegistryAPI:
     @app.route("/v1/_ping", methods=["GET", "HEAD"])
     def v1_ping(self, request):
         """The Docker engine pings this before its search call."""
+        if not self.search_enabled:
+            raise NotFoundError()
         return self.searching.ping(request)
 
     @app.route("/v1/search", methods=["GET"])
     async def v1_search(self, request):
+        if not self.search_enabled:
+            raise NotFoundError()
         grant = await self._authorize(request, access.CATALOG)
         return await self.searching.search(request, grant.may_pull)
 

@@ -42,3 +42,10 @@ class SearchEndpointTests(TestCase):
             self.assertTrue(errors_of(body), path)
         response, body = await server.request("GET", "/v1/search?q=%3Cscript%3E%27%22%25")
         self.assertEqual((response.code, json.loads(body)["results"]), (200, []))
+
+    async def test_switched_off_is_404(self):
+        server = RegistryServer(self)
+        server.api.search_enabled = False
+        for path in ["/v1/_ping", "/v1/search?q=a"]:
+            response, body = await server.request("GET", path)
+            self.assertEqual((response.code, errors_of(body)), (404, ["NOT_FOUND"]), path)

@@ -21,7 +21,7 @@ run: $(STAMP)
 	$(BIN)/twistd --nodaemon --pidfile= regd --config etc/regd-dev.yml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -v --durations=15 tests
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
+from urllib.parse import urlsplit
+
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.routing import RequestRedirect
 
 from regd.oci.errors import MethodNotAllowed as MethodNotAllowedError
 from regd.oci.errors import NotFound as NotFoundError
@@ -31,6 +34,11 @@ def install_error_handlers(app) -> None:
 
     @app.handle_errors(HTTPException)
     def http_error(_api, request, failure):
+        if isinstance(failure.value, RequestRedirect):
+            # `/v2//_catalog`: a relative Location, and the Host never echoed into a body.
+            target = urlsplit(failure.value.new_url)
+            location = target.path + ("?" + target.query if target.query else "")
+            return respond(request, failure.value.code, b"", None, {"Location": location})
         if isinstance(failure.value, MethodNotAllowed):
             error = MethodNotAllowedError(detail={"method": request.method.decode("ascii", "replace")})
             allowed = failure.value.valid_methods or []

@@ -14,13 +14,16 @@ import re
 import time
 import uuid
 from io import BytesIO
+from urllib.parse import unquote_to_bytes
 
+from twisted.logger import Logger
 from twisted.protocols import policies
 from twisted.web import server
 
 API_VERSION_HEADER = b"Docker-Distribution-API-Version"
 API_VERSION = b"registry/2.0"
 REQUEST_ID_HEADER = b"X-Request-Id"
+log = Logger()
 # A DNS name or an IP literal, with an optional port: anything else (`..`, `a/..`) is refused before routing.
 _VALID_HOST = re.compile(rb"(?:[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
 
@@ -86,10 +89,11 @@ class RegdRequest(server.Request):
             self.responseHeaders.setRawHeaders(name, list(values))
         if b"/v2" in self.path:
             self.setHeader(API_VERSION_HEADER, API_VERSION)
-        host = self.getHeader(b"host")
-        if host is not None and not _VALID_HOST.fullmatch(host):
+        problem = _unroutable(self)
+        if problem is not None:
+            log.info("refused {method!r} {uri!r}: {problem}", method=self.method, uri=self.uri[:200], problem=problem)
             self.site = self.channel.site
-            body = b'{"errors":[{"code":"UNSUPPORTED","message":"invalid Host header"}]}'
+            body = b'{"errors":[{"code":"UNSUPPORTED","message":"%s"}]}' % problem.encode("ascii")
             self.setResponseCode(400)
             self.setHeader(b"Content-Type", b"application/json")
             self.setHeader(b"Content-Length", b"%d" % len(body))
@@ -97,6 +101,18 @@ class RegdRequest(server.Request):
             self.finish()
             return
         super().process()
+
+
+def _unroutable(request) -> str | None:
+    """Why routing would fail with an internal error (werkzeug, Klein), or None."""
+    host = request.getHeader(b"host")
+    if host is not None and not _VALID_HOST.fullmatch(host):
+        return "invalid Host header"
+    try:
+        unquote_to_bytes(request.path).decode("utf-8")
+    except UnicodeDecodeError:
+        return "path is not UTF-8 after percent-decoding"
+    return None
 
 
 class RegdSite(server.Site):

@@ -12,11 +12,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 
 import jwt
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from zope.interface import implementer
 
 from regd.http.access import Grant, IAccessController
@@ -24,6 +26,9 @@ from regd.oci.errors import Unauthorized
 
 ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "ES512"]
 LEEWAY = 60.0  # seconds of clock skew tolerated on exp/nbf
+# The key type each algorithm family needs: a kid or x5c naming another type is a forgery, not a crash.
+_KEY_TYPES = {"RS": rsa.RSAPublicKey, "ES": ec.EllipticCurvePublicKey}
+_TIME_CLAIMS = ("exp", "nbf", "iat")
 
 
 class TokenConfigError(Exception):
@@ -85,7 +90,7 @@ class TokenAccess:
             raise self.challenge(scopes)
         try:
             claims = self.verify(token.strip().decode("ascii"))
-        except (jwt.PyJWTError, ValueError, UnicodeDecodeError):
+        except (jwt.PyJWTError, ValueError, UnicodeDecodeError, RecursionError):
             raise self.challenge(scopes, "invalid_token") from None
         granted = granted_actions(claims)
         for scope in scopes:
@@ -104,19 +109,29 @@ class TokenAccess:
 
     def verify(self, token: str) -> dict:
         header = jwt.get_unverified_header(token)
-        if header.get("alg") not in ALGORITHMS:
+        algorithm = header.get("alg")
+        if not isinstance(algorithm, str) or algorithm not in ALGORITHMS:
             raise jwt.InvalidAlgorithmError("algorithm not allowed")
         key = self._key_for(header)
-        return jwt.decode(token, key, algorithms=ALGORITHMS, audience=self.service, issuer=self.issuer,
+        if not isinstance(key, _KEY_TYPES[algorithm[:2]]):
+            raise jwt.InvalidKeyError("key type does not match the token's algorithm")
+        # pyjwt would accept "exp": "123" (it calls int()); the spec says NumericDate.
+        _check_claim_types(jwt.decode(token, options={"verify_signature": False}))
+        return jwt.decode(token, key, algorithms=[algorithm], audience=self.service, issuer=self.issuer,
                           leeway=LEEWAY, options={"require": ["exp", "iss", "aud"]})
 
     def _key_for(self, header: dict):
         chain = header.get("x5c")
-        if chain:
-            certificates = [x509.load_der_x509_certificate(base64.b64decode(c)) for c in chain]
+        if chain is not None:
+            if not (isinstance(chain, list) and chain and all(isinstance(c, str) for c in chain)):
+                raise jwt.InvalidTokenError("x5c must be a list of base64 certificates")
+            certificates = [x509.load_der_x509_certificate(base64.b64decode(c, validate=True)) for c in chain]
             self._check_chain(certificates)
             return certificates[0].public_key()
-        key = self._keys_by_id.get(header.get("kid", ""))
+        kid = header.get("kid", "")
+        if not isinstance(kid, str):
+            raise jwt.InvalidTokenError("kid must be a string")
+        key = self._keys_by_id.get(kid)
         if key is None:
             raise jwt.InvalidTokenError("no trusted key for this token")
         return key
@@ -142,6 +157,18 @@ class TokenAccess:
             except (ValueError, TypeError, InvalidSignature):
                 continue
         raise jwt.InvalidTokenError("x5c chain does not lead to a trusted root")
+
+
+def _check_claim_types(claims: dict) -> None:
+    for name in _TIME_CLAIMS:
+        if name in claims:
+            value = claims[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise jwt.InvalidTokenError(f"{name} must be a number of seconds")
+    if not isinstance(claims.get("access", []), list):
+        raise jwt.InvalidTokenError("access must be a list")
+    if not isinstance(claims.get("sub", ""), (str, type(None))):
+        raise jwt.InvalidTokenError("sub must be a string")
 
 
 def granted_actions(claims: dict) -> dict[tuple[str, str], set[str]]:

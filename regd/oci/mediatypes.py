@@ -182,7 +182,7 @@ def parse_manifest(body: bytes, declared_type: str | None) -> Manifest:
         raise _invalid("manifest too large", size=len(body), limit=MAX_MANIFEST_SIZE)
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise _invalid("not valid JSON") from None
     if not isinstance(document, dict):
         raise _invalid("not a JSON object")

@@ -83,7 +83,7 @@ def media_type_of(body: bytes) -> str:
     """Media type of stored manifest bytes (what we serve as Content-Type)."""
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return mediatypes.OCI_MANIFEST
     if not isinstance(document, dict):
         return mediatypes.OCI_MANIFEST

@@ -102,6 +102,9 @@ class SpecCornerTests(TestCase):
         self.server = RegistryServer(self)
 
     async def raw(self, method: str, path: str, headers: dict[str, str] | None = None):
+        return await self.raw_body(method, path, None, headers)
+
+    async def raw_body(self, method: str, path: str, body: bytes | None, headers: dict[str, str] | None = None):
         """One request over http.client, which sends methods and Host exactly as given."""
         import http.client
 
@@ -113,7 +116,9 @@ class SpecCornerTests(TestCase):
                 connection.putrequest(method, path, skip_host=bool(headers and "Host" in headers))
                 for key, value in (headers or {}).items():
                     connection.putheader(key, value)
-                connection.endheaders()
+                if body is not None:
+                    connection.putheader("Content-Length", str(len(body)))
+                connection.endheaders(body)
                 response = connection.getresponse()
                 return response.status, dict(response.getheaders()), response.read()
             finally:
@@ -140,3 +145,27 @@ class SpecCornerTests(TestCase):
                 self.assertEqual(status, 400, (host, method, path, body))
                 self.assertNotIn(host.encode() + b"/", body)
                 self.assertEqual(json.loads(body)["errors"][0]["code"], "UNSUPPORTED")
+
+    async def test_deeply_nested_manifest_is_manifest_invalid(self):
+        for nested in [b'{"a":' * 5000 + b"1" + b"}" * 5000, b"[" * 5000 + b"]" * 5000]:
+            status, _, body = await self.raw_body("PUT", "/v2/x/manifests/t", nested,
+                                                  {"Content-Type": "application/vnd.oci.image.manifest.v1+json"})
+            self.assertEqual((status, json.loads(body)["errors"][0]["code"]), (400, "MANIFEST_INVALID"))
+
+    async def test_undecodable_escapes_are_400_json_with_one_log_line(self):
+        from twisted.logger import capturedLogs
+        with capturedLogs() as events:
+            for path in ["/v2/a%ff/tags/list", "/v2/a/manifests/%ff", "/%c3%28", "/v2/x/blobs/%80"]:
+                status, _, body = await self.raw("GET", path)
+                self.assertEqual((status, json.loads(body)["errors"][0]["code"]), (400, "UNSUPPORTED"), path)
+        self.assertFalse([e for e in events if e.get("log_failure")])
+
+    async def test_double_slashes_redirect_without_echoing_the_host(self):
+        for path, target in [("/v2//_catalog", "/v2/_catalog"), ("/v2//x/tags/list", "/v2/x/tags/list")]:
+            status, headers, body = await self.raw("GET", path, {"Host": "evil.example"})
+            self.assertIn(status, (301, 308, 400, 404), path)
+            self.assertNotIn(b"evil.example", body)
+            if status in (301, 308):
+                self.assertEqual(headers["Location"], target)
+        status, headers, _ = await self.raw("GET", "/v2//_catalog")
+        self.assertEqual((status, headers["Location"]), (308, "/v2/_catalog"))

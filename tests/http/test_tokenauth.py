@@ -165,3 +165,56 @@ class JWKSTests(SynchronousTestCase):
         forged = jwt.encode({"iss": "iss", "aud": "svc", "exp": time.time() + 60}, ec.generate_private_key(
             ec.SECP256R1()), algorithm="ES256", headers={"kid": "key-1"})
         self.assertRaises(jwt.PyJWTError, access.verify, forged)
+
+
+class _HeaderOnly:
+    def __init__(self, token: str):
+        self._authorization = b"Bearer " + token.encode("ascii")
+
+    def getHeader(self, name):
+        return self._authorization if name.lower() == b"authorization" else None
+
+
+def _b64(document) -> str:
+    raw = json.dumps(document).encode() if not isinstance(document, bytes) else document
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+class MalformedTokenTests(SynchronousTestCase):
+    """Every malformed token is a 401 with the Bearer challenge, never an internal error."""
+
+    setUp = VerificationTests.setUp
+    make = VerificationTests.make
+
+    def assert_challenged(self, token: str):
+        from regd.http.access import repository
+        from regd.oci.errors import Unauthorized
+        try:
+            self.access._authorize(_HeaderOnly(token), [repository("r", "pull")])
+        except Unauthorized as e:
+            self.assertIn("Bearer ", e.headers["WWW-Authenticate"])
+            self.assertIn('error="invalid_token"', e.headers["WWW-Authenticate"])
+        else:
+            self.fail(f"token accepted: {token}")
+
+    def forged(self, header, claims=None) -> str:
+        now = time.time()
+        body = claims if claims is not None else {"iss": "iss", "aud": "svc", "exp": now + 60}
+        return f"{_b64(header)}.{_b64(body)}.{_b64(b'signature')}"
+
+    def test_malformed_headers(self):
+        for header in [{"alg": "ES256", "x5c": 5}, {"alg": "ES256", "x5c": [5]}, {"alg": "ES256", "x5c": [{}]},
+                       {"alg": "ES256", "x5c": "abc"}, {"alg": "ES256", "x5c": ["!!"]},
+                       {"alg": "ES256", "x5c": [[]]}, {"alg": "ES256", "kid": ["x"]}, {"alg": "ES256", "kid": 5},
+                       {"alg": ["ES256"]}, {"alg": "RS256", "kid": self.kid}, {"alg": "ES384", "kid": self.kid},
+                       {"alg": "RS256", "x5c": self.x5c}, [], "x", {"alg": "ES256", "x5c": [], "kid": {}}]:
+            self.assert_challenged(self.forged(header))
+        self.assert_challenged(self.forged(b'{"a":' * 5000 + b"1" + b"}" * 5000))
+
+    def test_claims_of_the_wrong_type_are_refused(self):
+        now = time.time()
+        for claims in [{"exp": str(int(now + 60))}, {"exp": [now + 60]}, {"exp": True}, {"exp": {"a": 1}},
+                       {"nbf": str(int(now - 10))}, {"nbf": [1]}, {"nbf": None}, {"iat": "x"},
+                       {"access": 5}, {"access": "pull"}, {"sub": {"a": 1}}, {"exp": 1e400}, {"nbf": -1e400}]:
+            token = self.make(**claims)
+            self.assert_challenged(token)

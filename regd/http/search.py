@@ -46,8 +46,8 @@ class SearchHandler:
         size = _number(request, "n", DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
         page = _number(request, "page", 1, _MAX_PAGE_NUMBER)
         found = await self.registry.search.search(term, page, size, visible)
-        results = [{"name": name, "description": "", "star_count": 0,
-                    "is_official": False, "is_automated": False, "is_trusted": False}
+        results = [{"name": name, "description": await self.registry.search.description(name),
+                    "star_count": 0, "is_official": False, "is_automated": False, "is_trusted": False}
                    for name in found.names]
         return respond_json(request, 200, {
             "query": term, "num_results": found.total, "num_pages": found.num_pages,

@@ -31,7 +31,7 @@ class Registry:
         self.manifests = ManifestService(driver, self.blobs, self.listeners, delete_enabled=delete_enabled,
                                          url_policy=url_policy, validate=validate_manifests)
         self.listing = ListingService(driver)
-        self.search = SearchService(self.listing)
+        self.search = SearchService(driver, self.listing, self.manifests)
 
     def add_listener(self, listener) -> None:
         self.listeners.add(listener)

@@ -31,12 +31,14 @@ def test_docker_search_over_tls_after_login(docker_daemon, tls_setup):
     registry.start()
     trust(registry, dirs)
     ref = f"{registry.host}/team/searchable:1"
-    docker_daemon.docker("import", str(write_rootfs_tar(tmp / "rootfs.tar", {"a": 5_000}, seed="search")), ref)
+    docker_daemon.docker("import", "--change", 'LABEL org.opencontainers.image.description="Searchable demo"',
+                         str(write_rootfs_tar(tmp / "rootfs.tar", {"a": 5_000}, seed="search")), ref)
     docker_daemon.docker("login", "-u", "alice", "-p", "wonderland", registry.host)
     try:
         docker_daemon.docker("push", ref)
         out = docker_daemon.docker("search", f"{registry.host}/SEARCHABLE").stdout
         assert [line.split()[0] for line in out.splitlines()[1:]] == ["team/searchable"], out
+        assert "Searchable demo" in out, out
     finally:
         docker_daemon.docker("logout", registry.host)
     anonymous = docker_daemon.docker("search", f"{registry.host}/searchable", check=False)

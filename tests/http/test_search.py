@@ -33,6 +33,19 @@ class SearchEndpointTests(TestCase):
         response, body = await server.request("GET", "/v1/search?q=nginx&n=999999999")
         self.assertEqual((response.code, json.loads(body)["page_size"]), (200, 100))
 
+    async def test_descriptions_from_annotation_or_label(self):
+        server = RegistryServer(self)
+        document = await simple_image(server, "ann/one")
+        document["annotations"] = {"org.opencontainers.image.description": "<b>annotated</b> image"}
+        await server.push_manifest("ann/one", "latest", document)
+        config = json.dumps({"architecture": "amd64", "os": "linux",
+                             "config": {"Labels": {"org.opencontainers.image.description": "labelled"}}})
+        await server.push_manifest("ann/two", "v1", await simple_image(server, "ann/two", config=config.encode()))
+        await server.push_manifest("ann/three", "v1", await simple_image(server, "ann/three"))
+        response, body = await server.request("GET", "/v1/search?q=ann/")
+        found = {r["name"]: r["description"] for r in json.loads(body)["results"]}
+        self.assertEqual(found, {"ann/one": "<b>annotated</b> image", "ann/two": "labelled", "ann/three": ""})
+
     async def test_bad_input_is_400(self):
         server = RegistryServer(self)
         for path in ["/v1/search?q=a&n=abc", "/v1/search?q=a&n=-1", "/v1/search?q=a&page=1e9",

@@ -103,6 +103,13 @@ class TokenHTTPTests(TestCase):
         anonymous = await self.token(["registry:catalog:*"])
         response, body = await self.call("GET", "/v2/_catalog", anonymous)
         self.assertEqual(json.loads(body)["repositories"], ["public/site"])
+        # docker search: the same rule.
+        response, body = await self.call("GET", "/v1/search?q=t", alice)
+        self.assertEqual([r["name"] for r in json.loads(body)["results"]], ["team/app", "public/site"])
+        response, body = await self.call("GET", "/v1/search?q=t", anonymous)
+        self.assertEqual([r["name"] for r in json.loads(body)["results"]], ["public/site"])
+        response, body = await self.call("GET", "/v1/search?q=t")
+        self.assertEqual(response.code, 401)
 
 
 class VerificationTests(SynchronousTestCase):

@@ -156,3 +156,40 @@ def test_instance_killed_during_pushes_and_gc_while_pushing(cluster, docker_daem
         docker_daemon.docker("pull", ref, timeout=300)
         assert docker_daemon.docker("image", "inspect", "--format", "{{.Id}}", ref).stdout.strip() == refs[ref]
         docker_daemon.docker("rmi", ref, check=False)
+
+
+
+def test_racing_pushes_to_one_tag_leave_a_consistent_repository(cluster, docker_daemon, tmp_path):
+    """
+    Two manifests PUT to the same tag at once, again and again, through
+    different instances: the tag always names one of them, whole, and pulls.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    balancer, _ = cluster
+    repo = f"{balancer.host}/spread/race"
+    ids, manifests = {}, {}
+    for n in ("a", "b"):
+        ids[n] = _build(docker_daemon, tmp_path / n, f"{repo}:{n}", 2, f"race-{n}")
+        docker_daemon.docker("push", f"{repo}:{n}", timeout=300)
+        _, headers, body = _request(f"{balancer.url}/v2/spread/race/manifests/{n}", "GET", headers={
+            "Accept": "application/vnd.docker.distribution.manifest.v2+json"})
+        manifests[n] = (headers["Content-Type"], body, headers["Docker-Content-Digest"])
+
+    def put(n):
+        media_type, body, _ = manifests[n]
+        return _request(f"{balancer.url}/v2/spread/race/manifests/latest", "PUT", body,
+                        {"Content-Type": media_type})[0]
+
+    with ThreadPoolExecutor(8) as pool:
+        for _ in range(10):
+            assert list(pool.map(put, ["a", "b"] * 4)) == [201] * 8
+            _, headers, body = _request(f"{balancer.url}/v2/spread/race/manifests/latest", "GET", headers={
+                "Accept": manifests["a"][0]})
+            winner = next(n for n, m in manifests.items() if m[2] == headers["Docker-Content-Digest"])
+            assert body == manifests[winner][1]
+    docker_daemon.docker("rmi", f"{repo}:a", f"{repo}:b")
+    docker_daemon.docker("pull", f"{repo}:latest", timeout=300)
+    assert docker_daemon.docker("image", "inspect", "--format", "{{.Id}}", f"{repo}:latest").stdout.strip() \
+        == ids[winner]
+    docker_daemon.docker("rmi", f"{repo}:latest", check=False)

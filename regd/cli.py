@@ -43,7 +43,7 @@ async def _with_registry(reactor, options, work):
     from regd.storage.filesystem import FilesystemDriver
     from regd.storage.threads import thread_pool_runner
 
-    config = load_config(options.config, os.environ, default_root=os.path.abspath("data")).config
+    config = load_config(options.config, os.environ).config
     pool = ThreadPool(minthreads=1, maxthreads=4, name="regd-tool")
     pool.start()
     try:

@@ -339,9 +339,19 @@ def parse_config(text: str | None, environ: Mapping[str, str] = os.environ,
         raise ConfigError("configuration: expected a map at the top level")
     warnings: list[str] = []
     _apply_environment(document, environ, warnings)
+    _check_storage_names(document.get("storage"))
     values: dict = {}
     _walk(document, SCHEMA, "", values, warnings)
     return LoadedConfig(_build(values, default_root), tuple(warnings))
+
+
+def _check_storage_names(storage) -> None:
+    """A misspelt driver (`filesytem`) is an error, not a warning followed by a default driver."""
+    if not isinstance(storage, dict):
+        return
+    for key in storage:
+        if key not in SCHEMA["storage"]:
+            raise ConfigError(f"storage.{key}: unknown storage driver or key")
 
 
 def load_config(path: str | None, environ: Mapping[str, str] = os.environ,
@@ -369,7 +379,10 @@ def _build(v: dict, default_root: str) -> Config:
     drivers = [d for d in ("filesystem", "inmemory", "s3", "azure", "gcs", "swift", "oss") if d in storage]
     if len(drivers) > 1:
         raise ConfigError(f"storage: exactly one driver may be configured, found {', '.join(drivers)}")
-    driver = drivers[0] if drivers else "filesystem"
+    if not drivers:
+        # As registry:2 does: never a silent default place for the data.
+        raise ConfigError("storage: no storage driver configured (e.g. storage.filesystem.rootdirectory)")
+    driver = drivers[0]
     if driver not in _DRIVERS_AVAILABLE:
         raise ConfigError(f"storage.{driver}: this storage driver is not available in regd (use filesystem)")
     filesystem = storage.get("filesystem", {})

@@ -7,7 +7,9 @@ threads; draining requests at shutdown; reloading TLS certificates.
 
 from __future__ import annotations
 
-from twisted.application import service
+import sys
+
+from twisted.application import internet, service
 from twisted.python.threadpool import ThreadPool
 from twisted.logger import Logger
 
@@ -140,3 +142,25 @@ class ThreadPoolService(service.Service):
     def stopService(self):
         super().stopService()
         self.pool.stop()
+
+
+class ListenerService(internet.StreamServerEndpointService):
+    """
+    A listener that ends the process when it cannot listen: twistd would only
+    log the failure and run on, listening nowhere, so systemd never restarts it.
+    """
+
+    def __init__(self, endpoint, factory, what: str, address: str):
+        super().__init__(endpoint, factory)
+        self.what, self.address = what, address
+
+    def privilegedStartService(self):
+        self._raiseSynchronously = True
+        try:
+            super().privilegedStartService()
+        except Exception as e:
+            reason = getattr(e, "socketError", None) or e
+            reason = getattr(reason, "strerror", None) or str(reason)
+            sys.__stderr__.write(f"regd: cannot listen on {self.what} {self.address}: {reason}\n")
+            sys.__stderr__.flush()
+            raise SystemExit(1) from None

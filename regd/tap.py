@@ -18,7 +18,7 @@ from twisted.python.threadpool import ThreadPool
 
 from regd.authsetup import admin_authorizer, auth_settings, build_token_access
 from regd.config import ConfigError, load_config
-from regd.services import CertificateReloader, DrainService, RegdService, ThreadPoolService
+from regd.services import CertificateReloader, DrainService, ListenerService, RegdService, ThreadPoolService
 
 log = Logger()
 
@@ -38,7 +38,7 @@ class Options(usage.Options):
         from regd.letsencrypt import ACMEConfigError
         from regd.tls import TLSConfigError, ReloadingServerContext
         try:
-            self["loaded"] = loaded = load_config(self["config"], os.environ, default_root=os.path.abspath("data"))
+            self["loaded"] = loaded = load_config(self["config"], os.environ)
             parse_notifications(loaded.config.notifications, "")
             tls = loaded.config.http.tls
             self["acme"] = None
@@ -53,10 +53,23 @@ class Options(usage.Options):
             else:
                 self["tls"] = ReloadingServerContext(tls) if (tls.certificate or tls.key) else None
             self["auth"] = auth_settings(loaded.config, self["tls"] is not None)
+            _check_storage_root(loaded.config.storage)
         except (ConfigError, NotificationConfigError, TLSConfigError, HtpasswdError, TokenConfigError,
                 ACMEConfigError) as e:
             sys.stderr.write(f"regd: configuration error: {e}\n")
             raise SystemExit(1)
+
+
+def _check_storage_root(storage) -> None:
+    if storage.driver != "filesystem":
+        return
+    from regd.storage.filesystem import check_root
+    root = storage.filesystem.rootdirectory
+    try:
+        check_root(root)
+    except OSError as e:
+        raise ConfigError(f"storage.filesystem.rootdirectory: {root} is not a writable directory "
+                          f"({e.strerror or e})") from None
 
 
 def listen_description(host: str, port: int) -> str:
@@ -96,6 +109,8 @@ def makeService(options) -> service.MultiService:
         driver = FilesystemDriver(storage.filesystem.rootdirectory, thread_pool_runner(reactor, pool),
                                   inline_reads=config.regd.inlinereads)
 
+    if storage.maintenance.readonly.enabled:
+        log.warn("read-only mode (storage.maintenance.readonly): pushes and deletes are refused")
     url_rules = config.validation.manifests.urls
     registry = Registry(
         driver, reactor,
@@ -142,7 +157,7 @@ def makeService(options) -> service.MultiService:
             add_acme(root, options["acme"], tls, config.http.tls, reactor)
     # Stopped newest first: the listener closes, then requests drain, then the rest.
     DrainService(site, config.http.draintimeout or DEFAULT_DRAIN, reactor).setServiceParent(root)
-    internet.StreamServerEndpointService(endpoint, site).setServiceParent(root)
+    ListenerService(endpoint, site, "http.addr", config.http.addr).setServiceParent(root)
     health = add_health(root, registry, reactor, config.health, notifications)
     api.health = health
     if config.http.debug_addr:
@@ -238,7 +253,7 @@ def add_debug_server(root, addr: str, notifications, metrics, health, reactor) -
     host, port = parse_addr(addr)
     endpoint = serverFromString(reactor, listen_description(host, port))
     site = Site(debug_resource(metrics, health, notifications))
-    internet.StreamServerEndpointService(endpoint, site).setServiceParent(root)
+    ListenerService(endpoint, site, "http.debug.addr", addr).setServiceParent(root)
 
 
 def add_acme(root, settings, context, tls_config, reactor) -> None:
@@ -251,7 +266,8 @@ def add_acme(root, settings, context, tls_config, reactor) -> None:
     responder = ChallengeResource()
     host, port = parse_addr(settings.httpaddr)
     endpoint = serverFromString(reactor, listen_description(host, port))
-    internet.StreamServerEndpointService(endpoint, Site(responder)).setServiceParent(root)
+    ListenerService(endpoint, Site(responder), "http.tls.letsencrypt.httpaddr",
+                    settings.httpaddr).setServiceParent(root)
     CertificateManager(settings, context, tls_config, reactor, deferToThread, responder).setServiceParent(root)
 
 

@@ -37,7 +37,7 @@ health:
 
 class ConfigTests(SynchronousTestCase):
     def test_defaults_without_a_file(self):
-        loaded = parse_config(None, {}, default_root="/srv/data")
+        loaded = parse_config("storage:\n  filesystem: {}\n", {}, default_root="/srv/data")
         config = loaded.config
         self.assertEqual((config.http.host_addr, config.http.port), ("", 5000))
         self.assertEqual(config.storage.filesystem.rootdirectory, "/srv/data")
@@ -46,7 +46,16 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(config.storage.maintenance.uploadpurging.age, 168 * 3600)
         self.assertEqual(loaded.warnings, ())
         self.assertTrue(config.search.enabled)
-        self.assertFalse(parse_config("search: {enabled: false}", {}).config.search.enabled)
+        self.assertFalse(parse_config("search: {enabled: false}\nstorage: {inmemory: {}}", {}).config.search.enabled)
+
+    def test_no_storage_driver_or_a_misspelt_one_refuses_to_start(self):
+        for text in [None, "", "http:\n  addr: :5000\n", "storage:\n  delete:\n    enabled: true\n",
+                     "storage:\n  filesytem:\n    rootdirectory: /x\n"]:
+            with self.assertRaises(ConfigError) as caught:
+                parse_config(text, {})
+            self.assertRegex(str(caught.exception), r"^storage(\.filesytem)?: (no storage driver|unknown storage)")
+        environ = {"REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": "/srv/r"}
+        self.assertEqual(parse_config(None, environ).config.storage.filesystem.rootdirectory, "/srv/r")
 
     def test_reference_config_starts_regd(self):
         loaded = parse_config(REFERENCE_CONFIG, {})

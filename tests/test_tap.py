@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.application.internet import TimerService
 from twisted.trial.unittest import SynchronousTestCase
 
 from regd import tap
@@ -28,7 +28,7 @@ class TapTests(SynchronousTestCase):
             f"version: 0.1\nhttp:\n  addr: 127.0.0.1:0\nstorage:\n  filesystem:\n    rootdirectory: {root}\n")])
         service = tap.makeService(options)
         kinds = {type(s) for s in service}
-        self.assertIn(StreamServerEndpointService, kinds)
+        self.assertIn(tap.ListenerService, kinds)
         self.assertIn(tap.ThreadPoolService, kinds)
         self.assertIn(TimerService, kinds)
 
@@ -55,3 +55,46 @@ class TapTests(SynchronousTestCase):
         self.assertEqual(result.stderr.strip().splitlines(),
                          ["regd: configuration error: storage.s3: this storage driver is not available "
                           "in regd (use filesystem)"])
+
+    def run_twistd(self, config: str) -> subprocess.CompletedProcess:
+        return subprocess.run([TWISTD, "--nodaemon", "--pidfile=", "regd", "--config", self.write_config(config)],
+                              capture_output=True, text=True, timeout=60)
+
+    def test_listeners_that_cannot_listen_end_the_process_with_one_line(self):
+        import socket
+        held = socket.socket()
+        self.addCleanup(held.close)
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        busy = held.getsockname()[1]
+        root = os.path.abspath(self.mktemp())
+        storage = f"storage:\n  filesystem:\n    rootdirectory: {root}\n"
+        result = self.run_twistd(storage + f"http:\n  addr: 127.0.0.1:{busy}\n")
+        self.assertEqual((result.returncode, result.stderr.splitlines()),
+                         (1, [f"regd: cannot listen on http.addr 127.0.0.1:{busy}: Address already in use"]))
+        result = self.run_twistd(storage + f"http:\n  addr: 127.0.0.1:0\n  debug:\n    addr: 127.0.0.1:{busy}\n")
+        self.assertEqual((result.returncode, result.stderr.splitlines()),
+                         (1, [f"regd: cannot listen on http.debug.addr 127.0.0.1:{busy}: Address already in use"]))
+
+    def test_a_root_that_is_not_a_writable_directory_refuses_to_start(self):
+        afile = os.path.abspath(self.mktemp())
+        with open(afile, "w") as f:
+            f.write("x")
+        for root in [afile, os.path.join(afile, "below")]:
+            result = self.run_twistd(f"storage:\n  filesystem:\n    rootdirectory: {root}\nhttp:\n  addr: 127.0.0.1:0\n")
+            self.assertEqual(result.returncode, 1)
+            self.assertEqual(len(result.stderr.splitlines()), 1, result.stderr)
+            self.assertRegex(result.stderr, rf"^regd: configuration error: storage.filesystem.rootdirectory: "
+                                            rf"{root} is not a writable directory \(.+\)\n$")
+
+    def test_read_only_mode_is_logged_at_start(self):
+        from twisted.logger import capturedLogs
+        root = os.path.abspath(self.mktemp())
+        for readonly, expected in [(False, 0), (True, 1)]:
+            options = tap.Options()
+            options.parseOptions(["--config", self.write_config(
+                f"http:\n  addr: 127.0.0.1:0\nstorage:\n  filesystem:\n    rootdirectory: {root}\n"
+                f"  maintenance:\n    readonly:\n      enabled: {str(readonly).lower()}\n")])
+            with capturedLogs() as events:
+                tap.makeService(options)
+            self.assertEqual(len([e for e in events if "read-only mode" in e.get("log_format", "")]), expected)

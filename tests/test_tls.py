@@ -67,7 +67,8 @@ class BuildOptionsTests(SynchronousTestCase):
     def test_twistd_refuses_to_start_with_a_mismatched_key(self):
         config = os.path.abspath(self.mktemp())
         with open(config, "w") as f:
-            f.write(f"http:\n  addr: 127.0.0.1:0\n  tls:\n    certificate: {self.pki.server_chain}\n"
+            f.write(f"storage:\n  inmemory: {{}}\n"
+                    f"http:\n  addr: 127.0.0.1:0\n  tls:\n    certificate: {self.pki.server_chain}\n"
                     f"    key: {self.pki.client_key}\n")
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
         result = subprocess.run([twistd, "-n", "--pidfile=", "regd", "--config", config],

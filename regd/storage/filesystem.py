@@ -166,6 +166,14 @@ class FileReader:
         self._file.close()
 
 
+def check_root(root: str) -> None:
+    """Raise OSError unless root is (or can be made) a directory regd can write in."""
+    os.makedirs(root, exist_ok=True)
+    probe = os.path.join(root, f".regd-write-check.{uuid.uuid4().hex}.tmp")
+    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    os.unlink(probe)
+
+
 @implementer(IStorageDriver)
 class FilesystemDriver:
     """

@@ -193,3 +193,22 @@ def test_racing_pushes_to_one_tag_leave_a_consistent_repository(cluster, docker_
     assert docker_daemon.docker("image", "inspect", "--format", "{{.Id}}", f"{repo}:latest").stdout.strip() \
         == ids[winner]
     docker_daemon.docker("rmi", f"{repo}:latest", check=False)
+
+
+def test_upload_resumes_on_another_instance_after_sigkill(cluster):
+    """Chunks sent to one instance, which is then SIGKILLed; another finishes the upload."""
+    _, instances = cluster
+    first, other = instances[2], instances[0]
+    data = os.urandom(500_000)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    _, headers, _ = _request(first.url + "/v2/resume/one/blobs/uploads/", "POST")
+    path = headers["Location"].split(first.host, 1)[-1]
+    _request(first.url + path, "PATCH", data[:250_000], {"Content-Range": "0-249999"})
+    first.popen.kill()
+    first.popen.wait()
+    status, headers, _ = _request(other.url + path, "GET")
+    assert (status, headers["Range"]) == (204, "0-249999")
+    _request(other.url + path, "PATCH", data[250_000:], {"Content-Range": "250000-499999"})
+    sep = "&" if "?" in path else "?"
+    assert _request(f"{other.url}{path}{sep}digest={digest}", "PUT")[0] == 201
+    assert _request(f"{other.url}/v2/resume/one/blobs/{digest}", "GET")[2] == data

@@ -201,11 +201,24 @@ class GCConfig:
 
 
 @attrs.frozen
+class LimitsConfig:
+    """Connection limits (regd.http.limits); 0 switches one off."""
+    maxconnections: int = 8192
+    maxconnectionsperclient: int = 512
+    headtimeout: float = 30.0
+    bodytimeout: float = 60.0
+    minbodyrate: int = 1024
+    idletimeout: float = 300.0
+    freespace: int = 1 << 30  # bytes under which /debug/health and GET / report the root nearly full
+
+
+@attrs.frozen
 class RegdConfig:
     maxbodysize: int = 0
     spoolthreshold: int = 65536
     inlinereads: bool = True
     gc: GCConfig = GCConfig()
+    limits: LimitsConfig = LimitsConfig()
 
 
 @attrs.frozen
@@ -254,7 +267,10 @@ SCHEMA: dict[str, Any] = {
     "validation": {"enabled": _bool, "disabled": _bool,
                    "manifests": {"urls": {"allow": _regex_list, "deny": _regex_list}}},
     "regd": {"maxbodysize": _int(0), "spoolthreshold": _int(1), "inlinereads": _bool,
-             "gc": {"interval": parse_duration, "grace": parse_duration, "deleteuntagged": _bool}},
+             "gc": {"interval": parse_duration, "grace": parse_duration, "deleteuntagged": _bool},
+             "limits": {"maxconnections": _int(0), "maxconnectionsperclient": _int(0), "headtimeout": parse_duration,
+                        "bodytimeout": parse_duration, "minbodyrate": _int(0), "idletimeout": parse_duration,
+                        "freespace": _int(0)}},
     "notifications": RAW, "auth": RAW, "health": RAW, "redis": RAW, "proxy": RAW, "middleware": RAW,
     "reporting": IGNORED, "compatibility": IGNORED, "catalog": IGNORED,
     "search": {"enabled": _bool},
@@ -432,7 +448,8 @@ def _build(v: dict, default_root: str) -> Config:
         ),
         validation=ValidationConfig(disabled=disabled, manifests=ManifestValidation(
             URLValidation(allow=urls.get("allow", ()), deny=urls.get("deny", ())))),
-        regd=RegdConfig(**{**v.get("regd", {}), "gc": GCConfig(**v.get("regd", {}).get("gc", {}))}),
+        regd=RegdConfig(**{**v.get("regd", {}), "gc": GCConfig(**v.get("regd", {}).get("gc", {})),
+                           "limits": LimitsConfig(**v.get("regd", {}).get("limits", {}))}),
         notifications=_plain(v.get("notifications")),
         auth=_plain(v.get("auth")),
         health=_plain(v.get("health")),

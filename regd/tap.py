@@ -144,7 +144,8 @@ def makeService(options) -> service.MultiService:
     api.search_enabled = config.search.enabled
     site = RegdSite(mount_at_prefix(api.resource(), prefix), registry.new_spool,
                     spool_threshold=config.regd.spoolthreshold, max_body_size=config.regd.maxbodysize,
-                    extra_headers=config.http.headers, access_log=not config.log.accesslog_disabled)
+                    extra_headers=config.http.headers, access_log=not config.log.accesslog_disabled,
+                    limits=connection_limits(config.regd.limits), timeout=config.regd.limits.idletimeout or None)
     tls = options["tls"]
     if tls is None:
         endpoint = serverFromString(reactor, listen_description(config.http.host_addr, config.http.port))
@@ -186,6 +187,18 @@ def makeService(options) -> service.MultiService:
             return d
         internet.TimerService(purging.interval, _run_logged, purge).setServiceParent(root)
     return root
+
+
+def connection_limits(limits):
+    """regd.limits as the HTTP layer's value, after raising the descriptor limit it relies on."""
+    from regd.http.limits import ConnectionLimits, raise_descriptor_limit
+    soft, hard = raise_descriptor_limit()
+    log.info("open-file limit {soft} (hard {hard}); at most {total} connections, {per} per client address",
+             soft=soft, hard=hard, total=limits.maxconnections or "unlimited",
+             per=limits.maxconnectionsperclient or "unlimited")
+    return ConnectionLimits(max_connections=limits.maxconnections, max_per_client=limits.maxconnectionsperclient,
+                            head_timeout=limits.headtimeout, body_timeout=limits.bodytimeout,
+                            min_body_rate=limits.minbodyrate)
 
 
 def add_notifications(root, registry, config, reactor, metrics=None, authorize_admin=None):

@@ -54,6 +54,8 @@ class HTTPMetrics:
             self.uploads.set_function(uploads.in_progress)
         self.storage_errors = Counter("regd_storage_errors", "Requests that failed on a storage error",
                                       ["route"], registry=registry)
+        if site is not None and hasattr(site, "connections"):
+            registry.register(_RefusalsCollector(site.connections))
 
     def storage_error(self, request) -> None:
         self.storage_errors.labels(route_of(request.uri or b"")).inc()
@@ -67,3 +69,19 @@ class HTTPMetrics:
             self.latency.labels(route, method).observe(time.monotonic() - started)
         self.bytes_in.labels(route).inc(getattr(request, "body_bytes", 0))
         self.bytes_out.labels(route).inc(request.sentLength or 0)
+
+
+class _RefusalsCollector:
+    """Connections refused or cut by regd.http.limits, by reason, read from the site's counter."""
+
+    def __init__(self, connections):
+        self.connections = connections
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+        refused = CounterMetricFamily("regd_connections_refused", "Connections refused (503) or cut (408)",
+                                      labels=["reason"])
+        for reason, count in sorted(self.connections.refusals.items()):
+            refused.add_metric([reason], count)
+        yield refused
+        yield GaugeMetricFamily("regd_connections_open", "Client connections held", value=self.connections.total)

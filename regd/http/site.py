@@ -20,6 +20,8 @@ from twisted.logger import Logger
 from twisted.protocols import policies
 from twisted.web import server
 
+from regd.http.limits import ConnectionCounter, ConnectionGuard, ConnectionLimits
+
 API_VERSION_HEADER = b"Docker-Distribution-API-Version"
 API_VERSION = b"registry/2.0"
 REQUEST_ID_HEADER = b"X-Request-Id"
@@ -48,6 +50,9 @@ class RegdRequest(server.Request):
             site.request_started(self)
 
     def gotLength(self, length):
+        guard = getattr(self.channel.transport, "head_received", None) if self.channel else None
+        if guard is not None:
+            guard(self, length is None or length > 0)
         if self.max_body_size and length is not None and length > self.max_body_size:
             self._refuse_too_large()
             return
@@ -82,6 +87,12 @@ class RegdRequest(server.Request):
                 + b"Connection: close\r\n" + API_VERSION_HEADER + b": " + API_VERSION + b"\r\n"
                 + b"Content-Length: %d\r\n\r\n" % len(body) + body)
             transport.loseConnection()
+
+    def requestReceived(self, command, path, version):
+        body_complete = getattr(self.channel.transport, "body_complete", None) if self.channel else None
+        if body_complete is not None:
+            body_complete()
+        super().requestReceived(command, path, version)
 
     def process(self):
         self.setHeader(REQUEST_ID_HEADER, self.request_id.encode("ascii"))
@@ -122,7 +133,8 @@ class RegdSite(server.Site):
     """
 
     def __init__(self, resource, spool_factory=None, *, spool_threshold: int = 65536,
-                 max_body_size: int = 0, extra_headers=None, access_log: bool = True, **kwargs):
+                 max_body_size: int = 0, extra_headers=None, access_log: bool = True,
+                 limits: ConnectionLimits = ConnectionLimits(), **kwargs):
         kwargs.setdefault("parsePOSTFormSubmission", False)
         kwargs.setdefault("logFormatter", access_log_line)
         super().__init__(resource, **kwargs)
@@ -134,6 +146,7 @@ class RegdSite(server.Site):
         self.in_flight = 0
         self._idle_waiters = []
         self.metrics = None  # an HTTPMetrics, when the debug address serves /metrics
+        self.connections = ConnectionCounter(limits, self.reactor)
 
         class _Request(RegdRequest):
             pass
@@ -166,9 +179,9 @@ class RegdSite(server.Site):
 
     def buildProtocol(self, addr):
         protocol = super().buildProtocol(addr)
-        if not self.plain_http:
-            return protocol
-        return _RefuseTLSOnPlainHTTP(self._wrapping, protocol)
+        if self.plain_http:
+            protocol = _RefuseTLSOnPlainHTTP(self._wrapping, protocol)
+        return ConnectionGuard(self._wrapping, protocol, self, getattr(addr, "host", str(addr)))
 
     def log(self, request):
         if self.metrics is not None:

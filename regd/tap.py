@@ -159,7 +159,7 @@ def makeService(options) -> service.MultiService:
     # Stopped newest first: the listener closes, then requests drain, then the rest.
     DrainService(site, config.http.draintimeout or DEFAULT_DRAIN, reactor).setServiceParent(root)
     ListenerService(endpoint, site, "http.addr", config.http.addr).setServiceParent(root)
-    health = add_health(root, registry, reactor, config.health, notifications)
+    health = add_health(root, registry, reactor, config.health, notifications, free_space_probe(config))
     api.health = health
     if config.http.debug_addr:
         from regd.http.metrics import HTTPMetrics
@@ -219,7 +219,22 @@ def add_notifications(root, registry, config, reactor, metrics=None, authorize_a
     return admin
 
 
-def add_health(root, registry, reactor, raw, notifications):
+def free_space_probe(config):
+    """A probe failing while the storage filesystem has less than regd.limits.freespace bytes free."""
+    threshold = config.regd.limits.freespace
+    if config.storage.driver != "filesystem" or threshold <= 0:
+        return None
+    import shutil
+    directory = config.storage.filesystem.rootdirectory
+
+    async def probe():
+        free = shutil.disk_usage(directory).free  # one statvfs: no thread hop needed
+        if free < threshold:
+            raise OSError(f"storage nearly full: {free} bytes free, under regd.limits.freespace ({threshold})")
+    return probe
+
+
+def add_health(root, registry, reactor, raw, notifications, free_space=None):
     """Storage health check (health.storagedriver) plus notification endpoint status."""
     from regd.health import Check, HealthService, storage_check_settings
     from regd.storage import paths
@@ -232,6 +247,8 @@ def add_health(root, registry, reactor, raw, notifications):
             if await registry.driver.get_content(paths.HEALTH) != stamp:
                 raise OSError("storage returned other bytes than were written")
         checks.append((Check("storagedriver_filesystem", storage_probe, threshold), interval))
+        if free_space is not None:
+            checks.append((Check("storage_free_space", free_space, 1), interval))
     extra = {}
     if notifications is not None:
         def endpoints():

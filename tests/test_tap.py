@@ -98,3 +98,18 @@ class TapTests(SynchronousTestCase):
             with capturedLogs() as events:
                 tap.makeService(options)
             self.assertEqual(len([e for e in events if "read-only mode" in e.get("log_format", "")]), expected)
+
+    def test_free_space_under_the_threshold_fails_the_probe(self):
+        from twisted.internet import defer
+
+        from regd.config import parse_config
+        root = os.path.abspath(self.mktemp())
+        os.makedirs(root)
+        for threshold, fails in [(1, False), (1 << 62, True)]:
+            config = parse_config(f"storage:\n  filesystem:\n    rootdirectory: {root}\n"
+                                  f"regd:\n  limits:\n    freespace: {threshold}\n", {}).config
+            d = defer.ensureDeferred(tap.free_space_probe(config)())
+            if fails:
+                self.assertIn("storage nearly full", str(self.failureResultOf(d, OSError).value))
+            else:
+                self.successResultOf(d)

@@ -4,6 +4,10 @@
 
     regd garbage-collect --config /etc/regd/regd.yml [--dry-run] [--delete-untagged] [--grace 1h]
     regd fsck --config /etc/regd/regd.yml [--repair]
+    regd serve [CONFIG]
+
+registry:2's spellings work too: the configuration file may be given as the
+last argument (`garbage-collect CONFIG`), and `serve CONFIG` runs the daemon.
 
 Garbage collection is safe while the daemon serves pushes (see regd.registry.gc).
 """
@@ -26,15 +30,27 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     gc = commands.add_parser("garbage-collect", help="delete blobs no manifest needs")
     gc.add_argument("--config", "-c", help="the daemon's configuration file")
+    gc.add_argument("config_file", nargs="?", metavar="CONFIG", help="the same, as registry:2 spells it")
     gc.add_argument("--dry-run", "-d", action="store_true", help="only list what would be deleted")
     gc.add_argument("--delete-untagged", "-m", action="store_true",
                     help="also delete manifests no tag reaches (index children and referrers are kept)")
     gc.add_argument("--grace", default="1h", help="keep anything used more recently than this (default 1h)")
     fsck = commands.add_parser("fsck", help="verify every blob's digest and every link's target")
     fsck.add_argument("--config", "-c", help="the daemon's configuration file")
+    fsck.add_argument("config_file", nargs="?", metavar="CONFIG", help="the same, as a positional argument")
     fsck.add_argument("--repair", action="store_true",
                       help="quarantine corrupt blobs (regd/quarantine) and remove dangling links")
+    serve = commands.add_parser("serve", help="run the daemon (twistd --nodaemon regd --config CONFIG)")
+    serve.add_argument("config_file", nargs="?", metavar="CONFIG", help="the daemon's configuration file")
     return parser
+
+
+def serve(config: str | None) -> int:
+    """Run the daemon in this process, exactly as the twistd command line would."""
+    from twisted.scripts.twistd import run
+    sys.argv = ["twistd", "--nodaemon", "--pidfile=", "regd"] + (["--config", config] if config else [])
+    run()
+    return 0
 
 
 async def _with_registry(reactor, options, work):
@@ -90,6 +106,13 @@ async def garbage_collect(reactor, options) -> int:
 
 def main(argv=None) -> int:
     options = _parser().parse_args(argv)
+    given = getattr(options, "config", None)
+    if given and options.config_file and given != options.config_file:
+        print("regd: give the configuration file once (--config or CONFIG)", file=sys.stderr)
+        return 2
+    options.config = given or options.config_file
+    if options.command == "serve":
+        return serve(options.config)
     try:
         if options.command == "garbage-collect":
             parse_duration(options.grace)

@@ -7,7 +7,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
-from regd.health import Check, HealthResource, HealthService, storage_check_settings
+from regd.daemon.health import Check, HealthResource, HealthService, storage_check_settings
 
 
 class HealthTests(SynchronousTestCase):

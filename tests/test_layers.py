@@ -1,4 +1,4 @@
-"""The import direction between layers: oci <- storage <- registry <- {http, notifications} <- tap."""
+"""The import direction between layers: oci <- storage <- registry <- {http, notifications} <- daemon.tap."""
 
 from __future__ import annotations
 
@@ -33,8 +33,11 @@ FORBIDDEN_EXTERNAL = {"oci": {"twisted", "klein", "treq", "werkzeug", "zope"}}
 
 
 def part_of(module_path: pathlib.Path) -> str:
-    relative = module_path.relative_to(PACKAGE)
-    return relative.parts[0].removesuffix(".py")
+    """The layer a module belongs to; regd/daemon/ holds several parts (tap, tls, health...), one per module."""
+    parts = [p.removesuffix(".py") for p in module_path.relative_to(PACKAGE).parts]
+    if parts[0] == "daemon" and len(parts) > 1:
+        return "daemon" if parts[1] == "__init__" else parts[1]
+    return parts[0]
 
 
 def violations(part: str, source: str) -> list[str]:
@@ -50,6 +53,8 @@ def violations(part: str, source: str) -> list[str]:
             top, _, rest = name.partition(".")
             if top == "regd":
                 target = rest.split(".")[0]
+                if target == "daemon":
+                    target = (rest.split(".") + ["daemon"])[1]
                 if target and part not in COMPOSERS and target not in ALLOWED.get(part, set()):
                     found.append(f"{part} imports regd.{rest}")
             elif top in FORBIDDEN_EXTERNAL.get(part, set()):

@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from regd.config import TLSConfig
-from regd.letsencrypt import (
+from regd.daemon.letsencrypt import (
     ACMEConfigError, CertificateManager, ChallengeResource, parse_settings, self_signed, split_cache,
 )
 from regd.storage.threads import inline_runner

@@ -9,7 +9,7 @@ import sys
 from twisted.application.internet import TimerService
 from twisted.trial.unittest import SynchronousTestCase
 
-from regd import tap
+from regd.daemon import tap
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 

@@ -15,7 +15,7 @@ from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from regd.config import TLSConfig
-from regd.tls import ReloadingServerContext, TLSConfigError, build_options
+from regd.daemon.tls import ReloadingServerContext, TLSConfigError, build_options
 from tests.support.certs import PKI
 from tests.support.server import RegistryServer
 

@@ -13,7 +13,7 @@ from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from regd.storage.threads import inline_runner
-from regd.tap import build_token_access
+from regd.daemon.tap import build_token_access
 from tests.http.test_htpasswd import write_htpasswd
 from tests.support.certs import token_signing_pair
 from tests.support.server import RegistryServer, errors_of, header

@@ -80,7 +80,7 @@ class ServiceTests(TestCase):
         receiver.fail_next = 1
         service = self.build([{"name": "ci", "url": receiver.listen(self), "maxretries": 1}])
         admin = NotificationAdmin(service)
-        from regd.tap import debug_resource
+        from regd.daemon.tap import debug_resource
         port = reactor.listenTCP(0, Site(debug_resource(admin.metrics, None, admin)), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         base = f"http://127.0.0.1:{port.getHost().port}"

@@ -4,7 +4,7 @@ from twisted.application.service import ServiceMaker
 
 regd = ServiceMaker(
     "regd",
-    "regd.tap",
+    "regd.daemon.tap",
     "A container image registry (Docker Registry HTTP API V2 / OCI Distribution 1.1).",
     "regd",
 )

@@ -226,7 +226,7 @@ class CertificateManager(service.Service):
         return d
 
     async def _check(self) -> None:
-        from regd.tls import options_from_pem
+        from regd.daemon.tls import options_from_pem
         cached = self._read_cache()
         if cached is not None and self.current is None:
             self.context.use(options_from_pem(self.tls_config, *cached))

@@ -16,9 +16,9 @@ from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
-from regd.authsetup import admin_authorizer, auth_settings, build_token_access
+from regd.daemon.authsetup import admin_authorizer, auth_settings, build_token_access
 from regd.config import ConfigError, load_config
-from regd.services import CertificateReloader, DrainService, ListenerService, RegdService, ThreadPoolService
+from regd.daemon.services import CertificateReloader, DrainService, ListenerService, RegdService, ThreadPoolService
 
 log = Logger()
 
@@ -35,16 +35,16 @@ class Options(usage.Options):
         from regd.notifications.settings import NotificationConfigError, parse_notifications
         from regd.http.htpasswd import HtpasswdError
         from regd.http.tokenauth import TokenConfigError
-        from regd.letsencrypt import ACMEConfigError
-        from regd.tls import TLSConfigError, ReloadingServerContext
+        from regd.daemon.letsencrypt import ACMEConfigError
+        from regd.daemon.tls import TLSConfigError, ReloadingServerContext
         try:
             self["loaded"] = loaded = load_config(self["config"], os.environ)
             parse_notifications(loaded.config.notifications, "")
             tls = loaded.config.http.tls
             self["acme"] = None
             if tls.letsencrypt:
-                from regd.letsencrypt import parse_settings, self_signed
-                from regd.tls import options_from_pem
+                from regd.daemon.letsencrypt import parse_settings, self_signed
+                from regd.daemon.tls import options_from_pem
                 if tls.certificate or tls.key:
                     raise TLSConfigError("http.tls: use either certificate/key or letsencrypt, not both")
                 self["acme"] = parse_settings(tls.letsencrypt)
@@ -236,7 +236,7 @@ def free_space_probe(config):
 
 def add_health(root, registry, reactor, raw, notifications, free_space=None):
     """Storage health check (health.storagedriver) plus notification endpoint status."""
-    from regd.health import Check, HealthService, storage_check_settings
+    from regd.daemon.health import Check, HealthService, storage_check_settings
     from regd.storage import paths
     enabled, interval, threshold = storage_check_settings(raw)
     checks = []
@@ -264,7 +264,7 @@ def debug_resource(metrics, health=None, notifications=None):
     """The debug address's tree: /metrics, /debug/health, /debug/notifications/..."""
     from twisted.web.resource import Resource
 
-    from regd.health import HealthResource
+    from regd.daemon.health import HealthResource
     from regd.metrics import MetricsResource
     root, debug = Resource(), Resource()
     root.putChild(b"metrics", MetricsResource(metrics))
@@ -292,7 +292,7 @@ def add_acme(root, settings, context, tls_config, reactor) -> None:
     from twisted.web.server import Site
 
     from regd.config import parse_addr
-    from regd.letsencrypt import CertificateManager, ChallengeResource
+    from regd.daemon.letsencrypt import CertificateManager, ChallengeResource
     responder = ChallengeResource()
     host, port = parse_addr(settings.httpaddr)
     endpoint = serverFromString(reactor, listen_description(host, port))

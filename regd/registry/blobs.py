@@ -50,13 +50,31 @@ class BlobService:
         self._listeners = listeners
         self._delete_enabled = delete_enabled
 
-    async def global_size(self, digest: Digest) -> int | None:
-        """Size of the blob in the global store, or None if it is absent."""
+    async def global_size(self, digest: Digest, reclaim: bool = True) -> int | None:
+        """
+        Size of the blob in the global store, or None if it is absent. A blob
+        a running garbage collection has condemned (moved aside, not yet
+        deleted) is taken back first unless C{reclaim} is false: whoever asks
+        needs it, and putting it back is always safe (see regd.registry.pending).
+        """
         try:
             info = await self._driver.stat(paths.blob_data(digest))
         except PathNotFound:
-            return None
+            if not reclaim or not await self.reclaim(digest):
+                return None
+            try:
+                info = await self._driver.stat(paths.blob_data(digest))
+            except PathNotFound:
+                return None
         return info.size
+
+    async def reclaim(self, digest: Digest) -> bool:
+        """Put a condemned blob back in the store; False if no collection holds it."""
+        try:
+            await self._driver.move(paths.condemned_blob(digest), paths.blob_data(digest))
+        except PathNotFound:
+            return False
+        return True
 
     async def is_linked(self, name: str, digest: Digest) -> bool:
         return await links.read_link(self._driver, paths.layer_link(name, digest)) == digest

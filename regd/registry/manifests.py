@@ -123,11 +123,22 @@ class ManifestService:
     async def load(self, digest: Digest) -> StoredManifest:
         cached = self._cache.get(digest)
         if cached is not None:
-            return cached
+            # Bytes never change under a digest, but another process (a
+            # separate garbage collection, another instance) may have removed
+            # them: memory is only trusted while storage still holds them.
+            if await self._blobs.global_size(digest) is not None:
+                return cached
+            self._cache.discard(digest)
+            raise ManifestUnknown(detail={"digest": str(digest)})
         try:
             body = await self._driver.get_content(paths.blob_data(digest))
         except PathNotFound:
-            raise ManifestUnknown(detail={"digest": str(digest)}) from None
+            if not await self._blobs.reclaim(digest):
+                raise ManifestUnknown(detail={"digest": str(digest)}) from None
+            try:
+                body = await self._driver.get_content(paths.blob_data(digest))
+            except PathNotFound:
+                raise ManifestUnknown(detail={"digest": str(digest)}) from None
         item = StoredManifest(digest, media_type_of(body), body)
         self._cache.put(item)
         return item

@@ -18,6 +18,9 @@ REPOSITORIES = f"{V2}/repositories"
 REGD = "regd"
 SPOOL = f"{REGD}/spool"
 HEALTH = f"{REGD}/health"  # written and read back by the storage health check
+GC = f"{REGD}/gc"
+PENDING = f"{GC}/pending"  # notes of operations about to link content (see regd.registry.pending)
+CONDEMNED = f"{GC}/condemned"  # blobs a collection moved aside before deleting them
 
 
 def _alg(digest: Digest) -> str:
@@ -109,3 +112,12 @@ def upload_started_at(name: str, upload_id: str) -> str:
 def upload_hash_state(name: str, upload_id: str) -> str:
     """regd's own running-hash state; registry:2 keeps Go states under hashstates/ and ignores this."""
     return f"{upload_dir(name, upload_id)}/regdhashstate"
+
+
+def pending_note(note_id: str) -> str:
+    return f"{PENDING}/{note_id}"
+
+
+def condemned_blob(digest: Digest) -> str:
+    """Where a garbage collection parks a blob's bytes before deciding for good."""
+    return f"{CONDEMNED}/{_alg(digest)}/{digest.hex}"

@@ -1,11 +1,13 @@
-# -*- test-case-name: tests.http.test_blobs -*-
+# -*- test-case-name: tests.http.test_zerocopy -*-
 """
 Streaming response bodies.
 
 Klein finishes a request as soon as a handler's result is written, so a
 handler that wants to stream returns this Resource instead: Klein renders it
 and stays out of the way, and we finish the request when the last byte went
-out. Backpressure comes from the storage reader's producer.
+out. On plain TCP, when storage hands out a file descriptor, the body goes
+with sendfile(2) (L{regd.http.zerocopy}); otherwise backpressure comes from
+the storage reader's producer (TLS, memory and S3 storage).
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
+from regd.http.zerocopy import SendfileProducer, plain_tcp_transport
+
 
 class StreamingBody(Resource):
     isLeaf = True
     log = Logger()
+    zero_copy = True
 
     def __init__(self, blob, offset: int, length: int):
         super().__init__()
@@ -28,7 +33,11 @@ class StreamingBody(Resource):
     def render(self, request):
         gone = []
         request.notifyFinish().addErrback(gone.append)
-        d = self._blob.stream_to(request, self._offset, self._length)
+        d = self._send_file(request) if self.zero_copy else None
+        if d is None:
+            d = self._blob.stream_to(request, self._offset, self._length)
+        else:
+            d.addBoth(self._closed)
 
         def done(_):
             if not gone and not request.finished:
@@ -41,3 +50,18 @@ class StreamingBody(Resource):
 
         d.addCallbacks(done, aborted)
         return NOT_DONE_YET
+
+    def _send_file(self, request):
+        send_with = getattr(self._blob, "send_with", None)
+        transport = plain_tcp_transport(request)
+        if send_with is None or transport is None or self._length <= 0:
+            return None
+
+        def sender(fd, offset, length):
+            return SendfileProducer(request, transport, fd, offset, length).start()
+
+        return send_with(sender, self._offset, self._length)
+
+    def _closed(self, result):
+        self._blob.close()
+        return result

@@ -40,6 +40,21 @@ class ServedBlob:
         d.addCallback(lambda _: self._on_complete())
         return d
 
+    def send_with(self, sender, offset: int, length: int):
+        """
+        Hand the reader's file descriptor to C{sender(fd, offset, length)}
+        (zero-copy sending, see L{regd.http.zerocopy}) and report the pull
+        once it fires. None if the storage reader has no descriptor (memory,
+        S3): the caller then streams with L{stream_to}.
+        """
+        fd_of = getattr(self._reader, "sendfile_fd", None)
+        fd = fd_of() if fd_of is not None else None
+        if fd is None:
+            return None
+        d = sender(fd, offset, length)
+        d.addCallback(lambda _: self._on_complete())
+        return d
+
     def close(self) -> None:
         self._reader.close()
 

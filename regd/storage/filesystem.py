@@ -153,6 +153,14 @@ class FileReader:
         consumer.registerProducer(producer, False)
         return producer.done
 
+    def sendfile_fd(self) -> int | None:
+        """
+        Optional IBlobReader capability: the open descriptor, for zero-copy
+        sending (os.sendfile). It stays valid, on the same inode, until
+        close(), whatever happens to the path meanwhile.
+        """
+        return None if self._file.closed else self._file.fileno()
+
     def read_all(self):
         def read():
             self._file.seek(0)

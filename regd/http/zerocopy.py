@@ -1,0 +1,152 @@
+# -*- test-case-name: tests.http.test_zerocopy -*-
+"""
+Zero-copy blob bodies: os.sendfile from the blob's descriptor to the socket.
+
+Only when the connection is plain TCP (no TLS layer anywhere in the chain of
+protocol wrappers): then the kernel can move page-cache pages to the socket
+and no byte of the layer passes through Python.
+
+How it fits Twisted: the response head goes out through the request as
+usual. Then, like twisted.web's own switch to HTTP/2, the HTTP channel is
+unregistered as the TCP transport's producer and a pull producer takes its
+place. The transport calls a pull producer's resumeProducing only once its
+own buffer is empty and the socket is writable, so each call sends what the
+socket accepts with one sendfile(2), then asks to be called when it is
+writable again (startWriting). When every byte is out, the channel is put
+back and the request finished. Memory per download is constant; the socket
+buffer is the only flow control needed.
+
+A blob cannot change under a download: the descriptor keeps its inode even
+if garbage collection unlinks or replaces the file. If the file gets shorter
+than promised (truncated in place), the connection is cut, so a client never
+takes a short or mixed body for a whole one.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from twisted.internet import defer, tcp
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IPullProducer
+from twisted.logger import Logger
+from twisted.protocols import policies
+from twisted.protocols.tls import TLSMemoryBIOProtocol
+from zope.interface import implementer
+
+log = Logger()
+
+# Upper bound for one sendfile(2) call; the socket buffer usually takes less.
+MAX_SEND = 16 * 1024 * 1024
+
+
+def plain_tcp_transport(request):
+    """The tcp.Connection under C{request} if no TLS wraps it, else None."""
+    channel = getattr(request, "channel", None)
+    transport = getattr(channel, "transport", None)
+    while isinstance(transport, policies.ProtocolWrapper):
+        if isinstance(transport, TLSMemoryBIOProtocol):
+            return None
+        transport = transport.transport
+    if not isinstance(transport, tcp.Connection) or getattr(transport, "TLS", False):
+        return None
+    if transport.disconnected or transport.disconnecting or transport.producer is None:
+        return None
+    return transport
+
+
+@implementer(IPullProducer)
+class SendfileProducer:
+    """
+    Sends C{length} bytes from C{fd} at C{offset} as the body of C{request}
+    (whose headers must already be set). C{done} fires with None once every
+    byte was handed to the kernel, or fails if the client went away or the
+    file was cut short (the connection is then aborted).
+    """
+
+    def __init__(self, request, transport, fd: int, offset: int, length: int):
+        self._request = request
+        self._transport = transport
+        self._fd = fd
+        self._offset = offset
+        self._remaining = length
+        self._socket = transport.fileno()
+        self._saved = None
+        self._primed = False
+        self.done = defer.Deferred()
+
+    def start(self):
+        request, transport = self._request, self._transport
+        request.write(b"")  # the response head, into the transport's buffer
+        if transport.disconnected or getattr(request, "_disconnected", False):
+            self._fail(ConnectionDone("client went away before the body"))
+            return self.done
+        self._saved = (transport.producer, transport.streamingProducer)
+        transport.unregisterProducer()
+        # registerProducer calls resumeProducing at once, with the head still
+        # buffered; the transport calls it again once the head is on the wire.
+        transport.registerProducer(self, False)
+        self._primed = True
+        return self.done
+
+    def resumeProducing(self):
+        if self.done.called:
+            return
+        if not self._primed:
+            self._transport.startWriting()
+            return
+        if self._remaining <= 0:
+            self._finish()
+            return
+        try:
+            sent = os.sendfile(self._socket, self._fd, self._offset, min(self._remaining, MAX_SEND))
+        except (BlockingIOError, InterruptedError):
+            self._transport.startWriting()
+            return
+        except OSError as e:
+            self._abort(ConnectionLost(f"sendfile: {os.strerror(e.errno or errno.EIO)}"))
+            return
+        if sent == 0:
+            self._abort(IOError("blob shorter than its stated size"))
+            return
+        self._offset += sent
+        self._remaining -= sent
+        self._request.sentLength += sent
+        if self._remaining <= 0:
+            self._finish()
+        else:
+            self._transport.startWriting()
+
+    def stopProducing(self):
+        """The transport lost its connection (client hang-up)."""
+        self._fail(ConnectionDone("client went away mid-body"))
+
+    def _restore(self):
+        transport, saved = self._transport, self._saved
+        self._saved = None
+        if saved is None or transport.producer is not self:
+            return
+        transport.unregisterProducer()
+        producer, streaming = saved
+        if producer is not None and not transport.disconnected:
+            transport.registerProducer(producer, streaming)
+            # Nothing is buffered any more: a channel that was waiting for
+            # the transport may go on.
+            if getattr(producer, "_waitingForTransport", False):
+                producer.resumeProducing()
+
+    def _finish(self):
+        self._restore()
+        if not self.done.called:
+            self.done.callback(None)
+
+    def _abort(self, why: Exception):
+        log.info("zero-copy download cut: {why}", why=why)
+        self._restore()
+        self._fail(why)
+        self._transport.abortConnection()
+
+    def _fail(self, why: Exception):
+        if not self.done.called:
+            self.done.errback(why)

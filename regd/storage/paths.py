@@ -21,6 +21,8 @@ HEALTH = f"{REGD}/health"  # written and read back by the storage health check
 GC = f"{REGD}/gc"
 PENDING = f"{GC}/pending"  # notes of operations about to link content (see regd.registry.pending)
 CONDEMNED = f"{GC}/condemned"  # blobs a collection moved aside before deleting them
+INDEX = f"{REGD}/index"
+INDEX_CHANGES = f"{INDEX}/changes"  # change markers other instances refresh their index from
 
 
 def _alg(digest: Digest) -> str:
@@ -121,3 +123,16 @@ def pending_note(note_id: str) -> str:
 def condemned_blob(digest: Digest) -> str:
     """Where a garbage collection parks a blob's bytes before deciding for good."""
     return f"{CONDEMNED}/{_alg(digest)}/{digest.hex}"
+
+
+def index_description(name: str) -> str:
+    """An admin-set repository description (the file name cannot clash with a nested name: no '_' start)."""
+    return f"{INDEX}/descriptions/{name}/_description"
+
+
+def index_change_bucket(bucket: str) -> str:
+    return f"{INDEX_CHANGES}/{bucket}"
+
+
+def index_change(bucket: str, marker: str) -> str:
+    return f"{INDEX_CHANGES}/{bucket}/{marker}"

@@ -9,7 +9,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11",
     packages=find_packages(exclude=["tests", "tests.*", "bench", "bench.*"]) + ["twisted.plugins"],
-    package_data={"twisted": ["plugins/regd_plugin.py"]},
+    package_data={"twisted": ["plugins/regd_plugin.py"], "regd": ["web/templates/*.html", "web/static/*"]},
     install_requires=[
         "twisted>=24.7.0",
         "klein>=23.12.0",
@@ -25,7 +25,8 @@ setup(
         "pyjwt[crypto]>=2.8",
         "acme>=2.0",
         "rehashes>=0.3.0",
+        "jinja2>=3.1",
     ],
-    extras_require={"test": ["pytest>=8.0", "hypothesis>=6.100"]},
+    extras_require={"test": ["pytest>=8.0", "hypothesis>=6.100", "selenium>=4.20"]},
     entry_points={"console_scripts": ["regd = regd.cli:main"]},
 )

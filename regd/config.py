@@ -222,6 +222,24 @@ class RegdConfig:
 
 
 @attrs.frozen
+class UIPageSizes:
+    repositories: int = 50
+    organizations: int = 50
+    tags: int = 50
+    search: int = 25
+
+
+@attrs.frozen
+class UIConfig:
+    """The web UI under /ui/ (regd.web)."""
+    enabled: bool = True
+    title: str = "regd"
+    pulladdress: str = ""  # host[:port] shown in pull commands; empty: the address the browser used
+    sessionmaxage: float = 12 * 3600.0
+    pagesize: UIPageSizes = UIPageSizes()
+
+
+@attrs.frozen
 class Config:
     version: str = "0.1"
     log: LogConfig = LogConfig()
@@ -234,6 +252,7 @@ class Config:
     auth: dict = attrs.field(factory=dict)
     health: dict = attrs.field(factory=dict)
     search: Switch = Switch(True)
+    ui: UIConfig = UIConfig()
 
 
 @attrs.frozen
@@ -274,7 +293,12 @@ SCHEMA: dict[str, Any] = {
     "notifications": RAW, "auth": RAW, "health": RAW, "redis": RAW, "proxy": RAW, "middleware": RAW,
     "reporting": IGNORED, "compatibility": IGNORED, "catalog": IGNORED,
     "search": {"enabled": _bool},
+    "ui": {"enabled": _bool, "title": _str, "pulladdress": _str, "session": {"maxage": parse_duration},
+           "pagesize": {"repositories": _int(1), "organizations": _int(1), "tags": _int(1), "search": _int(1)}},
 }
+
+MAX_UI_PAGE_SIZE = 100  # the index's largest page
+_PULL_ADDRESS = re.compile(r"^[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[a-z0-9._/-]*)?$|^\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?$")
 
 _DRIVERS_AVAILABLE = ("filesystem", "inmemory")
 
@@ -420,7 +444,9 @@ def _build(v: dict, default_root: str) -> Config:
     if purging.get("age", 1.0) <= 0 or purging.get("interval", 1.0) <= 0:
         raise ConfigError("storage.maintenance.uploadpurging: age and interval must be positive")
 
+    ui = _ui_config(v.get("ui", {}))
     return Config(
+        ui=ui,
         version=v.get("version", "0.1"),
         log=LogConfig(level=log.get("level", "info"), formatter=log.get("formatter", "text"),
                       fields=log.get("fields", {}),
@@ -455,6 +481,21 @@ def _build(v: dict, default_root: str) -> Config:
         health=_plain(v.get("health")),
         search=Switch(v.get("search", {}).get("enabled", True)),
     )
+
+
+def _ui_config(ui: dict) -> UIConfig:
+    sizes = ui.get("pagesize", {})
+    for key, size in sizes.items():
+        if size > MAX_UI_PAGE_SIZE:
+            raise ConfigError(f"ui.pagesize.{key}: at most {MAX_UI_PAGE_SIZE}, got {size}")
+    address = ui.get("pulladdress", "").strip()
+    if address and not _PULL_ADDRESS.match(address):
+        raise ConfigError(f"ui.pulladdress: expected host[:port] (e.g. registry.example.com:5000), got {address!r}")
+    maxage = ui.get("session", {}).get("maxage", 12 * 3600.0)
+    if maxage <= 0:
+        raise ConfigError("ui.session.maxage: must be positive")
+    return UIConfig(enabled=ui.get("enabled", True), title=ui.get("title", "regd") or "regd",
+                    pulladdress=address, sessionmaxage=maxage, pagesize=UIPageSizes(**sizes))
 
 
 def _plain(value: Any) -> dict:

@@ -17,6 +17,7 @@ ALLOWED = {
     "http": {"oci", "registry", "http", "index"},
     "notifications": {"oci", "registry", "notifications", "units"},
     "index": {"oci", "storage", "registry", "index"},
+    "web": {"oci", "registry", "http", "index", "web"},
     "config": {"oci", "units"},
     "logging": set(),
     "services": set(),

@@ -142,7 +142,10 @@ def makeService(options) -> service.MultiService:
     notifications = add_notifications(root, registry, config, reactor, metrics, authorize_admin)
     api = RegistryAPI(registry, urls, access, issuer)
     api.search_enabled = config.search.enabled
-    site = RegdSite(mount_at_prefix(api.resource(), prefix), registry.new_spool,
+    resource = api.resource()
+    if config.ui.enabled:
+        resource = add_web_ui(resource, registry, access, issuer, config, reactor, urls)
+    site = RegdSite(mount_at_prefix(resource, prefix), registry.new_spool,
                     spool_threshold=config.regd.spoolthreshold, max_body_size=config.regd.maxbodysize,
                     extra_headers=config.http.headers, access_log=not config.log.accesslog_disabled,
                     limits=connection_limits(config.regd.limits), timeout=config.regd.limits.idletimeout or None)
@@ -187,6 +190,25 @@ def makeService(options) -> service.MultiService:
             return d
         internet.TimerService(purging.interval, _run_logged, purge).setServiceParent(root)
     return root
+
+
+def add_web_ui(api_resource, registry, access, issuer, config, reactor, urls):
+    """The web pages under /ui/ (regd.web), in front of the API; needs the repository index."""
+    import hashlib
+
+    from regd.web.access import web_access
+    from regd.web.app import WebUI
+    from regd.web.mount import UIMount
+    index = getattr(registry, "index", None)
+    if index is None:
+        log.warn("ui.enabled is set but there is no repository index: the web UI is off")
+        return api_resource
+    # http.secret (shared by every instance) signs sessions; without it a secret kept in storage does.
+    secret = hashlib.sha256(b"regd-ui:" + config.http.secret.encode("utf-8")).digest() if config.http.secret else None
+    prefix = config.http.prefix.rstrip("/")
+    ui = WebUI(registry, web_access(access, issuer), index, reactor, settings=config.ui, prefix=prefix,
+               secret=secret, urls=urls)
+    return UIMount(api_resource, ui.resource(), prefix + "/ui/")
 
 
 def connection_limits(limits):

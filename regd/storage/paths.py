@@ -23,6 +23,7 @@ PENDING = f"{GC}/pending"  # notes of operations about to link content (see regd
 CONDEMNED = f"{GC}/condemned"  # blobs a collection moved aside before deleting them
 INDEX = f"{REGD}/index"
 INDEX_CHANGES = f"{INDEX}/changes"  # change markers other instances refresh their index from
+SESSION_SECRET = f"{REGD}/ui/sessionsecret"  # shared by every instance when http.secret is unset
 
 
 def _alg(digest: Digest) -> str:

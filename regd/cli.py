@@ -101,7 +101,25 @@ async def garbage_collect(reactor, options) -> int:
         print(f"{verb} blob {digest}")
     print(f"{len(report.marked)} blobs marked, {len(report.blobs_deleted)} blobs {verb} "
           f"({report.bytes_freed} bytes), {len(report.manifests_deleted)} manifests {verb}")
+    kept = grace_summary(report, options.grace)
+    if kept:
+        print(kept)
+    if report.blobs_rescued or report.manifests_rescued:
+        print(f"{len(report.blobs_rescued)} blobs and {len(report.manifests_rescued)} manifests were kept "
+              f"because pushes in progress needed them")
     return 0
+
+
+def grace_summary(report, grace: str) -> str:
+    """Why a collection may reclaim less than expected, and how to reclaim the rest now."""
+    blobs, manifests = len(report.blobs_kept_by_grace), len(report.manifests_kept_by_grace)
+    if not (blobs or manifests):
+        return ""
+    what = f"{blobs} unreferenced blobs ({report.bytes_kept_by_grace} bytes)"
+    if manifests:
+        what += f" and {manifests} untagged manifests"
+    return (f"{what} kept: used within the grace period ({grace}); to reclaim them now, run again with "
+            f"--grace 0s (safe while pushes go on)")
 
 
 def main(argv=None) -> int:

@@ -176,9 +176,12 @@ def makeService(options) -> service.MultiService:
 
         async def collect():
             report = await collector.run()
-            log.info("garbage collection: {blobs} blobs ({bytes} bytes) and {manifests} manifests deleted",
+            log.info("garbage collection: {blobs} blobs ({bytes} bytes) and {manifests} manifests deleted; "
+                     "{kept} unreferenced blobs ({kept_bytes} bytes) kept by the grace period, "
+                     "{rescued} put back for pushes in progress",
                      blobs=len(report.blobs_deleted), bytes=report.bytes_freed,
-                     manifests=len(report.manifests_deleted))
+                     manifests=len(report.manifests_deleted), kept=len(report.blobs_kept_by_grace),
+                     kept_bytes=report.bytes_kept_by_grace, rescued=len(report.blobs_rescued))
 
         timer = internet.TimerService(gc.interval, _run_logged, collect)
         timer.setServiceParent(root)

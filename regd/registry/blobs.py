@@ -13,6 +13,7 @@ from regd.oci.errors import BlobUnknown, Unsupported
 from regd.registry import links
 from regd.registry.context import RequestContext
 from regd.registry.listener import BLOB, DELETE, MOUNT, PULL, ListenerSet, RegistryEvent
+from regd.registry.pending import PendingReferences
 from regd.storage import paths
 from regd.storage.interfaces import PathNotFound
 
@@ -60,8 +61,9 @@ class ServedBlob:
 
 
 class BlobService:
-    def __init__(self, driver, listeners: ListenerSet, delete_enabled: bool):
+    def __init__(self, driver, listeners: ListenerSet, delete_enabled: bool, pending: PendingReferences):
         self._driver = driver
+        self.pending = pending
         self._listeners = listeners
         self._delete_enabled = delete_enabled
 
@@ -134,11 +136,12 @@ class BlobService:
         Returns None when the source does not have it (the caller then starts
         an ordinary upload, as the spec asks).
         """
-        try:
-            info = await self.stat(source, digest)
-        except BlobUnknown:
-            return None
-        await self.link(name, digest)
+        async with self.pending.holding(name, [digest]):
+            try:
+                info = await self.stat(source, digest)
+            except BlobUnknown:
+                return None
+            await self.link(name, digest)
         await self._listeners.emit(RegistryEvent(
             MOUNT, BLOB, name, context, digest=digest, size=info.size,
             media_type="application/octet-stream", from_repository=source))

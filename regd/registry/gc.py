@@ -2,13 +2,24 @@
 """
 Garbage collection that needs no downtime: mark every blob a manifest or
 index (and their children and referrers) needs, then sweep unmarked blobs
-older than the grace period.
+not used within the grace period.
 
-Pushes go on meanwhile: a blob uploaded, mounted, or referenced by a
-manifest PUT has its modified time refreshed, and every blob is stat'ed
-again just before it is removed, so only blobs nobody touched within the
-grace period go. With `delete_untagged`, manifests no tag reaches (directly,
-as an index child, or as a referrer of a kept manifest) are unlinked first.
+Pushes go on meanwhile, in this process or any other sharing the storage,
+and whatever the grace (0s included) nothing they acknowledge loses a byte.
+Two things protect them (see regd.registry.pending for the protocol):
+
+- a writer announces what it is about to link in a storage-visible note
+  before checking it exists, and withdraws the note once its links are
+  written;
+- the collector never deletes in one step: it first moves an unmarked blob
+  aside (condemns it), then reads the notes and the links again, and puts
+  back whatever is now named by either. Only then are condemned bytes deleted.
+
+The grace period only decides about content nothing references yet: a layer
+uploaded a moment ago whose manifest has not arrived, or (with
+C{delete_untagged}) a manifest no tag reaches. At grace 0 such a push fails
+with BLOB_UNKNOWN / MANIFEST_BLOB_UNKNOWN and the client retries; it is never
+acknowledged half-stored.
 """
 
 from __future__ import annotations
@@ -20,7 +31,6 @@ from regd.oci import mediatypes
 from regd.oci.digest import Digest
 from regd.oci.errors import RegistryError
 from regd.registry import links
-from regd.registry.context import SYSTEM as _GC_CONTEXT
 from regd.storage import paths
 from regd.storage.interfaces import PathNotFound
 
@@ -33,6 +43,13 @@ class Report:
     blobs_deleted: list = attrs.field(factory=list)
     manifests_deleted: list = attrs.field(factory=list)  # (repository, digest)
     bytes_freed: int = 0
+    # Unreferenced, but used within the grace period: a later run (or --grace 0s) takes them.
+    blobs_kept_by_grace: list = attrs.field(factory=list)
+    bytes_kept_by_grace: int = 0
+    manifests_kept_by_grace: list = attrs.field(factory=list)  # (repository, digest)
+    # Condemned, then found in use by a push that went on meanwhile, and put back.
+    blobs_rescued: list = attrs.field(factory=list)
+    manifests_rescued: list = attrs.field(factory=list)
 
 
 class GarbageCollector:
@@ -40,56 +57,78 @@ class GarbageCollector:
                  dry_run: bool = False):
         self._registry = registry
         self._driver = registry.driver
+        self._pending = registry.pending
         self._clock = clock
         self.grace = grace
         self.delete_untagged = delete_untagged
         self.dry_run = dry_run
+        self._children: dict = {}  # (repository, manifest) -> manifests it leads to, for this run
+        self._unlinked_in_dry_run: set = set()  # what a real run would have unlinked
 
     async def run(self) -> Report:
         report = Report()
-        for name in await self._registry.listing.repositories():
-            await self._mark_repository(name, report)
-        await self._sweep(report)
+        self._children = {}
+        self._unlinked_in_dry_run = set()
+        if not self.dry_run:
+            await self._recover_condemned()
+            await self._pending.expire()
+        if self.delete_untagged:
+            for name in await self._registry.listing.repositories():
+                await self._unlink_untagged(name, report)
+        traversed: set = set()
+        await self._mark(report.marked, traversed)
+        await self._sweep(report, traversed)
         return report
 
     # -- mark ------------------------------------------------------------
 
-    async def _mark_repository(self, name: str, report: Report) -> None:
-        revisions = await links.linked_digests(self._driver, paths.revisions(name))
-        if not self.delete_untagged:
-            roots = revisions
-        else:
-            roots = []
-            for tag in await links.list_or_empty(self._driver, paths.tags(name)):
-                digest = await links.read_link(self._driver, paths.tag_current_link(name, tag))
-                if digest is not None:
-                    roots.append(digest)
-        kept: set[Digest] = set()
+    async def _mark(self, marked: set, traversed: set) -> None:
+        """
+        Add to C{marked} everything the links now in storage need: every
+        revision and tag, their children and referrers. C{traversed} holds the
+        (repository, manifest) pairs already followed, so marking again after
+        a change only reads what is new.
+        """
+        for name in await self._registry.listing.repositories():
+            roots = [d for d in await links.linked_digests(self._driver, paths.revisions(name))
+                     if (name, d) not in self._unlinked_in_dry_run]
+            roots += await self._tagged(name)
+            await self._closure(name, roots, marked, traversed)
+
+    async def _tagged(self, name: str) -> list[Digest]:
+        found = []
+        for tag in await links.list_or_empty(self._driver, paths.tags(name)):
+            digest = await links.read_link(self._driver, paths.tag_current_link(name, tag))
+            if digest is not None:
+                found.append(digest)
+        return found
+
+    async def _closure(self, name: str, roots, marked: set, traversed: set) -> set[Digest]:
+        """Manifests reachable from C{roots} in C{name}; their blobs go into C{marked}."""
+        reached: set[Digest] = set()
         pending = list(roots)
         while pending:
             digest = pending.pop()
-            if digest in kept:
+            if digest in reached:
                 continue
-            kept.add(digest)
-            report.marked.add(digest)
+            reached.add(digest)
+            marked.add(digest)
+            if (name, digest) in traversed:
+                # Followed before: its children are marked, but the manifests among them must be reached too.
+                pending.extend(self._children.get((name, digest), ()))
+                continue
+            traversed.add((name, digest))
             parsed = await self._parse(digest)
-            if parsed is None:
-                continue
-            for descriptor in parsed.blobs:
-                report.marked.add(descriptor.digest)
-            pending.extend(d.digest for d in parsed.manifests)
+            children = []
+            if parsed is not None:
+                for descriptor in parsed.blobs:
+                    marked.add(descriptor.digest)
+                children.extend(d.digest for d in parsed.manifests)
             # Artifacts (signatures, SBOMs) attached to a kept manifest stay with it.
-            pending.extend(await links.linked_digests(self._driver, paths.referrers(name, digest)))
-        for digest in revisions:
-            if digest not in kept and await self._older_than_grace(paths.revision_link(name, digest)):
-                report.manifests_deleted.append((name, str(digest)))
-                if not self.dry_run:
-                    await self._registry.manifests.delete(name, str(digest), _GC_CONTEXT, force=True)
-            elif digest not in kept:
-                report.marked.add(digest)  # too young to judge: keep it and what it needs
-                parsed = await self._parse(digest)
-                for descriptor in (parsed.blobs + parsed.manifests) if parsed else ():
-                    report.marked.add(descriptor.digest)
+            children.extend(await links.linked_digests(self._driver, paths.referrers(name, digest)))
+            self._children[(name, digest)] = children
+            pending.extend(children)
+        return reached
 
     async def _parse(self, digest: Digest):
         try:
@@ -98,29 +137,127 @@ class GarbageCollector:
         except (RegistryError, ValueError):
             return None
 
-    async def _older_than_grace(self, path: str) -> bool:
+    async def _age(self, path: str) -> float | None:
         try:
             info = await self._driver.stat(path)
         except PathNotFound:
-            return False
-        return self._clock.seconds() - info.modified >= self.grace
+            return None
+        return self._clock.seconds() - info.modified
+
+    # -- untagged manifests ----------------------------------------------
+
+    async def _tag_reach(self, name: str) -> set[Digest]:
+        """Manifests of C{name} a tag reaches, or a push now in progress names."""
+        reach = await self._closure(name, await self._tagged(name), set(), set())
+        for repository, digests in await self._pending.read():
+            if repository == name:
+                reach |= digests
+        return reach
+
+    async def _unlink_untagged(self, name: str, report: Report) -> None:
+        """
+        Unlink the revisions no tag reaches. Unlinked first, then checked
+        again (a tag pushed meanwhile, or a push in progress naming it, puts
+        the link back), so a concurrent push never loses its manifest.
+        """
+        revisions = await links.linked_digests(self._driver, paths.revisions(name))
+        if not revisions:
+            return
+        reach = await self._tag_reach(name)
+        doomed = []
+        for digest in revisions:
+            if digest in reach:
+                continue
+            age = await self._age(paths.revision_link(name, digest))
+            if age is None:
+                continue
+            if age < self.grace:
+                report.manifests_kept_by_grace.append((name, str(digest)))
+                continue
+            doomed.append(digest)
+        if self.dry_run:
+            report.manifests_deleted.extend((name, str(d)) for d in doomed)
+            self._unlinked_in_dry_run.update((name, d) for d in doomed)
+            return
+        subjects = {}
+        for digest in doomed:
+            parsed = await self._parse(digest)
+            subjects[digest] = parsed.subject.digest if parsed is not None and parsed.subject is not None else None
+            await links.delete_if_present(self._driver, paths.revision_dir(name, digest))
+            if subjects[digest] is not None:
+                await links.delete_if_present(self._driver, paths.referrer_dir(name, subjects[digest], digest))
+        reach = await self._tag_reach(name)
+        for digest in doomed:
+            if digest in reach:
+                await links.write_link(self._driver, paths.revision_link(name, digest), digest)
+                if subjects[digest] is not None:
+                    await links.write_link(self._driver, paths.referrer_link(name, subjects[digest], digest),
+                                           digest)
+                report.manifests_rescued.append((name, str(digest)))
+            else:
+                report.manifests_deleted.append((name, str(digest)))
 
     # -- sweep -----------------------------------------------------------
 
-    async def _sweep(self, report: Report) -> None:
+    async def _sweep(self, report: Report, traversed: set) -> None:
+        candidates: dict[Digest, int] = {}
         for digest in await links.stored_blobs(self._driver):
             if digest in report.marked:
                 continue
-            data = paths.blob_data(digest)
-            # Checked again now, just before deleting: a push may have touched it meanwhile.
-            if not await self._older_than_grace(data):
-                continue
             try:
-                size = (await self._driver.stat(data)).size
+                info = await self._driver.stat(paths.blob_data(digest))
             except PathNotFound:
                 continue
+            if self._clock.seconds() - info.modified < self.grace:
+                report.blobs_kept_by_grace.append(str(digest))
+                report.bytes_kept_by_grace += info.size
+                continue
+            candidates[digest] = info.size
+        if self.dry_run:
+            report.blobs_deleted.extend(str(d) for d in candidates)
+            report.bytes_freed += sum(candidates.values())
+            return
+        # Whatever pushes named since the first mark: not even condemned.
+        for digest in await self._in_use(report.marked, traversed):
+            candidates.pop(digest, None)
+        condemned = []
+        for digest in candidates:
+            try:
+                await self._driver.move(paths.blob_data(digest), paths.condemned_blob(digest))
+            except PathNotFound:
+                continue
+            condemned.append(digest)
+        # Condemned first, checked second: a push that looked before the move
+        # has announced itself or linked by now (regd.registry.pending).
+        in_use = await self._in_use(report.marked, traversed)
+        for digest in condemned:
+            if digest in in_use:
+                await self._registry.blobs.reclaim(digest)
+                report.blobs_rescued.append(str(digest))
+                continue
+            if not await links.delete_if_present(self._driver, paths.condemned_blob(digest)):
+                continue  # taken back by a push that needed it
+            self._registry.manifests.forget(digest)
             report.blobs_deleted.append(str(digest))
-            report.bytes_freed += size
-            if not self.dry_run:
-                await links.delete_if_present(self._driver, paths.blob_dir(digest))
-                self._registry.manifests.forget(digest)
+            report.bytes_freed += candidates[digest]
+
+    async def _in_use(self, marked: set, traversed: set) -> set[Digest]:
+        """Everything marked now: the first mark, plus what links and pending pushes name since."""
+        await self._mark(marked, traversed)
+        return marked | await self._pending.all_digests()
+
+    # -- recovery --------------------------------------------------------
+
+    async def _recover_condemned(self) -> None:
+        """
+        Blobs a collection condemned and did not get to judge (it died, or
+        runs elsewhere right now): put them all back. Always safe; this run
+        judges them again.
+        """
+        for alg in await links.list_or_empty(self._driver, paths.CONDEMNED):
+            for hex_ in await links.list_or_empty(self._driver, f"{paths.CONDEMNED}/{alg}"):
+                try:
+                    digest = Digest.parse(f"{alg}:{hex_}")
+                except RegistryError:
+                    continue
+                await self._registry.blobs.reclaim(digest)

@@ -170,18 +170,21 @@ class ManifestService:
         else:
             tag = reference
             digest = Digest.of(body)
-        if self._validate:
-            await self._check_references(name, parsed)
-
-        blob_path = paths.blob_data(digest)
-        if not await links.exists(self._driver, blob_path):
-            await self._driver.put_content(blob_path, body)
-        await links.write_link(self._driver, paths.revision_link(name, digest), digest)
-        if parsed.subject is not None:
-            await links.write_link(self._driver, paths.referrer_link(name, parsed.subject.digest, digest), digest)
-        if tag is not None:
-            await links.write_link(self._driver, paths.tag_index_link(name, tag, digest), digest)
-            await links.write_link(self._driver, paths.tag_current_link(name, tag), digest)
+        referenced = [digest] + [d.digest for d in parsed.blobs + parsed.manifests]
+        # Announced before anything is checked, withdrawn once linked: a
+        # collection running anywhere keeps all of it (regd.registry.pending).
+        async with self._blobs.pending.holding(name, referenced):
+            if self._validate:
+                await self._check_references(name, parsed)
+            if await self._blobs.global_size(digest) is None:
+                await self._driver.put_content(paths.blob_data(digest), body)
+            await links.write_link(self._driver, paths.revision_link(name, digest), digest)
+            if parsed.subject is not None:
+                await links.write_link(self._driver, paths.referrer_link(name, parsed.subject.digest, digest),
+                                       digest)
+            if tag is not None:
+                await links.write_link(self._driver, paths.tag_index_link(name, tag, digest), digest)
+                await links.write_link(self._driver, paths.tag_current_link(name, tag), digest)
         self._cache.put(StoredManifest(digest, parsed.media_type, body, parsed))
         references = tuple(d.digest for d in parsed.blobs + parsed.manifests)
         await self._listeners.emit(RegistryEvent(
@@ -202,7 +205,8 @@ class ManifestService:
                     await self._blobs.global_size(descriptor.digest) is None:
                 missing.append(descriptor)
         for descriptor in parsed.manifests:
-            if await links.read_link(self._driver, paths.revision_link(name, descriptor.digest)) != descriptor.digest:
+            if await links.read_link(self._driver, paths.revision_link(name, descriptor.digest)) != descriptor.digest \
+                    or await self._blobs.global_size(descriptor.digest) is None:
                 missing.append(descriptor)
         if missing:
             raise ManifestBlobUnknown(detail={"digest": str(missing[0].digest),

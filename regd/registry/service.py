@@ -14,6 +14,7 @@ from regd.registry.listener import ListenerSet
 from regd.registry.listing import ListingService
 from regd.registry.search import SearchService
 from regd.registry.manifests import ManifestService, UrlPolicy
+from regd.registry.pending import PendingReferences
 from regd.registry.uploads import UploadService
 from regd.storage import paths
 
@@ -26,7 +27,8 @@ class Registry:
         self.readonly = readonly
         self.delete_enabled = delete_enabled
         self.listeners = ListenerSet(listeners)
-        self.blobs = BlobService(driver, self.listeners, delete_enabled)
+        self.pending = PendingReferences(driver, clock)
+        self.blobs = BlobService(driver, self.listeners, delete_enabled, self.pending)
         self.uploads = UploadService(driver, self.blobs, self.listeners, clock)
         self.manifests = ManifestService(driver, self.blobs, self.listeners, delete_enabled=delete_enabled,
                                          url_policy=url_policy, validate=validate_manifests)

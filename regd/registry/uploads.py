@@ -235,9 +235,10 @@ class UploadService:
             if actual != digest.hex:
                 raise DigestInvalid(detail={"expected": str(digest), "received": f"{digest.algorithm}:{actual}"})
             size = session.size
-            if await self._blobs.global_size(digest) is None:
-                await self._driver.move(data_path, paths.blob_data(digest))
-            await self._blobs.link(name, digest)
+            async with self._blobs.pending.holding(name, [digest]):
+                if await self._blobs.global_size(digest) is None:
+                    await self._driver.move(data_path, paths.blob_data(digest))
+                await self._blobs.link(name, digest)
             await links.delete_if_present(self._driver, paths.upload_dir(name, upload_id))
             self._sessions.pop((name, upload_id), None)
         finally:
@@ -269,11 +270,12 @@ class UploadService:
             spool.close()
             raise DigestInvalid(detail={"expected": str(digest), "received": f"{CANONICAL}:{received}"})
         size = spool.size
-        if await self._blobs.global_size(digest) is None:
-            await self._driver.publish_spool(spool, paths.blob_data(digest))
-        else:
-            spool.close()
-        await self._blobs.link(name, digest)
+        async with self._blobs.pending.holding(name, [digest]):
+            if await self._blobs.global_size(digest) is None:
+                await self._driver.publish_spool(spool, paths.blob_data(digest))
+            else:
+                spool.close()
+            await self._blobs.link(name, digest)
         await self._listeners.emit(RegistryEvent(
             PUSH, BLOB, name, context, digest=digest, size=size, media_type="application/octet-stream"))
         return BlobInfo(digest, size)

@@ -92,8 +92,12 @@ def referrers(name: str, subject: Digest) -> str:
     return f"{manifests(name)}/referrers/{_alg(subject)}/{subject.hex}"
 
 
+def referrer_dir(name: str, subject: Digest, referrer: Digest) -> str:
+    return f"{referrers(name, subject)}/{_alg(referrer)}/{referrer.hex}"
+
+
 def referrer_link(name: str, subject: Digest, referrer: Digest) -> str:
-    return f"{referrers(name, subject)}/{_alg(referrer)}/{referrer.hex}/link"
+    return f"{referrer_dir(name, subject, referrer)}/link"
 
 
 def uploads(name: str) -> str:

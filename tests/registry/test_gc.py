@@ -111,6 +111,9 @@ class GCTests(SynchronousTestCase):
                                   subject={"mediaType": OCI, "digest": str(new), "size": 1},
                                   artifactType="application/vnd.example.sig")
         self.age_everything()
+        dry = self.collect(grace=3600, delete_untagged=True, dry_run=True)
+        self.assertEqual({d for _, d in dry.manifests_deleted}, {str(old)})
+        self.assertIn(str(Digest.of(b"old-layer")), dry.blobs_deleted)
         report = self.collect(grace=3600, delete_untagged=True)
         deleted = {d for _, d in report.manifests_deleted}
         self.assertEqual(deleted, {str(old)})
@@ -119,6 +122,208 @@ class GCTests(SynchronousTestCase):
         for kept in (new, child, signature, Digest.of(b"arm-layer"), Digest.of(b"new-layer")):
             self.assertTrue(self.exists(kept), kept)
         self.run_(self.registry.manifests.get("multi", str(child), CTX))
+
+
+class HookedDriver(FilesystemDriver):
+    """
+    A filesystem driver that runs a test's action once, just before (or
+    after) the first call matching a predicate: how a push or a collection in
+    another process interleaves with this one, made deterministic.
+    """
+
+    def __init__(self, root):
+        super().__init__(root, inline_runner)
+        self.hooks = []
+
+    def on(self, method: str, predicate, action, after: bool = False):
+        self.hooks.append((method, predicate, action, after))
+
+    def _fire(self, method, args, after):
+        for hook in list(self.hooks):
+            if hook[0] == method and hook[3] == after and hook[1](*args):
+                self.hooks.remove(hook)
+                hook[2]()
+
+    def _hooked(name):
+        def call(self, *args):
+            self._fire(name, args, False)
+            result = getattr(FilesystemDriver, name)(self, *args)
+            self._fire(name, args, True)
+            return result
+        return call
+
+    delete = _hooked("delete")
+    move = _hooked("move")
+    put_content = _hooked("put_content")
+    del _hooked
+
+
+def is_blob(path, *_):
+    return path.startswith(paths.BLOBS + "/")
+
+
+class ConcurrentPushTests(SynchronousTestCase):
+    """A collection at grace 0 interleaved with pushes at its most dangerous moments."""
+
+    def setUp(self):
+        self.root = os.path.abspath(self.mktemp())
+        self.clock = WallClock()
+        self.driver = HookedDriver(self.root)
+        self.registry = Registry(self.driver, self.clock, delete_enabled=True)
+        # What a second process (another instance, or `regd garbage-collect`) sees.
+        self.other = Registry(FilesystemDriver(self.root, inline_runner), self.clock, delete_enabled=True)
+
+    run_ = GCTests.run_
+    blob = GCTests.blob
+    image = GCTests.image
+    exists = GCTests.exists
+    collect = GCTests.collect
+
+    def manifest_for(self, name, layer: bytes) -> bytes:
+        config = self.blob(name, b'{"os":"linux"}')
+        layer_digest = self.blob(name, layer)
+        return json.dumps({"schemaVersion": 2, "mediaType": OCI,
+                           "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                      "digest": str(config), "size": 14},
+                           "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                                       "digest": str(layer_digest), "size": len(layer)}]}).encode()
+
+    def assert_whole(self, name, reference, body):
+        """The pushed manifest and every blob it names can be fetched, by tag and by digest."""
+        for registry in (self.registry, self.other):
+            stored = self.run_(registry.manifests.get(name, reference, CTX))
+            self.assertEqual(stored.body, body)
+            self.run_(registry.manifests.get(name, str(Digest.of(body)), CTX))
+            document = json.loads(body)
+            for descriptor in [document["config"]] + document["layers"]:
+                blob = self.run_(registry.blobs.open(name, Digest.parse(descriptor["digest"]), CTX))
+                blob.close()
+
+    def other_collects(self, **kwargs):
+        kwargs.setdefault("grace", 0)
+        return lambda: self.run_(GarbageCollector(self.other, self.clock, **kwargs).run())
+
+    def test_collection_between_reference_check_and_links(self):
+        body = self.manifest_for("app", b"layer")
+        self.driver.on("put_content", lambda path, _: path == paths.revision_link("app", Digest.of(body)),
+                       self.other_collects())
+        self.run_(self.registry.manifests.put("app", "v1", body, OCI, CTX))
+        self.assert_whole("app", "v1", body)
+        self.assertEqual(os.listdir(os.path.join(self.root, paths.PENDING)), [])  # every note withdrawn
+
+    def test_push_acknowledged_after_mark_before_sweep(self):
+        body = self.manifest_for("app", b"layer")
+
+        def push():
+            self.run_(self.registry.manifests.put("app", "v1", body, OCI, CTX))
+        # The collection has marked (nothing references the blobs yet) and is about to remove the first.
+        self.other = Registry(HookedDriver(self.root), self.clock, delete_enabled=True)
+        self.other.driver.on("delete", is_blob, push)
+        self.other.driver.on("move", is_blob, push)
+        self.other_collects()()
+        self.assert_whole("app", "v1", body)
+
+    def test_push_acknowledged_while_the_sweep_has_condemned_its_blobs(self):
+        body = self.manifest_for("app", b"layer")
+        self.other = Registry(HookedDriver(self.root), self.clock, delete_enabled=True)
+
+        def push():
+            self.run_(self.registry.manifests.put("app", "v1", body, OCI, CTX))
+        # Old collectors delete at once; this one condemns first: push after the first blob went either way.
+        self.other.driver.on("delete", is_blob, push, after=True)
+        self.other.driver.on("move", lambda source, destination: is_blob(source), push, after=True)
+        self.other_collects()()
+        self.assert_whole("app", "v1", body)
+
+    def test_blob_upload_acknowledged_during_the_sweep_keeps_its_blob(self):
+        data = b"uploaded again while collected"
+        digest = self.blob("app", data)
+        self.other = Registry(HookedDriver(self.root), self.clock, delete_enabled=True)
+
+        def upload():
+            self.blob("app", data)
+        self.other.driver.on("delete", is_blob, upload, after=True)
+        self.other.driver.on("move", lambda source, destination: is_blob(source), upload, after=True)
+        self.other_collects()()
+        self.assertTrue(self.exists(digest))
+        self.run_(self.registry.blobs.open("app", digest, CTX)).close()
+
+    def test_mount_acknowledged_during_the_sweep_keeps_its_blob(self):
+        digest = self.blob("source", b"mounted while collected")
+        self.other = Registry(HookedDriver(self.root), self.clock, delete_enabled=True)
+        mounted = []
+
+        def mount():
+            mounted.append(self.run_(self.registry.blobs.mount("target", "source", digest, CTX)))
+        self.other.driver.on("delete", is_blob, mount, after=True)
+        self.other.driver.on("move", lambda source, destination: is_blob(source), mount, after=True)
+        self.other_collects()()
+        if mounted[0] is not None:  # refused mounts are fine: the client uploads instead
+            self.run_(self.registry.blobs.open("target", digest, CTX)).close()
+
+    def test_collection_between_upload_existence_check_and_link(self):
+        data = b"already stored, unreferenced"
+        digest = self.blob("app", data)  # the bytes exist: the next upload only links them
+        self.driver.on("put_content", lambda path, _: path == paths.layer_link("other", digest),
+                       self.other_collects())
+        self.blob("other", data)
+        self.run_(self.registry.blobs.open("other", digest, CTX)).close()
+
+    def test_collection_between_chunked_upload_check_and_link(self):
+        data = b"already stored, unreferenced"
+        digest = self.blob("app", data)
+        uploads = self.registry.uploads
+        upload_id = self.run_(uploads.start("other"))
+        self.driver.on("put_content", lambda path, _: path == paths.layer_link("other", digest),
+                       self.other_collects())
+        self.run_(uploads.commit("other", upload_id, digest, uploads.spool_from_bytes(data), CTX))
+        self.run_(self.registry.blobs.open("other", digest, CTX)).close()
+
+    def test_collection_between_mount_check_and_link(self):
+        digest = self.blob("source", b"mounted")
+        self.driver.on("put_content", lambda path, _: path == paths.layer_link("target", digest),
+                       self.other_collects())
+        self.assertIsNotNone(self.run_(self.registry.blobs.mount("target", "source", digest, CTX)))
+        self.run_(self.registry.blobs.open("target", digest, CTX)).close()
+
+    def test_tag_pushed_while_its_untagged_manifest_is_unlinked(self):
+        body = self.manifest_for("app", b"layer")
+        digest = Digest.of(body)
+        self.run_(self.registry.manifests.put("app", str(digest), body, OCI, CTX))  # untagged
+        self.other = Registry(HookedDriver(self.root), self.clock, delete_enabled=True)
+
+        def tag():
+            self.run_(self.registry.manifests.put("app", "v1", body, OCI, CTX))
+        self.other.driver.on("delete", lambda path: path == paths.revision_dir("app", digest), tag)
+        self.other_collects(delete_untagged=True)()
+        self.assert_whole("app", "v1", body)
+
+    def test_tag_pushed_just_after_its_untagged_manifest_was_unlinked(self):
+        body = self.manifest_for("app", b"layer")
+        digest = Digest.of(body)
+        self.run_(self.registry.manifests.put("app", str(digest), body, OCI, CTX))
+        self.other = Registry(HookedDriver(self.root), self.clock, delete_enabled=True)
+
+        def tag():
+            self.run_(self.registry.manifests.put("app", "v1", body, OCI, CTX))
+        self.other.driver.on("delete", lambda path: path == paths.revision_dir("app", digest), tag, after=True)
+        self.other_collects(delete_untagged=True)()
+        self.assert_whole("app", "v1", body)
+
+    def test_collection_that_died_after_condemning_loses_nothing(self):
+        image, _ = self.image("app", "v1", b"layer")
+        self.registry.manifests.forget(image)
+        for digest in (image, Digest.of(b"layer")):
+            self.run_(self.driver.move(paths.blob_data(digest), paths.condemned_blob(digest)))
+        # Readers take back what they need ...
+        self.run_(self.registry.blobs.open("app", Digest.of(b"layer"), CTX)).close()
+        self.run_(self.registry.manifests.get("app", "v1", CTX))
+        # ... and the next collection puts back the rest before judging it.
+        orphan = self.blob("app", b"orphan")
+        self.run_(self.driver.move(paths.blob_data(orphan), paths.condemned_blob(orphan)))
+        report = self.collect(grace=3600)
+        self.assertTrue(self.exists(orphan))
+        self.assertEqual(report.blobs_kept_by_grace, [str(orphan)])
 
 
 class CLITests(SynchronousTestCase):
@@ -135,6 +340,10 @@ class CLITests(SynchronousTestCase):
             f.write(f"storage:\n  filesystem:\n    rootdirectory: {root}\n")
         command = [os.path.join(os.path.dirname(sys.executable), "regd"), "garbage-collect", "--config", config,
                    "--grace", "0s"]
+        graced = subprocess.run(command[:-2] + ["--grace", "1h"], capture_output=True, text=True, timeout=60)
+        self.assertIn("1 unreferenced blobs (12 bytes) kept: used within the grace period (1h); to reclaim "
+                      "them now, run again with --grace 0s", graced.stdout)
+        self.assertTrue(os.path.exists(os.path.join(root, paths.blob_data(digest))))
         dry = subprocess.run(command + ["--dry-run"], capture_output=True, text=True, timeout=60)
         self.assertEqual(dry.returncode, 0, dry.stderr)
         self.assertIn(f"would delete blob {digest}", dry.stdout)

@@ -126,7 +126,7 @@ class ConfigTests(SynchronousTestCase):
         loaded = load_config(sample, {})
         self.assertEqual(loaded.warnings, ())
         self.assertEqual(loaded.config.storage.filesystem.rootdirectory, "/var/lib/regd")
-        self.assertEqual(len(loaded.config.validation.manifests.urls.allow), 1)
+        self.assertEqual(loaded.config.validation.manifests.urls.allow, ())
 
     def test_durations(self):
         self.assertEqual(parse_duration("1h30m"), 5400)

@@ -8,7 +8,7 @@ from urllib.parse import quote
 from regd.http.responses import context_of, header, query, respond, respond_head, respond_json
 from regd.oci import mediatypes
 from regd.oci.digest import Digest
-from regd.oci.errors import ManifestUnknown, PaginationNumberInvalid, RequestTooLarge
+from regd.oci.errors import DigestInvalid, ManifestUnknown, PaginationNumberInvalid, RequestTooLarge, TagInvalid
 from regd.oci.reference import validate_tag
 
 
@@ -18,6 +18,19 @@ def validate_reference(reference: str) -> str:
     else:
         validate_tag(reference)
     return reference
+
+
+def known_reference(reference: str) -> str:
+    """
+    For reads and deletes, a reference that is neither a tag nor a digest
+    names nothing: 404 MANIFEST_UNKNOWN, as registry:2 answers. Only a PUT,
+    which would create it, is told the reference itself is invalid (400).
+    """
+    try:
+        return validate_reference(reference)
+    except (DigestInvalid, TagInvalid) as invalid:
+        raise ManifestUnknown(f"manifest unknown: {invalid.message}",
+                              detail={"reference": reference[:256]}) from None
 
 
 def page_size(request) -> int | None:
@@ -45,7 +58,7 @@ class ManifestHandler:
         self._urls = urls
 
     async def get(self, request, name: str, reference: str):
-        validate_reference(reference)
+        known_reference(reference)
         head = request.method == b"HEAD"
         stored = await self._registry.manifests.get(name, reference, context_of(request, self._urls),
                                                     report=not head)
@@ -86,7 +99,7 @@ class ManifestHandler:
 
     async def delete(self, request, name: str, reference: str):
         self._registry.check_writable()
-        validate_reference(reference)
+        known_reference(reference)
         await self._registry.manifests.delete(name, reference, context_of(request, self._urls))
         return respond(request, 202, b"", None, {})
 

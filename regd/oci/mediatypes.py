@@ -168,11 +168,13 @@ def detect_media_type(document: dict[str, Any], declared: str | None) -> str:
         return declared
     if inner in SUPPORTED:
         return inner
-    # Neither says: OCI lets the structure decide.
-    if "manifests" in document:
-        return OCI_INDEX
-    if "config" in document or "layers" in document:
-        return OCI_MANIFEST
+    # Neither names a type. Guessing from the structure would store (and
+    # later serve) a type the client never stated, so refuse as registry:2
+    # does and say how to fix the push.
+    if inner is None:
+        raise _invalid("manifest has no mediaType and its Content-Type names no manifest type: "
+                       "send the manifest's media type as Content-Type or in mediaType",
+                       contentType=declared)
     raise _invalid("unknown manifest media type", contentType=declared, mediaType=inner)
 
 

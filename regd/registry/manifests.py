@@ -43,9 +43,10 @@ class UrlPolicy:
     deny: tuple[re.Pattern, ...] = ()
 
     def permits(self, url: str) -> bool:
+        """No allow list means any http(s) URL, as registry:2 does; deny always applies."""
         if not url.lower().startswith(("http://", "https://")) or "#" in url:
             return False
-        if not any(p.search(url) for p in self.allow):
+        if self.allow and not any(p.search(url) for p in self.allow):
             return False
         return not any(p.search(url) for p in self.deny)
 
@@ -193,7 +194,12 @@ class ManifestService:
         return digest, parsed
 
     async def _check_references(self, name: str, parsed: Manifest) -> None:
-        missing = []
+        """
+        Everything the manifest names must be here, with the size it says:
+        a descriptor whose size differs from the stored blob would make
+        clients fail (or be fooled) after a successful push.
+        """
+        missing, wrong_size = [], []
         for descriptor in parsed.blobs:
             if descriptor.urls and descriptor.non_distributable:
                 bad = [u for u in descriptor.urls if not self._url_policy.permits(u)]
@@ -201,16 +207,30 @@ class ManifestService:
                     raise ManifestInvalid("manifest invalid: layer URL not allowed",
                                           detail={"digest": str(descriptor.digest), "url": bad[0][:512]})
                 continue
-            if not await self._blobs.is_linked(name, descriptor.digest) or \
-                    await self._blobs.global_size(descriptor.digest) is None:
+            size = await self._blobs.global_size(descriptor.digest) \
+                if await self._blobs.is_linked(name, descriptor.digest) else None
+            if size is None:
                 missing.append(descriptor)
+            elif size != descriptor.size:
+                wrong_size.append((descriptor, size))
         for descriptor in parsed.manifests:
             if await links.read_link(self._driver, paths.revision_link(name, descriptor.digest)) != descriptor.digest \
                     or await self._blobs.global_size(descriptor.digest) is None:
                 missing.append(descriptor)
+                continue
+            size = await self._blobs.global_size(descriptor.digest)
+            if size is None:
+                missing.append(descriptor)
+            elif size != descriptor.size:
+                wrong_size.append((descriptor, size))
         if missing:
             raise ManifestBlobUnknown(detail={"digest": str(missing[0].digest),
                                               "missing": [str(d.digest) for d in missing[:16]]})
+        if wrong_size:
+            descriptor, stored = wrong_size[0]
+            raise ManifestInvalid("manifest invalid: descriptor size does not match the stored content",
+                                  detail={"digest": str(descriptor.digest), "size": descriptor.size,
+                                          "stored": stored})
         # In use again: a garbage collection running now must not sweep them (its grace period).
         for descriptor in parsed.blobs + parsed.manifests:
             await self._blobs.touch(descriptor.digest)

@@ -379,6 +379,76 @@ class ManifestTests(TestCase):
         response, body, _ = await server.push_manifest("win", "v2", document, DOCKER_MANIFEST)
         self.assertEqual((response.code, errors_of(body)), (400, ["MANIFEST_INVALID"]))
 
+    async def test_foreign_layers_accepted_without_an_allow_list_and_deny_applies(self):
+        import re
+        from regd.registry.manifests import UrlPolicy
+        foreign = {"mediaType": "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+                   "digest": "sha256:" + "5" * 64, "size": 1000, "urls": ["https://mcr.example/layer"]}
+        server = RegistryServer(self)
+        document = await simple_image(server, "win")
+        document["layers"].insert(0, dict(foreign))
+        response, body, _ = await server.push_manifest("win", "v1", document)
+        self.assertEqual(response.code, 201, body)
+        for bad_url in ("ftp://mcr.example/layer", "https://mcr.example/layer#frag"):
+            document["layers"][0]["urls"] = [bad_url]
+            response, body, _ = await server.push_manifest("win", "v2", document)
+            self.assertEqual((response.code, errors_of(body)), (400, ["MANIFEST_INVALID"]), bad_url)
+        denying = RegistryServer(self, url_policy=UrlPolicy(deny=(re.compile(r"mcr\.example"),)))
+        document = await simple_image(denying, "win")
+        document["layers"].insert(0, dict(foreign))
+        response, body, _ = await denying.push_manifest("win", "v1", document)
+        self.assertEqual((response.code, errors_of(body)), (400, ["MANIFEST_INVALID"]))
+
+    async def test_descriptor_sizes_must_match_the_stored_content(self):
+        server = RegistryServer(self)
+        document = await simple_image(server, "demo")
+        for part in ("config", "layer"):
+            wrong = json.loads(json.dumps(document))
+            target = wrong["config"] if part == "config" else wrong["layers"][0]
+            target["size"] += 1
+            response, body, _ = await server.push_manifest("demo", "v1", wrong)
+            self.assertEqual((response.code, errors_of(body)), (400, ["MANIFEST_INVALID"]), part)
+            self.assertEqual(json.loads(body)["errors"][0]["detail"]["digest"], target["digest"])
+        response, body = await server.request("GET", "/v2/demo/manifests/v1")
+        self.assertEqual((response.code, errors_of(body)), (404, ["MANIFEST_UNKNOWN"]))
+        response, body, raw = await server.push_manifest("demo", "v1", document)
+        self.assertEqual(response.code, 201, body)
+        child = {"mediaType": OCI_MANIFEST, "digest": "sha256:" + hashlib.sha256(raw).hexdigest(),
+                 "size": len(raw) - 1, "platform": {"os": "linux", "architecture": "amd64"}}
+        index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": [child]}
+        response, body, _ = await server.push_manifest("demo", "multi", index, index["mediaType"])
+        self.assertEqual((response.code, errors_of(body)), (400, ["MANIFEST_INVALID"]))
+        child["size"] = len(raw)
+        response, body, _ = await server.push_manifest("demo", "multi", index, index["mediaType"])
+        self.assertEqual(response.code, 201, body)
+
+    async def test_manifest_without_media_type_needs_a_manifest_content_type(self):
+        server = RegistryServer(self)
+        document = await simple_image(server, "demo")
+        del document["mediaType"]
+        for content_type in ("application/json", "application/octet-stream"):
+            response, body, _ = await server.push_manifest("demo", "v1", document, content_type)
+            self.assertEqual((response.code, errors_of(body)), (400, ["MANIFEST_INVALID"]), content_type)
+        response, body, _ = await server.push_manifest("demo", "v1", document, OCI_MANIFEST)
+        self.assertEqual(response.code, 201, body)
+        response, _ = await server.request("GET", "/v2/demo/manifests/v1")
+        self.assertEqual(header(response, "Content-Type"), OCI_MANIFEST)
+
+    async def test_reads_of_an_invalid_reference_are_manifest_unknown(self):
+        server = RegistryServer(self, delete_enabled=True)
+        for reference in ("-x", ".x", "a" * 200, "sha256:zz", "md5:abc", "bad%20tag"):
+            for method in ("GET", "DELETE"):
+                response, body = await server.request(method, f"/v2/demo/manifests/{reference}")
+                self.assertEqual((response.code, errors_of(body)), (404, ["MANIFEST_UNKNOWN"]),
+                                 (method, reference))
+            status, _ = await server.raw_head(f"/v2/demo/manifests/{reference}")
+            self.assertEqual(status, 404, reference)
+        document = await simple_image(server, "demo")
+        response, body, _ = await server.push_manifest("demo", "-x", document)
+        self.assertEqual((response.code, errors_of(body)), (400, ["TAG_INVALID"]))
+        response, body, _ = await server.push_manifest("demo", "sha256:zz", document)
+        self.assertEqual((response.code, errors_of(body)), (400, ["DIGEST_INVALID"]))
+
     async def test_referrers(self):
         server = RegistryServer(self)
         document = await simple_image(server, "demo")

@@ -48,11 +48,22 @@ class ParseTests(SynchronousTestCase):
         self.assertEqual(str(parsed.subject.digest), D1)
         self.assertEqual(parsed.referrer_artifact_type(), "application/spdx+json")
 
-    def test_structure_decides_when_nobody_says(self):
+    def test_type_comes_from_content_type_or_media_type_never_from_structure(self):
         document = image()
         del document["mediaType"]
-        self.assertEqual(mt.parse_manifest(body(document), None).media_type, mt.OCI_MANIFEST)
-        self.assertEqual(mt.detect_media_type({"manifests": []}, None), mt.OCI_INDEX)
+        # The Content-Type names it: accepted, as the spec and registry:2 do.
+        self.assertEqual(mt.parse_manifest(body(document), mt.OCI_MANIFEST).media_type, mt.OCI_MANIFEST)
+        self.assertEqual(mt.detect_media_type({"manifests": []}, mt.OCI_INDEX), mt.OCI_INDEX)
+        # A generic or missing Content-Type with no mediaType: refused, not guessed.
+        for declared in (None, "application/json", "application/octet-stream"):
+            with self.assertRaises(mt.ManifestInvalid) as caught:
+                mt.parse_manifest(body(document), declared)
+            self.assertIn("Content-Type", caught.exception.message)
+        with self.assertRaises(mt.ManifestInvalid):
+            mt.detect_media_type({"manifests": []}, "application/json")
+        # mediaType inside is enough when the Content-Type is generic.
+        document["mediaType"] = mt.OCI_MANIFEST
+        self.assertEqual(mt.parse_manifest(body(document), "application/json").media_type, mt.OCI_MANIFEST)
 
     def test_foreign_layer(self):
         document = image(mt.DOCKER_MANIFEST)

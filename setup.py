@@ -26,7 +26,8 @@ setup(
         "acme>=2.0",
         "rehashes>=0.3.0",
         "jinja2>=3.1",
+        "botocore>=1.31",
     ],
-    extras_require={"test": ["pytest>=8.0", "hypothesis>=6.100", "selenium>=4.20"]},
+    extras_require={"test": ["pytest>=8.0", "hypothesis>=6.100", "selenium>=4.20", "moto[server]>=5.0"]},
     entry_points={"console_scripts": ["regd = regd.cli:main"]},
 )

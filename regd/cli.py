@@ -63,7 +63,11 @@ async def _with_registry(reactor, options, work):
     pool = ThreadPool(minthreads=1, maxthreads=4, name="regd-tool")
     pool.start()
     try:
-        driver = FilesystemDriver(config.storage.filesystem.rootdirectory, thread_pool_runner(reactor, pool))
+        if config.storage.driver == "s3":
+            from regd.storage.s3 import S3Driver
+            driver = S3Driver(config.storage.s3, reactor)
+        else:
+            driver = FilesystemDriver(config.storage.filesystem.rootdirectory, thread_pool_runner(reactor, pool))
         return await work(Registry(driver, reactor))
     finally:
         pool.stop()

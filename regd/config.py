@@ -169,9 +169,40 @@ class MaintenanceConfig:
 
 
 @attrs.frozen
+class S3Config:
+    """storage.s3, with registry:2's key names and defaults (see regd.storage.s3)."""
+    region: str = ""
+    regionendpoint: str = ""
+    bucket: str = ""
+    accesskey: str = ""  # empty: the standard AWS credential chain (environment, ~/.aws, instance role)
+    secretkey: str = attrs.field(default="", repr=False)
+    sessiontoken: str = attrs.field(default="", repr=False)
+    secure: bool = True
+    skipverify: bool = False
+    forcepathstyle: bool | None = None  # None: path style when regionendpoint is set
+    v4auth: bool = True
+    chunksize: int = 10 * 1024 * 1024
+    multipartcopychunksize: int = 32 * 1024 * 1024
+    multipartcopymaxconcurrency: int = 100
+    multipartcopythresholdsize: int = 32 * 1024 * 1024
+    rootdirectory: str = ""
+    storageclass: str = "STANDARD"
+    encrypt: bool = False
+    keyid: str = ""
+    usedualstack: bool = False
+
+
+@attrs.frozen
+class RedirectConfig:
+    disable: bool = False
+
+
+@attrs.frozen
 class StorageConfig:
     driver: str = "filesystem"
     filesystem: FilesystemConfig = FilesystemConfig()
+    s3: S3Config = S3Config()
+    redirect: RedirectConfig = RedirectConfig()
     delete: Switch = Switch()
     maintenance: MaintenanceConfig = MaintenanceConfig()
 
@@ -278,11 +309,18 @@ SCHEMA: dict[str, Any] = {
                      "minimumtls": _choice("tls1.0", "tls1.1", "tls1.2", "tls1.3"),
                      "ciphersuites": _str_list, "letsencrypt": RAW}},
     "storage": {"filesystem": {"rootdirectory": _str, "maxthreads": _int(1)}, "inmemory": RAW,
-                "delete": {"enabled": _bool}, "cache": IGNORED, "redirect": IGNORED,
+                "delete": {"enabled": _bool}, "cache": IGNORED, "redirect": {"disable": _bool},
                 "maintenance": {"uploadpurging": {"enabled": _bool, "age": parse_duration,
                                                   "interval": parse_duration, "dryrun": _bool},
                                 "readonly": {"enabled": _bool}},
-                "s3": RAW, "azure": RAW, "gcs": RAW, "swift": RAW, "oss": RAW},
+                "s3": {"region": _str, "regionendpoint": _str, "bucket": _str, "accesskey": _str,
+                       "secretkey": _str, "sessiontoken": _str, "secure": _bool, "skipverify": _bool,
+                       "forcepathstyle": _bool, "v4auth": _bool, "chunksize": _int(5 * 1024 * 1024),
+                       "multipartcopychunksize": _int(5 * 1024 * 1024), "multipartcopymaxconcurrency": _int(1),
+                       "multipartcopythresholdsize": _int(0), "rootdirectory": _str, "storageclass": _str,
+                       "encrypt": _bool, "keyid": _str, "usedualstack": _bool,
+                       "objectacl": IGNORED, "loglevel": IGNORED, "accelerate": IGNORED},
+                "azure": RAW, "gcs": RAW, "swift": RAW, "oss": RAW},
     "validation": {"enabled": _bool, "disabled": _bool,
                    "manifests": {"urls": {"allow": _regex_list, "deny": _regex_list}}},
     "regd": {"maxbodysize": _int(0), "spoolthreshold": _int(1), "inlinereads": _bool,
@@ -300,7 +338,7 @@ SCHEMA: dict[str, Any] = {
 MAX_UI_PAGE_SIZE = 100  # the index's largest page
 _PULL_ADDRESS = re.compile(r"^[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[a-z0-9._/-]*)?$|^\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?$")
 
-_DRIVERS_AVAILABLE = ("filesystem", "inmemory")
+_DRIVERS_AVAILABLE = ("filesystem", "inmemory", "s3")
 
 
 def _walk(document: Any, schema: dict, path: str, out: dict, warnings: list[str]) -> None:
@@ -424,9 +462,10 @@ def _build(v: dict, default_root: str) -> Config:
         raise ConfigError("storage: no storage driver configured (e.g. storage.filesystem.rootdirectory)")
     driver = drivers[0]
     if driver not in _DRIVERS_AVAILABLE:
-        raise ConfigError(f"storage.{driver}: this storage driver is not available in regd (use filesystem)")
+        raise ConfigError(f"storage.{driver}: this storage driver is not available in regd (use filesystem or s3)")
     filesystem = storage.get("filesystem", {})
     root = filesystem.get("rootdirectory") or default_root
+    s3 = _s3_config(storage.get("s3")) if driver == "s3" else S3Config()
 
     host, port = http.get("addr", ("", 5000))
     if http.get("net", "tcp") == "unix":
@@ -464,6 +503,8 @@ def _build(v: dict, default_root: str) -> Config:
             driver=driver,
             filesystem=FilesystemConfig(rootdirectory=os.path.abspath(root),
                                         maxthreads=filesystem.get("maxthreads", 25)),
+            s3=s3,
+            redirect=RedirectConfig(disable=storage.get("redirect", {}).get("disable", False)),
             delete=Switch(storage.get("delete", {}).get("enabled", False)),
             maintenance=MaintenanceConfig(
                 uploadpurging=UploadPurgingConfig(
@@ -496,6 +537,30 @@ def _ui_config(ui: dict) -> UIConfig:
         raise ConfigError("ui.session.maxage: must be positive")
     return UIConfig(enabled=ui.get("enabled", True), title=ui.get("title", "regd") or "regd",
                     pulladdress=address, sessionmaxage=maxage, pagesize=UIPageSizes(**sizes))
+
+
+def _s3_config(s3: dict) -> S3Config:
+    if not s3.get("bucket"):
+        raise ConfigError("storage.s3.bucket: a bucket name is required")
+    if not s3.get("region") and not s3.get("regionendpoint"):
+        raise ConfigError("storage.s3.region: a region (or a regionendpoint) is required")
+    if bool(s3.get("accesskey")) != bool(s3.get("secretkey")):
+        raise ConfigError("storage.s3: accesskey and secretkey go together (or leave both out for the AWS credential chain)")
+    if s3.get("keyid") and not s3.get("encrypt", False):
+        raise ConfigError("storage.s3.keyid: needs encrypt: true")
+    root = s3.get("rootdirectory", "")
+    if any(part in (".", "..") for part in root.split("/")):
+        raise ConfigError(f"storage.s3.rootdirectory: must not contain . or .. components, got {root!r}")
+    if s3.get("multipartcopychunksize", 1) > 5 * 1024 ** 3:
+        raise ConfigError("storage.s3.multipartcopychunksize: S3 copies at most 5 GiB per part")
+    storageclass = s3.get("storageclass", "STANDARD")
+    if storageclass.upper() not in ("STANDARD", "REDUCED_REDUNDANCY", "STANDARD_IA", "ONEZONE_IA",
+                                    "INTELLIGENT_TIERING", "OUTPOSTS", "GLACIER_IR", "NONE"):
+        raise ConfigError(f"storage.s3.storageclass: unknown storage class {storageclass!r}")
+    values = {k: v for k, v in s3.items() if k in attrs.fields_dict(S3Config)}
+    values["storageclass"] = storageclass.upper()
+    values["region"] = s3.get("region") or "us-east-1"
+    return S3Config(**values)
 
 
 def _plain(value: Any) -> dict:

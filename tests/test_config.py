@@ -109,12 +109,48 @@ class ConfigTests(SynchronousTestCase):
         self.assert_error("validation:\n  manifests:\n    urls:\n      allow: ['(']\n", {},
                           "validation.manifests.urls.allow: invalid regular expression '(': "
                           "missing ), unterminated subpattern at position 0")
+        self.assert_error("storage:\n  azure:\n    container: x\n", {},
+                          "storage.azure: this storage driver is not available in regd (use filesystem or s3)")
         self.assert_error("storage:\n  s3:\n    bucket: x\n", {},
-                          "storage.s3: this storage driver is not available in regd (use filesystem)")
+                          "storage.s3.region: a region (or a regionendpoint) is required")
+        self.assert_error("storage:\n  s3:\n    region: eu-west-1\n", {}, "storage.s3.bucket: a bucket name is required")
+        self.assert_error("storage:\n  s3:\n    region: r\n    bucket: b\n    chunksize: 1000\n", {},
+                          "storage.s3.chunksize: must be at least 5242880, got 1000")
+        self.assert_error("storage:\n  s3:\n    region: r\n    bucket: b\n    accesskey: k\n", {},
+                          "storage.s3: accesskey and secretkey go together (or leave both out for the AWS "
+                          "credential chain)")
+        self.assert_error("storage:\n  s3:\n    region: r\n    bucket: b\n    storageclass: cheap\n", {},
+                          "storage.s3.storageclass: unknown storage class 'cheap'")
         self.assert_error("storage:\n  maintenance:\n    uploadpurging:\n      age: soon\n", {},
                           "storage.maintenance.uploadpurging.age: expected a duration like 10s or 1h30m, got 'soon'")
         self.assert_error("http: [1, 2]\n", {}, "http: expected a map")
         self.assert_error("http:\n  addr: ':5000\n", {}, "configuration: not valid YAML at line 3")
+
+    def test_s3_keys_as_registry_2_spells_them(self):
+        text = ("storage:\n  s3:\n    region: eu-west-1\n    regionendpoint: http://127.0.0.1:9000\n"
+                "    bucket: registry\n    accesskey: AK\n    secretkey: SK\n    secure: false\n"
+                "    skipverify: true\n    forcepathstyle: true\n    v4auth: true\n    chunksize: 10485760\n"
+                "    multipartcopychunksize: 33554432\n    multipartcopymaxconcurrency: 10\n"
+                "    multipartcopythresholdsize: 1048576\n    rootdirectory: /prod\n    storageclass: standard_ia\n"
+                "    encrypt: true\n    keyid: my-key\n    usedualstack: false\n  redirect:\n    disable: true\n")
+        storage = parse_config(text, {}).config.storage
+        self.assertEqual(storage.driver, "s3")
+        s3 = storage.s3
+        self.assertEqual((s3.region, s3.regionendpoint, s3.bucket, s3.accesskey, s3.secretkey),
+                         ("eu-west-1", "http://127.0.0.1:9000", "registry", "AK", "SK"))
+        self.assertEqual((s3.secure, s3.skipverify, s3.forcepathstyle, s3.v4auth, s3.encrypt, s3.keyid),
+                         (False, True, True, True, True, "my-key"))
+        self.assertEqual((s3.chunksize, s3.multipartcopychunksize, s3.multipartcopymaxconcurrency,
+                          s3.multipartcopythresholdsize), (10485760, 33554432, 10, 1048576))
+        self.assertEqual((s3.rootdirectory, s3.storageclass), ("/prod", "STANDARD_IA"))
+        self.assertTrue(storage.redirect.disable)
+        self.assertNotIn("SK", repr(s3))  # secrets stay out of logs
+        defaults = parse_config("storage:\n  s3:\n    region: us-east-1\n    bucket: b\n", {}).config.storage
+        self.assertEqual((defaults.s3.chunksize, defaults.s3.secure, defaults.s3.forcepathstyle,
+                          defaults.redirect.disable), (10 * 1024 * 1024, True, None, False))
+        from_env = parse_config("storage:\n  s3:\n    region: us-east-1\n    bucket: b\n",
+                                {"REGISTRY_STORAGE_S3_SECRETKEY": "fromenv", "REGISTRY_STORAGE_S3_ACCESSKEY": "ak"})
+        self.assertEqual(from_env.config.storage.s3.secretkey, "fromenv")
 
     def test_missing_file(self):
         with self.assertRaises(ConfigError) as caught:

@@ -53,8 +53,23 @@ class TapTests(SynchronousTestCase):
             capture_output=True, text=True, timeout=60)
         self.assertNotEqual(result.returncode, 0)
         self.assertEqual(result.stderr.strip().splitlines(),
-                         ["regd: configuration error: storage.s3: this storage driver is not available "
-                          "in regd (use filesystem)"])
+                         ["regd: configuration error: storage.s3.bucket: a bucket name is required"])
+
+    def test_s3_that_cannot_be_used_ends_the_process_with_one_line(self):
+        from tests.support.processes import free_port
+        from tests.support.s3 import shared_moto
+        server = shared_moto()
+        unused = free_port()
+        cases = [
+            (server.yaml("no-such-bucket"),
+             f"storage.s3: S3 at http://127.0.0.1:{server.port}, bucket no-such-bucket: the bucket does not exist"),
+            (server.yaml("b").replace(server.endpoint, f"http://127.0.0.1:{unused}"),
+             f"storage.s3: S3 at http://127.0.0.1:{unused}, bucket b is unreachable: [Errno 111] Connection refused"),
+        ]
+        for storage, line in cases:
+            result = self.run_twistd("storage:\n" + storage)
+            self.assertNotEqual(result.returncode, 0)
+            self.assertEqual(result.stderr.strip().splitlines(), [f"regd: configuration error: {line}"])
 
     def run_twistd(self, config: str) -> subprocess.CompletedProcess:
         return subprocess.run([TWISTD, "--nodaemon", "--pidfile=", "regd", "--config", self.write_config(config)],

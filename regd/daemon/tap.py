@@ -61,6 +61,13 @@ class Options(usage.Options):
 
 
 def _check_storage_root(storage) -> None:
+    if storage.driver == "s3":
+        from regd.storage.interfaces import StorageUnavailable
+        from regd.storage.s3client import check_bucket
+        try:
+            check_bucket(storage.s3)
+        except StorageUnavailable as e:
+            raise ConfigError(f"storage.s3: {e}") from None
     if storage.driver != "filesystem":
         return
     from regd.storage.filesystem import check_root
@@ -102,6 +109,11 @@ def makeService(options) -> service.MultiService:
     if storage.driver == "inmemory":
         from regd.storage.memory import InMemoryDriver
         driver = InMemoryDriver()
+    elif storage.driver == "s3":
+        from regd.storage.s3 import S3Driver
+        driver = S3Driver(storage.s3, reactor)
+        log.info("storage: S3 bucket {bucket} at {endpoint}, root {root!r}", bucket=storage.s3.bucket,
+                 endpoint=f"{driver.client.scheme}://{driver.client.host}", root=driver.prefix)
     else:
         from regd.storage.filesystem import FilesystemDriver
         pool = ThreadPool(minthreads=1, maxthreads=storage.filesystem.maxthreads, name="regd-storage")
@@ -118,6 +130,7 @@ def makeService(options) -> service.MultiService:
         readonly=storage.maintenance.readonly.enabled,
         url_policy=UrlPolicy(tuple(url_rules.allow), tuple(url_rules.deny)),
         validate_manifests=not config.validation.disabled,
+        redirect=not storage.redirect.disable,
     )
     prefix = config.http.prefix.rstrip("/")
     urls = UrlBuilder(relative=config.http.relativeurls, base=config.http.host or None, prefix=prefix)

@@ -26,6 +26,9 @@ class BlobHandler:
         if request.method == b"HEAD":
             info = await self._registry.blobs.stat(name, digest)
             return respond_head(request, 200, self._headers(digest, info.size))
+        location = await self._registry.blobs.redirect_url(name, digest, context)
+        if location is not None:
+            return respond(request, 307, b"", None, {"Location": location, "Docker-Content-Digest": str(digest)})
         blob = await self._registry.blobs.open(name, digest, context)
         try:
             wanted = parse_range(header(request, "Range"), blob.size)

@@ -58,6 +58,10 @@ class RegdRequest(server.Request):
             return
         if self.spool_factory is not None and (length is None or length >= self.spool_threshold):
             self.content = self.spool_factory()
+            set_producer = getattr(self.content, "set_producer", None)
+            if set_producer is not None and self.channel is not None:
+                # A spool that sends bytes on (S3) pauses the socket while a full part waits.
+                set_producer(self.channel.transport)
         else:
             self.content = BytesIO()
 

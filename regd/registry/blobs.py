@@ -61,11 +61,14 @@ class ServedBlob:
 
 
 class BlobService:
-    def __init__(self, driver, listeners: ListenerSet, delete_enabled: bool, pending: PendingReferences):
+    def __init__(self, driver, listeners: ListenerSet, delete_enabled: bool, pending: PendingReferences,
+                 redirect: bool = False):
         self._driver = driver
         self.pending = pending
         self._listeners = listeners
         self._delete_enabled = delete_enabled
+        # Clients fetch blob bytes straight from the storage when it can hand out URLs (S3).
+        self._redirect = redirect and getattr(driver, "redirect_url", None) is not None
 
     async def global_size(self, digest: Digest, reclaim: bool = True) -> int | None:
         """
@@ -119,9 +122,26 @@ class BlobService:
 
         return ServedBlob(reader, BlobInfo(digest, reader.size), pulled)
 
-    async def link(self, name: str, digest: Digest) -> None:
-        # Touching the bytes tells a concurrent garbage collection they are in use again.
-        await self.touch(digest)
+    async def redirect_url(self, name: str, digest: Digest, context: RequestContext) -> str | None:
+        """
+        A URL the client may fetch the blob from directly, or None when
+        redirects are off or the driver has none. The pull is reported now,
+        as registry:2 does: the bytes no longer pass through here.
+        """
+        if not self._redirect:
+            return None
+        info = await self.stat(name, digest)
+        url = await self._driver.redirect_url(paths.blob_data(digest), "GET")
+        if url is not None:
+            await self._listeners.emit(RegistryEvent(
+                PULL, BLOB, name, context, digest=digest, size=info.size, media_type="application/octet-stream"))
+        return url
+
+    async def link(self, name: str, digest: Digest, touch: bool = True) -> None:
+        # Touching the bytes tells a concurrent garbage collection they are in use again
+        # (not needed for bytes this request has just written).
+        if touch:
+            await self.touch(digest)
         await links.write_link(self._driver, paths.layer_link(name, digest), digest)
 
     async def touch(self, digest: Digest) -> None:

@@ -21,14 +21,15 @@ from regd.storage import paths
 
 class Registry:
     def __init__(self, driver, clock, *, delete_enabled: bool = False, readonly: bool = False,
-                 url_policy: UrlPolicy = UrlPolicy(), validate_manifests: bool = True, listeners=()):
+                 url_policy: UrlPolicy = UrlPolicy(), validate_manifests: bool = True, listeners=(),
+                 redirect: bool = False):
         self.driver = driver
         self.clock = clock
         self.readonly = readonly
         self.delete_enabled = delete_enabled
         self.listeners = ListenerSet(listeners)
         self.pending = PendingReferences(driver, clock)
-        self.blobs = BlobService(driver, self.listeners, delete_enabled, self.pending)
+        self.blobs = BlobService(driver, self.listeners, delete_enabled, self.pending, redirect=redirect)
         self.uploads = UploadService(driver, self.blobs, self.listeners, clock)
         self.manifests = ManifestService(driver, self.blobs, self.listeners, delete_enabled=delete_enabled,
                                          url_policy=url_policy, validate=validate_manifests)
@@ -47,4 +48,9 @@ class Registry:
 
     async def purge_uploads(self, older_than: float, dry_run: bool = False) -> list[str]:
         names = await self.driver.walk_repositories(paths.REPOSITORIES, "_uploads")
-        return await self.uploads.purge([n for n in names if is_valid_name(n)], older_than, dry_run)
+        purged = await self.uploads.purge([n for n in names if is_valid_name(n)], older_than, dry_run)
+        sweep = getattr(self.driver, "sweep_spool", None)
+        if sweep is not None and not dry_run:
+            # Bodies of requests a killed process never finished (S3 spool objects and multipart uploads).
+            await sweep(older_than, self.clock.seconds())
+        return purged

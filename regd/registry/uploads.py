@@ -236,9 +236,10 @@ class UploadService:
                 raise DigestInvalid(detail={"expected": str(digest), "received": f"{digest.algorithm}:{actual}"})
             size = session.size
             async with self._blobs.pending.holding(name, [digest]):
-                if await self._blobs.global_size(digest) is None:
+                placed = await self._blobs.global_size(digest) is None
+                if placed:
                     await self._driver.move(data_path, paths.blob_data(digest))
-                await self._blobs.link(name, digest)
+                await self._blobs.link(name, digest, touch=not placed)
             await links.delete_if_present(self._driver, paths.upload_dir(name, upload_id))
             self._sessions.pop((name, upload_id), None)
         finally:
@@ -271,11 +272,12 @@ class UploadService:
             raise DigestInvalid(detail={"expected": str(digest), "received": f"{CANONICAL}:{received}"})
         size = spool.size
         async with self._blobs.pending.holding(name, [digest]):
-            if await self._blobs.global_size(digest) is None:
+            placed = await self._blobs.global_size(digest) is None
+            if placed:
                 await self._driver.publish_spool(spool, paths.blob_data(digest))
             else:
                 spool.close()
-            await self._blobs.link(name, digest)
+            await self._blobs.link(name, digest, touch=not placed)
         await self._listeners.emit(RegistryEvent(
             PUSH, BLOB, name, context, digest=digest, size=size, media_type="application/octet-stream"))
         return BlobInfo(digest, size)

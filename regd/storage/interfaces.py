@@ -24,6 +24,14 @@ class StorageError(Exception):
     """A driver failure that is not the client's fault."""
 
 
+class StorageUnavailable(StorageError, OSError):
+    """
+    The storage cannot be reached or refuses us (an object store that is
+    down, throttling beyond the retries, wrong credentials): clients get a
+    503 with the spec's JSON, and may retry.
+    """
+
+
 class PathNotFound(StorageError):
     """Nothing is stored at that path."""
 
@@ -71,6 +79,11 @@ class IBodySpool(Interface):
 
     def close() -> None:
         """Release the spool; its bytes are discarded unless a driver adopted it."""
+
+    # Optional: set_producer(producer). A spool that sends bytes on over the
+    # network (S3) pauses the producer (the request's transport) while it
+    # has a full part waiting, and resumes it once the part is sent, so the
+    # client cannot outrun the object store. Detected with getattr.
 
 
 class IBlobReader(Interface):
@@ -167,3 +180,9 @@ class IStorageDriver(Interface):
 
     def truncate(path: str, size: int):
         """Deferred[None]: cut an object back to C{size} bytes (failed append)."""
+
+    # Optional capabilities, detected with getattr:
+    #   redirect_url(path, method="GET") -> Deferred[str | None]: a URL the
+    #       client may fetch the object from directly (S3: presigned).
+    #   check() -> None: raise StorageUnavailable with one line when the
+    #       storage cannot be used at all (called once at startup, blocking).

@@ -1,0 +1,962 @@
+# -*- test-case-name: tests.storage.test_s3 -*-
+"""
+S3 storage: the reference registry's tree under a bucket prefix
+(C{<rootdirectory>/docker/registry/v2/...}, one object per file), so a bucket
+written by registry:2's S3 driver is served by regd and back.
+
+Bodies never sit whole in memory or on local disk. A request body goes into
+an L{S3Spool}, which sends it on as the parts of a multipart upload, in
+C{chunksize} parts, while it arrives (hashed on the way) and pauses the
+client's connection while a full part waits. A finished body is one object
+under C{regd/spool/}. An upload's C{_uploads/<id>/data} is then a small index
+object listing the bodies received so far, in order ("segments"; its
+metadata carries the total size), so any instance can take the next chunk:
+all upload state is in the bucket. Publishing a blob is a server-side copy
+(a multipart copy above C{multipartcopythresholdsize}) of the segments to
+C{blobs/.../data}, done only after the service has checked the digest; the
+blob becomes visible when S3 completes the copy, whole.
+
+Segment objects are deleted with their upload (finished, cancelled or
+purged); those of a process killed mid-request are swept by
+L{S3Driver.sweep_spool}, which upload purging runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import time
+import uuid
+from email.utils import parsedate_to_datetime
+from xml.sax.saxutils import escape
+
+import attrs
+from twisted.internet import defer
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.web.client import ResponseDone
+from zope.interface import implementer
+import xml.etree.ElementTree as ElementTree
+
+from regd.oci.hashstate import running_hasher
+from regd.storage import paths
+from regd.storage.interfaces import (FileInfo, IBlobReader, IBodySpool, IStorageDriver, InvalidPath,
+                                     PathNotFound, StorageError, StorageUnavailable)
+from regd.storage.s3client import S3Client, parse_error, static_credentials, xml_children, xml_text
+
+log = Logger()
+
+MIN_PART = 5 * 1024 * 1024  # S3's smallest part (but the last)
+SEGMENTED = "x-amz-meta-regd-segmented"
+LOGICAL_SIZE = "x-amz-meta-regd-size"
+
+
+def _check(path: str) -> str:
+    if not isinstance(path, str) or not path or path.startswith("/") or "\\" in path or "\0" in path:
+        raise InvalidPath(path)
+    if any(p in ("", ".", "..") for p in path.split("/")):
+        raise InvalidPath(path)
+    return path
+
+
+def _run(coroutine_function):
+    """Make an async method return a Deferred that fails (never raises) on bad input."""
+    def method(self, *args, **kwargs):
+        return defer.ensureDeferred(coroutine_function(self, *args, **kwargs))
+    method.__name__ = coroutine_function.__name__
+    method.__doc__ = coroutine_function.__doc__
+    return method
+
+
+@attrs.frozen
+class _Object:
+    size: int
+    modified: float
+    segmented: bool
+
+
+@attrs.frozen
+class _Piece:
+    """Bytes [start, end) of the object at key (a root-relative path)."""
+    path: str
+    start: int
+    end: int
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+
+def _modified(response) -> float:
+    value = response.headers.getRawHeaders("last-modified", [None])[0]
+    if not value:
+        return time.time()
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return time.time()
+
+
+def _header(response, name: str, default=None):
+    return response.headers.getRawHeaders(name, [default])[0]
+
+
+# -- uploads into the bucket while the body arrives ----------------------------
+
+
+@implementer(IBodySpool)
+class S3Spool:
+    """
+    A request body on its way into the bucket. Bytes are kept until a part
+    of C{chunksize} is full, which is then sent as the next part of a
+    multipart upload on C{regd/spool/<uuid>} while more bytes arrive; while
+    a part is being sent and the next is already full, the connection is
+    paused. Small bodies (under one part) never leave memory until a
+    driver stores them with one PUT.
+    """
+
+    def __init__(self, driver: "S3Driver"):
+        self._driver = driver
+        self.hasher = running_hasher()
+        self.size = 0
+        self.path = _spool_path(driver.reactor)
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self._position = 0
+        self._upload_id = None
+        self._parts: list[tuple[int, str]] = []
+        self._sending = None  # Deferred of the part being sent
+        self._failure = None
+        self._producer = None
+        self._paused = False
+        self.adopted = False
+        self.closed = False
+        self.completed = False  # the multipart upload became the object at self.path
+
+    # twisted.web's file methods
+
+    def set_producer(self, producer) -> None:
+        self._producer = producer
+
+    def write(self, data: bytes) -> None:
+        if self.closed:
+            raise ValueError("write to a closed spool")
+        self.hasher.update(data)
+        self.size += len(data)
+        if self._failure is not None:
+            return  # the body is lost already; store raises the failure
+        self._chunks.append(bytes(data))
+        self._buffered += len(data)
+        if self._buffered >= self._driver.chunksize:
+            if self._sending is None:
+                self._send_part()
+            else:
+                # Checked on every write: HTTPChannel may resume the transport on its own.
+                self._pause()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence == 0:
+            self._position = offset
+        elif whence == 1:
+            self._position += offset
+        else:
+            self._position = self.size + offset
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def read(self, size: int = -1) -> bytes:
+        if self._parts or self._sending is not None:
+            raise OSError("an S3 spool cannot be read back once parts were sent")
+        data = b"".join(self._chunks)
+        self._chunks = [data] if data else []
+        end = len(data) if size is None or size < 0 else self._position + size
+        out = data[self._position:end]
+        self._position += len(out)
+        return out
+
+    def in_memory(self) -> bool:
+        return not self._parts and self._sending is None and self._upload_id is None
+
+    def getvalue(self) -> bytes:
+        data = b"".join(self._chunks)
+        self._chunks = [data] if data else []
+        return data
+
+    # parts
+
+    def _pause(self):
+        if self._producer is not None:
+            self._paused = True
+            self._producer.pauseProducing()
+
+    def _resume(self):
+        if self._paused and self._producer is not None:
+            self._paused = False
+            self._producer.resumeProducing()
+
+    def _send_part(self):
+        data = b"".join(self._chunks)
+        self._chunks, self._buffered = [], 0
+        self._sending = defer.ensureDeferred(self._upload_part(data))
+        self._sending.addErrback(self._failed)
+        self._sending.addBoth(self._sent)
+
+    async def _upload_part(self, data: bytes):
+        if self._upload_id is None:
+            self._upload_id = await self._driver._create_multipart(self.path)
+        number = len(self._parts) + 1
+        etag = await self._driver._upload_part(self.path, self._upload_id, number, data)
+        self._parts.append((number, etag))
+
+    def _failed(self, failure):
+        self._failure = failure
+        self._chunks, self._buffered = [], 0
+        log.warn("sending an upload part to S3 failed: {error}", error=str(failure.value))
+
+    def _sent(self, _):
+        self._sending = None
+        if self._failure is None and self._buffered >= self._driver.chunksize and not self.closed:
+            self._send_part()
+        else:
+            self._resume()
+
+    async def finish(self):
+        """
+        Wait for the parts in flight; then either the body (bytes, when it
+        never filled a part) or None once the whole body is the object at
+        C{self.path}.
+        """
+        while self._sending is not None:
+            await self._sending
+        if self._failure is not None:
+            self._failure.raiseException()
+        if self._upload_id is None:
+            return self.getvalue()
+        if self._buffered:
+            data = self.getvalue()
+            self._chunks, self._buffered = [], 0
+            self._sending = defer.ensureDeferred(self._upload_part(data))
+            try:
+                await self._sending
+            finally:
+                self._sending = None
+        await self._driver._complete_multipart(self.path, self._upload_id, self._parts)
+        self.completed = True
+        return None
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._chunks, self._buffered = [], 0
+        self._resume()
+        if self.adopted or (self._upload_id is None and self._sending is None):
+            return
+        d = defer.ensureDeferred(self._discard())
+        d.addErrback(lambda f: log.info("could not remove an abandoned upload spool {path}: {error}",
+                                        path=self.path, error=str(f.value)))
+
+    async def _discard(self):
+        while self._sending is not None:
+            try:
+                await self._sending
+            except Exception:
+                pass
+        if self.completed:
+            await self._driver.delete(self.path)
+        elif self._upload_id is not None:
+            await self._driver._abort_multipart(self.path, self._upload_id)
+
+
+# -- streaming reads -------------------------------------------------------------
+
+
+class _BodyReceiver(Protocol):
+    def __init__(self, streamer, done):
+        self._streamer = streamer
+        self._done = done
+
+    def connectionMade(self):
+        self._streamer._attach(self.transport)
+
+    def dataReceived(self, data):
+        self._streamer._data(data)
+
+    def connectionLost(self, reason):
+        self._streamer._attach(None)
+        if reason.check(ResponseDone):
+            self._done.callback(None)
+        else:
+            self._done.errback(reason)
+
+
+@implementer(IPushProducer)
+class _Streamer:
+    """
+    Streams pieces of objects to a consumer, one ranged GET after another,
+    pausing the S3 connection whenever the consumer (the client's
+    connection) asks to pause.
+    """
+
+    def __init__(self, client, consumer, pieces: list[_Piece], key_of, on_close=None):
+        self._client = client
+        self._consumer = consumer
+        self._pieces = pieces
+        self._key_of = key_of
+        self._on_close = on_close
+        self._transport = None
+        self._paused = False
+        self._stopped = False
+        self._pending = None
+        self.done = defer.Deferred()
+
+    def start(self, register: bool = True):
+        if register:
+            self._consumer.registerProducer(self, True)
+        d = defer.ensureDeferred(self._run())
+        d.addErrback(lambda f: None)
+        return self.done
+
+    async def _run(self):
+        try:
+            for piece in self._pieces:
+                if piece.size <= 0:
+                    continue
+                if self._stopped:
+                    return
+                self._pending = defer.ensureDeferred(self._client.request(
+                    "GET", self._key_of(piece.path), headers={"Range": f"bytes={piece.start}-{piece.end - 1}"},
+                    ok=(200, 206), stream=True))
+                try:
+                    response = await self._pending
+                finally:
+                    self._pending = None
+                received = defer.Deferred()
+                response.deliverBody(_BodyReceiver(self, received))
+                await received
+            self._finish(None)
+        except Exception as e:
+            self._finish(e)
+
+    def _finish(self, error):
+        if self.done.called:
+            return
+        if not self._stopped:
+            self._consumer.unregisterProducer()
+        if self._on_close is not None:
+            self._on_close()
+        if error is None:
+            self.done.callback(None)
+        else:
+            self.done.errback(error)
+
+    def _attach(self, transport):
+        self._transport = transport
+        if transport is not None:
+            if self._stopped:
+                transport.stopProducing()
+            elif self._paused:
+                transport.pauseProducing()
+
+    def _data(self, data):
+        if not self._stopped:
+            self._consumer.write(data)
+
+    def pauseProducing(self):
+        self._paused = True
+        if self._transport is not None:
+            self._transport.pauseProducing()
+
+    def resumeProducing(self):
+        self._paused = False
+        if self._transport is not None:
+            self._transport.resumeProducing()
+
+    def stopProducing(self):
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._transport is not None:
+            self._transport.stopProducing()
+        self._finish(ConnectionDone("consumer stopped the producer"))
+        if self._pending is not None:
+            self._pending.cancel()
+
+
+class _Collector:
+    """A consumer that feeds a hasher or a list (reads that are not to a client)."""
+
+    def __init__(self, sink):
+        self._sink = sink
+
+    def registerProducer(self, producer, streaming):
+        pass
+
+    def unregisterProducer(self):
+        pass
+
+    def write(self, data):
+        self._sink(data)
+
+
+@implementer(IBlobReader)
+class S3Reader:
+    def __init__(self, driver: "S3Driver", pieces: list[_Piece], size: int):
+        self._driver = driver
+        self._pieces = pieces
+        self.size = size
+
+    def stream_to(self, consumer, offset: int = 0, length: int | None = None):
+        if length is None:
+            length = self.size - offset
+        streamer = _Streamer(self._driver.client, consumer, _window(self._pieces, offset, offset + length),
+                             self._driver._key)
+        return streamer.start()
+
+    def read_all(self):
+        return defer.ensureDeferred(self._driver._read_pieces(self._pieces))
+
+    def close(self) -> None:
+        pass
+
+
+def _window(pieces: list[_Piece], start: int, end: int) -> list[_Piece]:
+    """The parts of C{pieces} (laid end to end) covering logical bytes [start, end)."""
+    out, position = [], 0
+    for piece in pieces:
+        lo, hi = max(start, position), min(end, position + piece.size)
+        if lo < hi:
+            out.append(_Piece(piece.path, piece.start + lo - position, piece.start + hi - position))
+        position += piece.size
+    return out
+
+
+# -- the driver -------------------------------------------------------------------
+
+
+@implementer(IStorageDriver)
+class S3Driver:
+    """
+    C{settings} is a L{regd.config.S3Config}. C{min_part} is S3's smallest
+    part; tests lower it together with their S3 server's.
+    """
+
+    list_page = 1000
+
+    def __init__(self, settings, reactor, client: S3Client | None = None, credentials=None,
+                 min_part: int = MIN_PART):
+        self.settings = settings
+        self.reactor = reactor
+        root = settings.rootdirectory.strip("/")
+        self.prefix = f"{root}/" if root else ""
+        self.client = client or S3Client(settings, credentials or static_credentials(settings), reactor)
+        self.chunksize = max(settings.chunksize, min_part)
+        self.min_part = min_part
+        self.copy_chunk = max(settings.multipartcopychunksize, min_part)
+        self.copy_threshold = settings.multipartcopythresholdsize
+        self.copy_concurrency = max(1, settings.multipartcopymaxconcurrency)
+
+    # -- keys and headers ------------------------------------------------------
+
+    def _key(self, path: str) -> str:
+        return self.prefix + _check(path)
+
+    def _write_headers(self, content_type: str = "application/octet-stream") -> dict:
+        headers = {"Content-Type": content_type}
+        if self.settings.storageclass and self.settings.storageclass != "NONE":
+            headers["x-amz-storage-class"] = self.settings.storageclass
+        if self.settings.encrypt:
+            if self.settings.keyid:
+                headers["x-amz-server-side-encryption"] = "aws:kms"
+                headers["x-amz-server-side-encryption-aws-kms-key-id"] = self.settings.keyid
+            else:
+                headers["x-amz-server-side-encryption"] = "AES256"
+        return headers
+
+    def check(self) -> None:
+        """Blocking, before the reactor runs: can the bucket be listed with these settings?"""
+        self.client.check_bucket_blocking(self.prefix)
+
+    # -- small objects -----------------------------------------------------------
+
+    @_run
+    async def get_content(self, path: str):
+        response = await self.client.request("GET", self._key(path))
+        if _header(response, SEGMENTED):
+            return await self._read_pieces(await self._pieces(path, response.body))
+        return response.body
+
+    @_run
+    async def put_content(self, path: str, data: bytes):
+        await self.client.request("PUT", self._key(path), headers=self._write_headers(), body=bytes(data))
+
+    async def _head(self, path: str) -> _Object | None:
+        try:
+            response = await self.client.request("HEAD", self._key(path))
+        except PathNotFound:
+            return None
+        if _header(response, SEGMENTED):
+            return _Object(int(_header(response, LOGICAL_SIZE, "0")), _modified(response), True)
+        return _Object(int(_header(response, "content-length", "0")), _modified(response), False)
+
+    @_run
+    async def stat(self, path: str):
+        found = await self._head(path)
+        if found is not None:
+            return FileInfo(path, found.size, found.modified, False)
+        entries = await self._list_page(self._key(path) + "/", delimiter="/", limit=1)
+        if entries[0] or entries[1]:
+            return FileInfo(path, 0, 0.0, True)
+        raise PathNotFound(path)
+
+    async def _list_page(self, prefix: str, delimiter: str | None = None, limit: int | None = None,
+                         token: str | None = None):
+        """One ListObjectsV2 page: (directories, [(key, size)], next token)."""
+        query = {"list-type": "2", "prefix": prefix, "max-keys": str(limit or self.list_page)}
+        if delimiter:
+            query["delimiter"] = delimiter
+        if token:
+            query["continuation-token"] = token
+        response = await self.client.request("GET", "", query=query)
+        root = ElementTree.fromstring(response.body)
+        directories = [xml_text(p, "Prefix") for p in xml_children(root, "CommonPrefixes")]
+        files = [(xml_text(c, "Key"), int(xml_text(c, "Size", "0"))) for c in xml_children(root, "Contents")]
+        following = xml_text(root, "NextContinuationToken") if xml_text(root, "IsTruncated") == "true" else None
+        return directories, files, following
+
+    async def _list_all(self, prefix: str, delimiter: str | None = None):
+        directories, files, token = [], [], None
+        while True:
+            more_dirs, more_files, token = await self._list_page(prefix, delimiter, token=token)
+            directories += more_dirs
+            files += more_files
+            if not token:
+                return directories, files
+
+    async def _children(self, path: str) -> tuple[list[str], list[str]]:
+        prefix = self._key(path) + "/"
+        directories, files = await self._list_all(prefix, "/")
+        dirs = [d[len(prefix):].rstrip("/") for d in directories]
+        names = [k[len(prefix):] for k, _ in files]
+        return sorted(d for d in dirs if d), sorted(n for n in names if n)
+
+    @_run
+    async def list(self, path: str):
+        dirs, files = await self._children(path)
+        if not dirs and not files:
+            raise PathNotFound(path)
+        return sorted(set(dirs) | set(files))
+
+    @_run
+    async def delete(self, path: str):
+        key = self._key(path)
+        _, files = await self._list_all(key)
+        doomed = [k for k, _ in files if k == key or k.startswith(key + "/")]
+        if not doomed:
+            raise PathNotFound(path)
+        for k in list(doomed):
+            # An upload's data index takes its segments along.
+            if k.endswith("/data") and "/_uploads/" in k:
+                relative = k[len(self.prefix):]
+                try:
+                    found = await self._head(relative)
+                    if found is not None and found.segmented:
+                        doomed += [self._key(p.path) for p in await self._pieces(relative)]
+                except PathNotFound:
+                    pass
+        await self._delete_keys(doomed)
+
+    async def _delete_keys(self, keys: list[str]) -> None:
+        for i in range(0, len(keys), 1000):
+            batch = keys[i:i + 1000]
+            body = ("<Delete><Quiet>true</Quiet>"
+                    + "".join(f"<Object><Key>{escape(k)}</Key></Object>" for k in batch)
+                    + "</Delete>").encode("utf-8")
+            md5 = base64.b64encode(hashlib.md5(body).digest()).decode("ascii")
+            response = await self.client.request("POST", "", query={"delete": ""}, body=body,
+                                                 headers={"Content-MD5": md5, "Content-Type": "application/xml"})
+            errors = xml_children(ElementTree.fromstring(response.body), "Error") if response.body else []
+            problems = [e for e in errors if xml_text(e, "Code") != "NoSuchKey"]
+            if problems:
+                raise StorageError(f"S3 delete failed: {xml_text(problems[0], 'Code')} {xml_text(problems[0], 'Key')}")
+
+    @_run
+    async def move(self, source: str, destination: str):
+        _check(destination)
+        found = await self._head(source)
+        if found is None:
+            raise PathNotFound(source)
+        pieces = await self._pieces(source) if found.segmented else [_Piece(source, 0, found.size)]
+        await self._compose(pieces, destination)
+        await self._delete_keys([self._key(source)] + [self._key(p.path) for p in pieces if p.path != source])
+
+    @_run
+    async def touch(self, path: str):
+        found = await self._head(path)
+        if found is None:
+            raise PathNotFound(path)
+        if found.segmented:
+            raw = (await self.client.request("GET", self._key(path))).body
+            await self._put_index(path, json.loads(raw)["segments"])
+            return
+        # S3 has no utime: copy the object onto itself with fresh metadata.
+        await self._compose([_Piece(path, 0, found.size)], path,
+                            extra={"x-amz-metadata-directive": "REPLACE",
+                                   "x-amz-meta-regd-touched": str(int(time.time()))})
+
+    @_run
+    async def truncate(self, path: str, size: int):
+        found = await self._head(path)
+        if found is None:
+            raise PathNotFound(path)
+        pieces = await self._pieces(path) if found.segmented else [_Piece(path, 0, found.size)]
+        if size >= found.size:
+            return
+        kept = _window(pieces, 0, size)
+        if not found.segmented:
+            await self._compose(kept, path)
+            return
+        segments, sizes = [], {p.path: p.size for p in pieces}
+        for piece in kept:
+            if piece.size == sizes[piece.path]:
+                segments.append([piece.path, piece.size])
+            else:
+                cut = _spool_path(self.reactor)
+                await self._compose([piece], cut)
+                segments.append([cut, piece.size])
+        await self._put_index(path, segments)
+        used = {p for p, _ in segments}
+        unused = [self._key(p.path) for p in pieces if p.path not in used]
+        if unused:
+            await self._delete_keys(unused)
+
+    # -- segmented objects (upload data) -----------------------------------------------
+
+    async def _pieces(self, path: str, raw: bytes | None = None) -> list[_Piece]:
+        if raw is None:
+            raw = (await self.client.request("GET", self._key(path))).body
+        try:
+            return [_Piece(p, 0, int(size)) for p, size in json.loads(raw)["segments"]]
+        except (ValueError, KeyError, TypeError):
+            raise StorageError(f"unreadable upload index at {path}") from None
+
+    async def _put_index(self, path: str, segments: list) -> None:
+        total = sum(size for _, size in segments)
+        headers = {"Content-Type": "application/json", SEGMENTED: "1", LOGICAL_SIZE: str(total)}
+        await self.client.request("PUT", self._key(path), headers=headers,
+                                  body=json.dumps({"segments": segments}).encode("ascii"))
+
+    async def _read_pieces(self, pieces: list[_Piece]) -> bytes:
+        out = []
+        await _Streamer(self.client, _Collector(out.append), pieces, self._key).start(register=False)
+        return b"".join(out)
+
+    # -- streams -----------------------------------------------------------------
+
+    @_run
+    async def reader(self, path: str):
+        found = await self._head(path)
+        if found is None:
+            raise PathNotFound(path)
+        pieces = await self._pieces(path) if found.segmented else [_Piece(path, 0, found.size)]
+        return S3Reader(self, pieces, found.size)
+
+    def new_spool(self):
+        return S3Spool(self)
+
+    @_run
+    async def store_spool(self, spool, path: str, hasher=None):
+        try:
+            _check(path)
+            found = await self._head(path)
+            existing = found.size if found is not None else 0
+            body = await spool.finish()
+            if existing == 0:
+                if body is not None:
+                    await self.client.request("PUT", self._key(path), headers=self._write_headers(), body=body)
+                else:
+                    spool.adopted = True
+                    await self._put_index(path, [[spool.path, spool.size]])
+                return spool.size
+            if spool.size == 0:
+                return existing
+            if body is not None and not found.segmented and existing + len(body) <= self.chunksize:
+                # Small chunks of a small upload: keep one plain object.
+                before = await self.get_content(path)
+                await self.client.request("PUT", self._key(path), headers=self._write_headers(),
+                                          body=before + body)
+                if hasher is not None:
+                    hasher.update(body)
+                return existing + len(body)
+            segments = (json.loads((await self.client.request("GET", self._key(path))).body)["segments"]
+                        if found.segmented else None)
+            if segments is None:
+                # A plain object grown past one part: it becomes the first segment.
+                first = _spool_path(self.reactor)
+                await self._compose([_Piece(path, 0, existing)], first)
+                segments = [[first, existing]]
+            if body is not None:
+                await self.client.request("PUT", self._key(spool.path), headers=self._write_headers(), body=body)
+                if hasher is not None:
+                    hasher.update(body)
+            elif hasher is not None:
+                await _Streamer(self.client, _Collector(hasher.update), [_Piece(spool.path, 0, spool.size)],
+                                self._key).start(register=False)
+            spool.adopted = True
+            await self._put_index(path, segments + [[spool.path, spool.size]])
+            return existing + spool.size
+        finally:
+            spool.close()
+
+    @_run
+    async def publish_spool(self, spool, path: str):
+        try:
+            _check(path)
+            body = await spool.finish()
+            if body is not None:
+                await self.client.request("PUT", self._key(path), headers=self._write_headers(), body=body)
+            else:
+                await self._compose([_Piece(spool.path, 0, spool.size)], path)
+            return spool.size
+        finally:
+            spool.close()  # removes the spool object (not adopted)
+
+    @_run
+    async def digest_file(self, path: str, algorithm: str):
+        found = await self._head(path)
+        if found is None:
+            raise PathNotFound(path)
+        pieces = await self._pieces(path) if found.segmented else [_Piece(path, 0, found.size)]
+        hasher = running_hasher(algorithm)
+        await _Streamer(self.client, _Collector(hasher.update), pieces, self._key).start(register=False)
+        return hasher
+
+    @_run
+    async def walk_repositories(self, root: str, marker: str = "_manifests"):
+        found = []
+
+        async def walk(path: str, name: str):
+            dirs, _files = await self._children(path)
+            if marker in dirs and name:
+                found.append(name)
+            for d in dirs:
+                if not d.startswith("_"):
+                    await walk(f"{path}/{d}", f"{name}/{d}" if name else d)
+
+        await walk(_check(root), "")
+        return sorted(found)
+
+    def redirect_url(self, path: str, method: str = "GET"):
+        """A presigned URL for the object (20 minutes, as registry:2)."""
+        try:
+            return defer.succeed(self.client.presign(self._key(path), method))
+        except Exception:
+            return defer.fail()
+
+    async def sweep_spool(self, older_than: float, now: float | None = None) -> int:
+        """
+        Remove spool objects and abort spool multipart uploads older than
+        C{older_than} seconds: left behind by a process killed mid-request.
+        Returns how many went.
+        """
+        cutoff = (time.time() if now is None else now) - older_than
+        prefix = self._key(paths.SPOOL) + "/"
+        removed = 0
+        # Finished segments are judged by age alone: a segment is never older than its
+        # upload, and an upload older than the purge age is purged with its segments.
+        token, old = None, []
+        while True:
+            query = {"list-type": "2", "prefix": prefix, "max-keys": str(self.list_page)}
+            if token:
+                query["continuation-token"] = token
+            root = ElementTree.fromstring((await self.client.request("GET", "", query=query)).body)
+            for item in xml_children(root, "Contents"):
+                try:
+                    if _iso(xml_text(item, "LastModified")) < cutoff:
+                        old.append(xml_text(item, "Key"))
+                except ValueError:
+                    continue
+            token = xml_text(root, "NextContinuationToken") if xml_text(root, "IsTruncated") == "true" else None
+            if not token:
+                break
+        if old:
+            await self._delete_keys(old)
+            removed += len(old)
+        response = await self.client.request("GET", "", query={"uploads": "", "prefix": prefix})
+        for upload in xml_children(ElementTree.fromstring(response.body), "Upload"):
+            # The spool's name says when it began (some S3 servers report no real Initiated time).
+            when = _spool_started(xml_text(upload, "Key"))
+            if when is not None and when < cutoff:
+                relative = xml_text(upload, "Key")[len(self.prefix):]
+                await self._abort_multipart(relative, xml_text(upload, "UploadId"))
+                removed += 1
+        return removed
+
+    # -- multipart uploads and copies --------------------------------------------------------
+
+    async def _create_multipart(self, path: str, extra: dict | None = None) -> str:
+        response = await self.client.request("POST", self._key(path), query={"uploads": ""},
+                                             headers={**self._write_headers(), **(extra or {})})
+        upload_id = xml_text(ElementTree.fromstring(response.body), "UploadId")
+        if not upload_id:
+            raise StorageError("S3 did not start a multipart upload")
+        return upload_id
+
+    async def _upload_part(self, path: str, upload_id: str, number: int, data: bytes) -> str:
+        response = await self.client.request("PUT", self._key(path),
+                                             query={"partNumber": str(number), "uploadId": upload_id}, body=data)
+        return _header(response, "etag", "")
+
+    async def _copy_part(self, path: str, upload_id: str, number: int, piece: _Piece) -> str:
+        response = await self.client.request(
+            "PUT", self._key(path), query={"partNumber": str(number), "uploadId": upload_id},
+            headers={"x-amz-copy-source": self._copy_source(piece.path),
+                     "x-amz-copy-source-range": f"bytes={piece.start}-{piece.end - 1}"})
+        root = _raise_embedded_error(response.body, path)
+        return xml_text(root, "ETag")
+
+    async def _complete_multipart(self, path: str, upload_id: str, parts: list[tuple[int, str]]) -> None:
+        body = ("<CompleteMultipartUpload>" + "".join(
+            f"<Part><PartNumber>{n}</PartNumber><ETag>{escape(etag)}</ETag></Part>" for n, etag in parts)
+            + "</CompleteMultipartUpload>").encode("ascii")
+        response = await self.client.request("POST", self._key(path), query={"uploadId": upload_id}, body=body,
+                                             headers={"Content-Type": "application/xml"}, timeout=600)
+        # S3 may answer 200 and still report an error in the body.
+        _raise_embedded_error(response.body, path)
+
+    async def _abort_multipart(self, path: str, upload_id: str) -> None:
+        try:
+            await self.client.request("DELETE", self._key(path), query={"uploadId": upload_id}, ok=(200, 204))
+        except PathNotFound:
+            pass
+
+    def _copy_source(self, path: str) -> str:
+        from urllib.parse import quote
+        return quote(f"{self.settings.bucket}/{self._key(path)}", safe="/-_.~")
+
+    async def _compose(self, pieces: list[_Piece], destination: str, extra: dict | None = None) -> None:
+        """
+        Make the object at C{destination} the concatenation of C{pieces},
+        server-side: one copy when a single piece is under the threshold,
+        else a multipart copy of C{multipartcopychunksize} ranges, run
+        C{multipartcopymaxconcurrency} at a time. A part that would span
+        pieces is assembled from downloaded bytes (at most one S3 part's
+        minimum, a few at a time) so every part but the last is big enough.
+        """
+        total = sum(p.size for p in pieces)
+        pieces = [p for p in pieces if p.size > 0]
+        if total == 0:
+            await self.client.request("PUT", self._key(destination), headers=self._write_headers(), body=b"")
+            return
+        if len(pieces) == 1 and total <= self.copy_threshold and pieces[0].start == 0 and \
+                pieces[0].size == total and await self._whole(pieces[0]):
+            headers = {**self._write_headers(), "x-amz-copy-source": self._copy_source(pieces[0].path),
+                       "x-amz-metadata-directive": "REPLACE", **(extra or {})}
+            response = await self.client.request("PUT", self._key(destination), headers=headers, timeout=600)
+            _raise_embedded_error(response.body, destination)
+            return
+        plan = _plan_parts(pieces, self.copy_chunk, self.min_part)
+        upload_id = await self._create_multipart(destination, {
+            k: v for k, v in (extra or {}).items() if k != "x-amz-metadata-directive"})
+        copies = defer.DeferredSemaphore(self.copy_concurrency)
+        downloads = defer.DeferredSemaphore(2)  # bounds memory: each holds one small part
+
+        async def make_part(number, part_pieces):
+            if len(part_pieces) == 1:
+                return number, await self._copy_part(destination, upload_id, number, part_pieces[0])
+            await downloads.acquire()
+            try:
+                data = await self._read_pieces(part_pieces)
+                return number, await self._upload_part(destination, upload_id, number, data)
+            finally:
+                downloads.release()
+
+        async def limited(number, part_pieces):
+            await copies.acquire()
+            try:
+                return await make_part(number, part_pieces)
+            finally:
+                copies.release()
+
+        try:
+            results = await defer.gatherResults(
+                [defer.ensureDeferred(limited(n, pp)) for n, pp in enumerate(plan, start=1)], consumeErrors=True)
+            await self._complete_multipart(destination, upload_id, sorted(results))
+        except BaseException as e:
+            if isinstance(e, defer.FirstError):
+                e = e.subFailure.value
+            await self._abort_multipart(destination, upload_id)
+            raise e from None
+
+    async def _whole(self, piece: _Piece) -> bool:
+        # A single copy needs the whole source object: true unless a truncation cut it.
+        if piece.start != 0:
+            return False
+        found = await self._head(piece.path)
+        return found is not None and not found.segmented and found.size == piece.size
+
+
+def _plan_parts(pieces: list[_Piece], chunk: int, minimum: int) -> list[list[_Piece]]:
+    """
+    Cut the concatenation of C{pieces} into parts: a part inside one piece
+    is copied server-side (up to C{chunk} bytes); a part that must span
+    pieces (a piece's tail under C{minimum}) is C{minimum} bytes gathered
+    from several. Every part but the last is at least C{minimum} bytes.
+    """
+    total = sum(p.size for p in pieces)
+    plan, position = [], 0
+    starts, acc = [], 0
+    for p in pieces:
+        starts.append(acc)
+        acc += p.size
+    index = 0
+    while position < total:
+        while starts[index] + pieces[index].size <= position:
+            index += 1
+        piece = pieces[index]
+        offset = position - starts[index]
+        remaining = piece.size - offset
+        if remaining >= minimum or position + remaining == total:
+            size = min(chunk, remaining)
+            plan.append([_Piece(piece.path, piece.start + offset, piece.start + offset + size)])
+        else:
+            size = min(minimum, total - position)
+            plan.append(_window(pieces, position, position + size))
+        position += size
+    return plan
+
+
+def _raise_embedded_error(body: bytes, path: str):
+    try:
+        root = ElementTree.fromstring(body) if body else None
+    except ElementTree.ParseError:
+        root = None
+    if root is not None and root.tag.rsplit("}", 1)[-1] == "Error":
+        error = parse_error(500, body, path)
+        if error.code in ("SlowDown", "InternalError", "ServiceUnavailable"):
+            raise StorageUnavailable(str(error))
+        raise error
+    return root
+
+
+def _spool_path(clock) -> str:
+    """A new spool's path; its name starts with the time it began, for sweep_spool."""
+    now = clock.seconds() if clock is not None and hasattr(clock, "seconds") else time.time()
+    return f"{paths.SPOOL}/{int(now)}-{uuid.uuid4().hex}"
+
+
+def _spool_started(key: str) -> float | None:
+    try:
+        return float(key.rsplit("/", 1)[-1].split("-", 1)[0])
+    except ValueError:
+        return None
+
+
+def _iso(text: str) -> float:
+    from datetime import datetime
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()

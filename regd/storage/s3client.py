@@ -1,0 +1,283 @@
+# -*- test-case-name: tests.storage.test_s3client -*-
+"""
+S3 requests on the event loop: signed by botocore (SigV4, or SigV2 with
+v4auth off), sent over treq, retried with backoff when S3 throttles (503
+SlowDown, 429), fails (500, 502, 504) or does not answer in time.
+
+Everything here speaks keys and bytes; what a key means is the driver's
+business (regd.storage.s3). A request that still fails after its retries
+raises L{StorageUnavailable}, which clients see as a 503 with the spec's JSON.
+"""
+
+from __future__ import annotations
+
+import random
+import ssl
+import urllib.error
+import urllib.request
+import xml.etree.ElementTree as ElementTree
+from urllib.parse import quote, urlencode, urlsplit
+
+from botocore.auth import HmacV1Auth, HmacV1QueryAuth, S3SigV4Auth, S3SigV4QueryAuth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import ReadOnlyCredentials
+from twisted.internet import defer, error as neterror
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.web import client as webclient
+from twisted.web.http_headers import Headers
+from zope.interface import implementer
+
+from regd.storage.interfaces import PathNotFound, StorageError, StorageUnavailable
+
+log = Logger()
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# Failures of the connection itself: worth another try on a fresh connection.
+RETRY_EXCEPTIONS = (neterror.ConnectError, neterror.ConnectionLost, neterror.ConnectionClosed,
+                    neterror.TimeoutError, neterror.DNSLookupError, webclient.ResponseNeverReceived,
+                    webclient.ResponseFailed, webclient.RequestTransmissionFailed)
+
+
+class S3Error(StorageError):
+    """An S3 error answer: HTTP status plus the S3 error code from its XML body."""
+
+    def __init__(self, status: int, code: str, message: str, key: str = ""):
+        super().__init__(f"S3 {status} {code}: {message}" + (f" ({key})" if key else ""))
+        self.status = status
+        self.code = code
+
+
+def xml_children(element, name: str):
+    return [e for e in element.iter() if e.tag.rsplit("}", 1)[-1] == name]
+
+
+def xml_text(element, name: str, default: str = "") -> str:
+    for e in element:
+        if e.tag.rsplit("}", 1)[-1] == name:
+            return e.text or ""
+    return default
+
+
+def parse_error(status: int, body: bytes, key: str = "") -> S3Error:
+    code, message = {403: "AccessDenied", 404: "NoSuchKey"}.get(status, f"HTTP{status}"), ""
+    try:
+        root = ElementTree.fromstring(body) if body else None
+    except ElementTree.ParseError:
+        root = None
+    if root is not None:
+        code = xml_text(root, "Code", code)
+        message = xml_text(root, "Message", "")
+    return S3Error(status, code, message or "request failed", key)
+
+
+def endpoint_of(settings) -> tuple[str, str, bool]:
+    """(scheme, host[:port], path_style) for the configured endpoint."""
+    scheme = "https" if settings.secure else "http"
+    if settings.regionendpoint:
+        endpoint = settings.regionendpoint
+        if "://" not in endpoint:
+            endpoint = f"{scheme}://{endpoint}"
+        parts = urlsplit(endpoint)
+        scheme, host = parts.scheme, parts.netloc
+        path_style = True if settings.forcepathstyle is None else settings.forcepathstyle
+    else:
+        dual = "dualstack." if settings.usedualstack else ""
+        host = f"s3.{dual}{settings.region}.amazonaws.com"
+        path_style = bool(settings.forcepathstyle)
+    return scheme, host, path_style
+
+
+def static_credentials(settings):
+    """A credentials provider: the configured keys, or botocore's standard chain."""
+    if settings.accesskey:
+        frozen = ReadOnlyCredentials(settings.accesskey, settings.secretkey, settings.sessiontoken or None)
+        return lambda: frozen
+    import botocore.session
+    found = botocore.session.get_session().get_credentials()
+    if found is None:
+        raise StorageUnavailable("storage.s3: no accesskey/secretkey and no AWS credentials found "
+                                 "(environment, shared credentials file or instance role)")
+    return found.get_frozen_credentials
+
+
+@implementer(webclient.IPolicyForHTTPS)
+class _NoVerifyPolicy:
+    """storage.s3.skipverify: TLS without checking the server's certificate (test setups only)."""
+
+    def creatorForNetloc(self, hostname, port):
+        from twisted.internet.ssl import CertificateOptions, TLSVersion
+        from twisted.internet._sslverify import ClientTLSOptions
+        options = CertificateOptions(verify=False, raiseMinimumTo=TLSVersion.TLSv1_2)
+        creator = ClientTLSOptions(hostname.decode("ascii"), options.getContext())
+        # ClientTLSOptions checks the name after the handshake; skipverify means not at all.
+        creator._identityVerifyingInfoCallback = lambda connection, where, ret: None
+        return creator
+
+
+class S3Client:
+    """
+    One bucket's worth of S3 requests. C{credentials} is a callable giving
+    botocore ReadOnlyCredentials (refreshed by botocore when they expire).
+    """
+
+    retries = 6
+    backoff = 0.1  # seconds; doubled per attempt, with jitter, capped at max_backoff
+    max_backoff = 3.0
+    timeout = 60.0  # seconds to the response head
+
+    def __init__(self, settings, credentials, reactor, http=None, pool_size: int = 64):
+        self.settings = settings
+        self.bucket = settings.bucket
+        self.region = settings.region or "us-east-1"
+        self.scheme, self.host, self.path_style = endpoint_of(settings)
+        self._credentials = credentials
+        self._reactor = reactor
+        if http is None and reactor is not None:
+            import treq.client
+            pool = webclient.HTTPConnectionPool(reactor, persistent=True)
+            pool.maxPersistentPerHost = pool_size
+            pool.retryAutomatically = False  # retries are ours, and only where they are safe
+            policy = _NoVerifyPolicy() if settings.skipverify else webclient.BrowserLikePolicyForHTTPS()
+            http = treq.client.HTTPClient(webclient.Agent(reactor, contextFactory=policy, pool=pool))
+            self._pool = pool
+        else:
+            self._pool = None
+        self._http = http
+        self._random = random.Random()
+
+    # -- addressing and signing --------------------------------------------
+
+    def url(self, key: str = "", query: dict | None = None) -> str:
+        quoted = quote(key, safe="/-_.~")
+        if self.path_style:
+            base = f"{self.scheme}://{self.host}/{self.bucket}/{quoted}"
+        else:
+            base = f"{self.scheme}://{self.bucket}.{self.host}/{quoted}"
+        if query:
+            base += "?" + urlencode(sorted(query.items()), quote_via=quote, safe="-_.~")
+        return base
+
+    def sign(self, method: str, url: str, headers: dict, body: bytes = b"") -> dict:
+        request = AWSRequest(method=method, url=url, data=body, headers=dict(headers))
+        credentials = self._credentials()
+        if self.settings.v4auth:
+            S3SigV4Auth(credentials, "s3", self.region).add_auth(request)
+        else:
+            HmacV1Auth(credentials).add_auth(request)
+        return dict(request.headers.items())
+
+    def presign(self, key: str, method: str = "GET", expires: int = 1200) -> str:
+        """A URL anyone holding it may use for C{expires} seconds (blob redirects)."""
+        request = AWSRequest(method=method, url=self.url(key), data=b"", headers={})
+        credentials = self._credentials()
+        if self.settings.v4auth:
+            S3SigV4QueryAuth(credentials, "s3", self.region, expires=expires).add_auth(request)
+        else:
+            HmacV1QueryAuth(credentials, expires=expires).add_auth(request)
+        return request.url
+
+    # -- requests ----------------------------------------------------------
+
+    async def request(self, method: str, key: str = "", *, query: dict | None = None,
+                      headers: dict | None = None, body: bytes = b"", ok=(200,),
+                      stream: bool = False, timeout: float | None = None):
+        """
+        Send a request, retrying what is safe to retry. Returns the treq
+        response with its body read (C{response.body}), or unread when
+        C{stream} is set. Error answers raise L{S3Error} (404 for a missing
+        key raises L{PathNotFound}); persistent failures L{StorageUnavailable}.
+        """
+        url = self.url(key, query)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                signed = self.sign(method, url, headers or {}, body)
+                pending = self._http.request(
+                    method, url, headers=Headers({k: [v] for k, v in signed.items()}),
+                    data=body if (body or method in ("PUT", "POST")) else None, unbuffered=True)
+                # Our own deadline, so a timeout (retried) is told apart from a caller's cancel (not).
+                expired = []
+                deadline = self._reactor.callLater(timeout or self.timeout,
+                                                   lambda: (expired.append(True), pending.cancel()))
+                cancelled = []
+                outer = defer.Deferred(lambda _: (cancelled.append(True), pending.cancel()))
+                pending.addBoth(lambda result: None if (outer.called or cancelled) else outer.callback(result))
+                try:
+                    response = await outer
+                finally:
+                    if deadline.active():
+                        deadline.cancel()
+                if response.code in ok and stream:
+                    return response
+                content = await response.content()
+            except defer.CancelledError as e:
+                if not expired:
+                    raise
+                problem, status = neterror.TimeoutError(f"no answer within {timeout or self.timeout:.0f}s"), None
+            except RETRY_EXCEPTIONS as e:
+                problem, status = e, None
+            else:
+                if response.code in ok:
+                    response.body = content
+                    return response
+                status = response.code
+                problem = parse_error(response.code, content, key)
+                if status not in RETRY_STATUSES:
+                    if status == 404 and problem.code in ("NoSuchKey", "NoSuchUpload", "NotFound", "HTTP404"):
+                        raise PathNotFound(key)
+                    if status in (301, 400, 403, 404):
+                        raise StorageUnavailable(f"S3 refused {method} on bucket {self.bucket}: {problem}")
+                    raise problem
+            if attempt >= self.retries:
+                log.warn("S3 {method} {key} failed {attempts} times: {problem}", method=method, key=key,
+                         attempts=attempt, problem=str(problem))
+                raise StorageUnavailable(f"S3 {method} failed after {attempt} attempts: {problem}")
+            delay = min(self.max_backoff, self.backoff * 2 ** (attempt - 1)) * (0.5 + self._random.random() / 2)
+            log.debug("S3 {method} {key}: {problem}; retrying in {delay:.2f}s", method=method, key=key,
+                      problem=str(problem), delay=delay)
+            await deferLater(self._reactor, delay, lambda: None)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.closeCachedConnections()
+
+    # -- the startup check ---------------------------------------------------
+
+    def check_bucket_blocking(self, prefix: str, timeout: float = 10.0) -> None:
+        """
+        Before the reactor runs: list one key under the root, so a wrong
+        endpoint, wrong credentials or a missing bucket stop the daemon with
+        one line. Raises StorageUnavailable naming the problem.
+        """
+        url = self.url("", {"list-type": "2", "max-keys": "1", "prefix": prefix})
+        headers = self.sign("GET", url, {})
+        context = None
+        if self.scheme == "https" and self.settings.skipverify:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        request = urllib.request.Request(url, headers=headers, method="GET")
+        where = f"{self.scheme}://{self.host}, bucket {self.bucket}"
+        try:
+            with urllib.request.urlopen(request, timeout=timeout, context=context) as answer:
+                answer.read()
+        except urllib.error.HTTPError as e:
+            problem = parse_error(e.code, e.read())
+            hints = {"NoSuchBucket": "the bucket does not exist",
+                     "InvalidAccessKeyId": "the access key is not known (check accesskey/secretkey)",
+                     "SignatureDoesNotMatch": "the secret key is wrong (check secretkey)",
+                     "AccessDenied": "access denied (check the credentials and the bucket policy)",
+                     "PermanentRedirect": "the bucket is in another region (check region)",
+                     "AuthorizationHeaderMalformed": "the region does not match the bucket (check region)"}
+            raise StorageUnavailable(f"S3 at {where}: {hints.get(problem.code, str(problem))}") from None
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise StorageUnavailable(f"S3 at {where} is unreachable: {reason}") from None
+
+
+def check_bucket(settings) -> None:
+    """The startup check, before any reactor runs; raises StorageUnavailable with one line."""
+    S3Client(settings, static_credentials(settings), reactor=None).check_bucket_blocking(
+        settings.rootdirectory.strip("/") + "/" if settings.rootdirectory.strip("/") else "")

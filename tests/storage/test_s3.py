@@ -1,0 +1,206 @@
+"""
+What the S3 driver does beyond the shared contract (tests/storage/test_contract.py):
+bodies sent as multipart parts while they arrive, upload data kept as
+segments in the bucket, server-side composition, presigned redirects,
+the registry:2 key layout, and clean-up of abandoned spools.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import urllib.request
+
+from twisted.internet import reactor
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from regd.oci.hashstate import running_hasher
+from regd.storage.interfaces import PathNotFound
+from regd.storage.s3 import S3Driver, _Piece, _plan_parts
+from tests.support.s3 import s3_settings, shared_moto
+
+PART = 64 * 1024  # the shared moto server accepts parts this small
+
+
+class FakeTransport:
+    def __init__(self):
+        self.calls = []
+
+    def pauseProducing(self):
+        self.calls.append("pause")
+
+    def resumeProducing(self):
+        self.calls.append("resume")
+
+
+class S3DriverTests(TestCase):
+    def setUp(self):
+        self.server = shared_moto()
+        self.bucket = self.server.new_bucket()
+        self.driver = self.make(rootdirectory="/prod")
+
+    def make(self, **settings):
+        settings.setdefault("chunksize", PART)
+        settings.setdefault("multipartcopychunksize", PART)
+        settings.setdefault("multipartcopythresholdsize", PART)
+        driver = S3Driver(s3_settings(self.server, self.bucket, **settings), reactor, min_part=PART)
+        self.addCleanup(driver.client.close)
+        return driver
+
+    def keys(self, prefix=""):
+        return self.server.keys(self.bucket, prefix)
+
+    async def spool_of(self, data: bytes, piece: int = 10_000, transport=None):
+        spool = self.driver.new_spool()
+        if transport is not None:
+            spool.set_producer(transport)
+        for i in range(0, len(data), piece):
+            spool.write(data[i:i + piece])
+        return spool
+
+    async def test_layout_is_registry_2s_under_the_root_directory(self):
+        await self.driver.put_content("docker/registry/v2/repositories/a/_layers/x/link", b"l")
+        self.assertEqual(self.keys(), ["prod/docker/registry/v2/repositories/a/_layers/x/link"])
+        bare = self.make(rootdirectory="")
+        await bare.put_content("docker/registry/v2/blobs/x", b"b")
+        self.assertIn("docker/registry/v2/blobs/x", self.keys())
+
+    async def test_a_large_body_is_sent_in_parts_while_it_arrives(self):
+        data = os.urandom(5 * PART + 1234)
+        transport = FakeTransport()
+        spool = await self.spool_of(data, transport=transport)
+        # Parts went out before the body was finished: a multipart upload is in progress.
+        await spool._sending
+        self.assertEqual(len(self.server.multipart_uploads(self.bucket)), 1)
+        self.assertIn("pause", transport.calls)  # the socket was held while a full part waited
+        self.assertEqual(spool.hasher.hexdigest(), hashlib.sha256(data).hexdigest())
+        upload = "docker/registry/v2/repositories/a/_uploads/u/data"
+        self.assertEqual(await self.driver.store_spool(spool, upload), len(data))
+        self.assertEqual(transport.calls[-1], "resume")
+        self.assertEqual((await self.driver.stat(upload)).size, len(data))
+        self.assertEqual(await self.driver.get_content(upload), data)
+        blob = "docker/registry/v2/blobs/sha256/ab/abc/data"
+        await self.driver.move(upload, blob)
+        self.assertEqual(await self.driver.get_content(blob), data)
+        # Only the blob is left: no segment, no index, no multipart upload.
+        self.assertEqual(self.keys(), ["prod/" + blob])
+        self.assertEqual(self.server.multipart_uploads(self.bucket), [])
+
+    async def test_chunks_from_several_requests_become_one_blob(self):
+        chunks = [os.urandom(2 * PART + 7), os.urandom(100), os.urandom(PART - 5), os.urandom(3 * PART)]
+        upload = "docker/registry/v2/repositories/a/_uploads/u/data"
+        hasher = running_hasher()
+        received = b""
+        for chunk in chunks:
+            spool = await self.spool_of(chunk)
+            size = await self.driver.store_spool(spool, upload, hasher=hasher if received else None)
+            if not received:
+                hasher = spool.hasher.copy()
+            received += chunk
+            self.assertEqual(size, len(received))
+            # A new driver (another instance) sees the same upload.
+            self.assertEqual((await self.make(rootdirectory="/prod").stat(upload)).size, len(received))
+        self.assertEqual(hasher.hexdigest(), hashlib.sha256(received).hexdigest())
+        self.assertEqual((await self.driver.digest_file(upload, "sha256")).hexdigest(),
+                         hashlib.sha256(received).hexdigest())
+        reader = await self.driver.reader(upload)
+        self.assertEqual(await reader.read_all(), received)
+        blob = "docker/registry/v2/blobs/sha256/cd/cdef/data"
+        await self.driver.move(upload, blob)
+        self.assertEqual(await self.driver.get_content(blob), received)
+        self.assertEqual(self.keys(), ["prod/" + blob])
+
+    async def test_small_chunks_of_a_small_upload_stay_one_object(self):
+        upload = "docker/registry/v2/repositories/a/_uploads/u/data"
+        for piece in (b"abc", b"def"):
+            await self.driver.store_spool(await self.spool_of(piece), upload, hasher=hashlib.sha256())
+        self.assertEqual(self.keys(), ["prod/" + upload])
+        self.assertEqual(await self.driver.get_content(upload), b"abcdef")
+
+    async def test_deleting_an_upload_takes_its_segments(self):
+        upload_dir = "docker/registry/v2/repositories/a/_uploads/u"
+        await self.driver.put_content(f"{upload_dir}/startedat", b"2026-01-01T00:00:00Z")
+        await self.driver.store_spool(await self.spool_of(os.urandom(2 * PART)), f"{upload_dir}/data")
+        self.assertEqual(len(self.keys("prod/regd/spool/")), 1)
+        await self.driver.delete(upload_dir)
+        self.assertEqual(self.keys(), [])
+
+    async def test_an_abandoned_spool_leaves_nothing(self):
+        spool = await self.spool_of(os.urandom(3 * PART))
+        spool.close()  # the client went away
+        await spool._discard()
+        self.assertEqual(self.server.multipart_uploads(self.bucket), [])
+        self.assertEqual(self.keys(), [])
+
+    async def test_publish_a_large_spool(self):
+        data = os.urandom(3 * PART + 1)
+        blob = "docker/registry/v2/blobs/sha256/ef/ef01/data"
+        self.assertEqual(await self.driver.publish_spool(await self.spool_of(data), blob), len(data))
+        self.assertEqual(await self.driver.get_content(blob), data)
+        from twisted.internet import task
+        await task.deferLater(reactor, 0.2, lambda: None)  # the spool object's removal is not awaited
+        self.assertEqual(self.keys(), ["prod/" + blob])
+
+    async def test_truncate_a_segmented_upload(self):
+        upload = "docker/registry/v2/repositories/a/_uploads/u/data"
+        first, second = os.urandom(2 * PART), os.urandom(2 * PART)
+        await self.driver.store_spool(await self.spool_of(first), upload)
+        await self.driver.store_spool(await self.spool_of(second), upload, hasher=hashlib.sha256())
+        await self.driver.truncate(upload, 3 * PART)
+        self.assertEqual(await self.driver.get_content(upload), (first + second)[:3 * PART])
+
+    async def test_touch_a_large_blob_copies_it_onto_itself(self):
+        data = os.urandom(2 * PART + 3)
+        await self.driver.put_content("blob", data)
+        await self.driver.touch("blob")
+        self.assertEqual(await self.driver.get_content("blob"), data)
+
+    async def test_presigned_redirect_url_serves_the_blob(self):
+        await self.driver.put_content("docker/registry/v2/blobs/x/data", b"the bytes")
+        url = await self.driver.redirect_url("docker/registry/v2/blobs/x/data")
+        self.assertIn("X-Amz-Signature=", url)
+        with urllib.request.urlopen(url, timeout=10) as answer:  # no credentials beyond the URL
+            self.assertEqual(answer.read(), b"the bytes")
+
+    async def test_walk_and_list_across_pages(self):
+        self.driver.list_page = 2
+        for name in ("a", "b/c", "d", "e", "f/g/h"):
+            await self.driver.put_content(f"docker/registry/v2/repositories/{name}/_manifests/x", b".")
+        self.assertEqual(await self.driver.walk_repositories("docker/registry/v2/repositories"),
+                         ["a", "b/c", "d", "e", "f/g/h"])
+        self.assertEqual(await self.driver.list("docker/registry/v2/repositories"), ["a", "b", "d", "e", "f"])
+
+    async def test_sweep_removes_old_spool_leftovers_only(self):
+        import time
+        spool = await self.spool_of(os.urandom(2 * PART))
+        await spool._sending  # a multipart upload begun by a process that then died
+        await self.driver.put_content("regd/spool/finished-segment", b"x")
+        self.assertEqual(await self.driver.sweep_spool(3600, time.time()), 0)
+        self.assertEqual(await self.driver.sweep_spool(3600, time.time() + 7200), 2)
+        self.assertEqual(self.server.multipart_uploads(self.bucket), [])
+        self.assertEqual(self.keys(), [])
+
+    async def test_missing_objects(self):
+        with self.assertRaises(PathNotFound):
+            await self.driver.stat("nothing")
+        with self.assertRaises(PathNotFound):
+            await self.driver.touch("nothing")
+
+
+class PlanTests(SynchronousTestCase):
+    def test_parts_are_copied_within_a_piece_and_gathered_across_small_ones(self):
+        pieces = [_Piece("a", 0, 25), _Piece("b", 0, 3), _Piece("c", 0, 12)]
+        plan = _plan_parts(pieces, chunk=10, minimum=5)
+        sizes = [sum(p.size for p in part) for part in plan]
+        self.assertEqual(sum(sizes), 40)
+        self.assertTrue(all(size >= 5 for size in sizes[:-1]))
+        self.assertEqual(plan[0], [_Piece("a", 0, 10)])
+        # a's 5-byte tail is copied; b (3 bytes) cannot be a part, so b + 2 bytes of c are gathered.
+        self.assertEqual(plan[2], [_Piece("a", 20, 25)])
+        self.assertEqual(plan[3], [_Piece("b", 0, 3), _Piece("c", 0, 2)])
+        self.assertEqual(plan[4:], [[_Piece("c", 2, 12)]])
+
+    def test_one_piece_in_copy_chunks(self):
+        plan = _plan_parts([_Piece("a", 0, 23)], chunk=10, minimum=5)
+        self.assertEqual(plan, [[_Piece("a", 0, 10)], [_Piece("a", 10, 20)], [_Piece("a", 20, 23)]])

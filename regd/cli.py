@@ -4,6 +4,7 @@
 
     regd garbage-collect --config /etc/regd/regd.yml [--dry-run] [--delete-untagged] [--grace 1h]
     regd fsck --config /etc/regd/regd.yml [--repair]
+    regd reindex --config /etc/regd/regd.yml
     regd serve [CONFIG]
 
 registry:2's spellings work too: the configuration file may be given as the
@@ -40,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     fsck.add_argument("config_file", nargs="?", metavar="CONFIG", help="the same, as a positional argument")
     fsck.add_argument("--repair", action="store_true",
                       help="quarantine corrupt blobs (regd/quarantine) and remove dangling links")
+    reindex = commands.add_parser("reindex", help="rebuild the search and web index from storage")
+    reindex.add_argument("--config", "-c", help="the daemon's configuration file")
+    reindex.add_argument("config_file", nargs="?", metavar="CONFIG", help="the same, as a positional argument")
     serve = commands.add_parser("serve", help="run the daemon (twistd --nodaemon regd --config CONFIG)")
     serve.add_argument("config_file", nargs="?", metavar="CONFIG", help="the daemon's configuration file")
     return parser
@@ -126,6 +130,43 @@ def grace_summary(report, grace: str) -> str:
             f"--grace 0s (safe while pushes go on)")
 
 
+async def rebuild_index(reactor, options) -> int:
+    """
+    Rebuild the index at index.path (or the default under the root) from
+    storage; safe while daemons sharing that file serve. Activity counts and
+    known pushers are kept.
+    """
+    from regd.daemon.tap import index_path
+    from regd.index.service import RepositoryIndex
+    from regd.storage.threads import thread_pool_runner
+
+    config = load_config(options.config, os.environ).config
+    path = index_path(config)
+
+    async def rebuild(registry):
+        pool = ThreadPool(minthreads=1, maxthreads=1, name="regd-index")
+        pool.start()
+        try:
+            index = RepositoryIndex(registry.driver, registry.manifests, path, thread_pool_runner(reactor, pool),
+                                    reactor, retention=config.index.retention)
+            await index.open()
+            try:
+                count = await index.rebuild()
+                totals = await index.totals()
+                await index.announce_rebuild()
+            finally:
+                await index.close()
+        finally:
+            pool.stop()
+        return count, totals
+
+    count, (_, organizations, tags) = await _with_registry(reactor, options, rebuild)
+    where = "memory (set index.path to keep it)" if path == ":memory:" else path
+    print(f"{count} repositories ({organizations} organizations, {tags} tags) indexed into {where}; "
+          f"running instances with another index file rebuild theirs within index.refreshinterval")
+    return 0
+
+
 def main(argv=None) -> int:
     options = _parser().parse_args(argv)
     given = getattr(options, "config", None)
@@ -148,7 +189,7 @@ def main(argv=None) -> int:
         return 1
     codes = []
 
-    commands = {"garbage-collect": garbage_collect, "fsck": storage_check}
+    commands = {"garbage-collect": garbage_collect, "fsck": storage_check, "reindex": rebuild_index}
 
     async def run(reactor):
         codes.append(await commands[options.command](reactor, options))

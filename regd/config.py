@@ -271,6 +271,14 @@ class UIConfig:
 
 
 @attrs.frozen
+class IndexConfig:
+    """The repository index behind search and the web pages (regd.index)."""
+    path: str = ""  # SQLite file; "" means <rootdirectory>/regd/index/index.db (in memory for inmemory storage)
+    refreshinterval: float = 2.0  # seconds between looks at other instances' change markers
+    retention: float = 900.0  # seconds change markers stay in storage
+
+
+@attrs.frozen
 class Config:
     version: str = "0.1"
     log: LogConfig = LogConfig()
@@ -284,6 +292,7 @@ class Config:
     health: dict = attrs.field(factory=dict)
     search: Switch = Switch(True)
     ui: UIConfig = UIConfig()
+    index: IndexConfig = IndexConfig()
 
 
 @attrs.frozen
@@ -333,6 +342,7 @@ SCHEMA: dict[str, Any] = {
     "search": {"enabled": _bool},
     "ui": {"enabled": _bool, "title": _str, "pulladdress": _str, "session": {"maxage": parse_duration},
            "pagesize": {"repositories": _int(1), "organizations": _int(1), "tags": _int(1), "search": _int(1)}},
+    "index": {"path": _str, "refreshinterval": parse_duration, "retention": parse_duration},
 }
 
 MAX_UI_PAGE_SIZE = 100  # the index's largest page
@@ -521,6 +531,7 @@ def _build(v: dict, default_root: str) -> Config:
         auth=_plain(v.get("auth")),
         health=_plain(v.get("health")),
         search=Switch(v.get("search", {}).get("enabled", True)),
+        index=_index(v.get("index", {})),
     )
 
 
@@ -561,6 +572,15 @@ def _s3_config(s3: dict) -> S3Config:
     values["storageclass"] = storageclass.upper()
     values["region"] = s3.get("region") or "us-east-1"
     return S3Config(**values)
+
+
+def _index(values: dict) -> IndexConfig:
+    index = IndexConfig(**values)
+    if not 0 < index.refreshinterval <= 3600:
+        raise ConfigError("index.refreshinterval: must be more than 0s and at most 1h")
+    if index.retention < max(60.0, 10 * index.refreshinterval):
+        raise ConfigError("index.retention: must be at least 60s and ten refresh intervals")
+    return index
 
 
 def _plain(value: Any) -> dict:

@@ -164,6 +164,20 @@ class ConfigTests(SynchronousTestCase):
         self.assertEqual(loaded.config.storage.filesystem.rootdirectory, "/var/lib/regd")
         self.assertEqual(loaded.config.validation.manifests.urls.allow, ())
 
+    def test_index_keys(self):
+        base = "storage: {inmemory: {}}\n"
+        config = parse_config(base, {}).config
+        self.assertEqual((config.index.path, config.index.refreshinterval, config.index.retention), ("", 2.0, 900.0))
+        config = parse_config(base + "index: {path: /x/i.db, refreshinterval: 500ms, retention: 2m}", {}).config
+        self.assertEqual((config.index.path, config.index.refreshinterval, config.index.retention),
+                         ("/x/i.db", 0.5, 120.0))
+        self.assertEqual(parse_config(base, {"REGISTRY_INDEX_PATH": "/y.db"}).config.index.path, "/y.db")
+        for bad, key in [("refreshinterval: 0", "index.refreshinterval"), ("retention: 30s", "index.retention"),
+                         ("refreshinterval: 2m", "index.retention"), ("refreshinterval: soon", "index.refreshinterval")]:
+            with self.assertRaises(ConfigError) as raised:
+                parse_config(base + "index: {" + bad + "}", {})
+            self.assertIn(key, str(raised.exception))
+
     def test_durations(self):
         self.assertEqual(parse_duration("1h30m"), 5400)
         self.assertAlmostEqual(parse_duration("500ms"), 0.5)

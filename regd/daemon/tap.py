@@ -153,6 +153,7 @@ def makeService(options) -> service.MultiService:
             metrics.register(FailedLoginsCollector(passwords.failures))
         authorize_admin = admin_authorizer(section, access, passwords)
     notifications = add_notifications(root, registry, config, reactor, metrics, authorize_admin)
+    add_index(root, registry, config, reactor)
     api = RegistryAPI(registry, urls, access, issuer)
     api.search_enabled = config.search.enabled
     resource = api.resource()
@@ -225,6 +226,35 @@ def add_web_ui(api_resource, registry, access, issuer, config, reactor, urls):
     ui = WebUI(registry, web_access(access, issuer), index, reactor, settings=config.ui, prefix=prefix,
                secret=secret, urls=urls)
     return UIMount(api_resource, ui.resource(), prefix + "/ui/")
+
+
+def index_path(config) -> str:
+    """
+    index.path, else <rootdirectory>/regd/index/index.db (shared by the processes
+    on that root); in memory for storage with no local root (S3, inmemory).
+    """
+    if config.index.path:
+        return os.path.abspath(config.index.path)
+    if config.storage.driver != "filesystem":
+        # No local root to keep it under: rebuilt from storage at every start (set index.path to keep it).
+        return ":memory:"
+    return os.path.join(config.storage.filesystem.rootdirectory, "regd", "index", "index.db")
+
+
+def add_index(root, registry, config, reactor):
+    """The repository index search and the web pages query, kept by this process's events."""
+    from regd.index.service import RepositoryIndex
+    from regd.index.upkeep import IndexService
+    from regd.storage.threads import thread_pool_runner
+    # One thread: SQLite sees one connection used strictly in turn.
+    pool = ThreadPool(minthreads=1, maxthreads=1, name="regd-index")
+    index = RepositoryIndex(registry.driver, registry.manifests, index_path(config),
+                            thread_pool_runner(reactor, pool), reactor, retention=config.index.retention)
+    registry.index = index
+    registry.add_listener(index)
+    upkeep = IndexService(index, reactor, config.index.refreshinterval, pool)
+    upkeep.setServiceParent(root)
+    return upkeep
 
 
 def connection_limits(limits):

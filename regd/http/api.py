@@ -90,13 +90,13 @@ class RegistryAPI:
     @app.route("/v1/_ping", methods=["GET", "HEAD"])
     def v1_ping(self, request):
         """The Docker engine pings this before its search call."""
-        if not self.search_enabled:
+        if not self.search_enabled or self.registry.index is None:
             raise NotFoundError()
         return self.searching.ping(request)
 
     @app.route("/v1/search", methods=["GET"])
     async def v1_search(self, request):
-        if not self.search_enabled:
+        if not self.search_enabled or self.registry.index is None:
             raise NotFoundError()
         grant = await self._authorize(request, access.CATALOG)
         return await self.searching.search(request, grant.may_pull)

@@ -2,14 +2,15 @@
 """
 The Docker engine's search endpoints for a private registry: C{/v1/_ping}
 (which says the registry is standalone) and C{/v1/search?q=&n=&page=},
-answered in the JSON shape the engine's client decodes.
+answered in the JSON shape the engine's client decodes, from the
+repository index (regd.index) alone: no storage walk per query.
 """
 
 from __future__ import annotations
 
 from regd.http.responses import query, respond_json
+from regd.index.model import DEFAULT_PER_PAGE, MAX_PER_PAGE, MAX_TERM
 from regd.oci.errors import PaginationNumberInvalid, RegistryError
-from regd.registry.search import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MAX_TERM
 
 _MAX_PAGE_NUMBER = 100000
 
@@ -41,14 +42,14 @@ class SearchHandler:
 
     async def search(self, request, visible) -> bytes:
         term = query(request, "q") or ""
-        if len(term) > MAX_TERM or any(ord(c) < 0x20 for c in term):
+        if len(term) > MAX_TERM or any(ord(c) < 0x20 or ord(c) == 0x7f for c in term):
             raise SearchTermInvalid(detail={"max_length": MAX_TERM})
-        size = _number(request, "n", DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        size = _number(request, "n", DEFAULT_PER_PAGE, MAX_PER_PAGE)
         page = _number(request, "page", 1, _MAX_PAGE_NUMBER)
-        found = await self.registry.search.search(term, page, size, visible)
-        results = [{"name": name, "description": await self.registry.search.description(name),
+        found = await self.registry.index.search(term, page, size, visible)
+        results = [{"name": row.name, "description": row.description,
                     "star_count": 0, "is_official": False, "is_automated": False, "is_trusted": False}
-                   for name in found.names]
+                   for row in found.items]
         return respond_json(request, 200, {
             "query": term, "num_results": found.total, "num_pages": found.num_pages,
-            "page": found.page, "page_size": found.page_size, "results": results})
+            "page": found.page, "page_size": found.per_page, "results": results})

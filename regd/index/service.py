@@ -82,8 +82,8 @@ class RepositoryIndex:
         """Deferred[bool]: open the database; True when it must be rebuilt (new, or stale beyond the markers)."""
         def opened():
             self._db = store.connect(self._path)
-            built = store.get_meta(self._db, "refreshed")
-            return built is None or float(built) < self._clock.seconds() - self._retention
+            built, refreshed = store.get_meta(self._db, "built"), store.get_meta(self._db, "refreshed")
+            return built is None or refreshed is None or float(refreshed) < self._clock.seconds() - self._retention
         return self._run(opened)
 
     def close(self) -> defer.Deferred:
@@ -296,7 +296,18 @@ class RepositoryIndex:
         await self._query(refreshed)
         return applied
 
+    async def announce_rebuild(self) -> None:
+        """Tell every instance with a database of its own to rebuild too (after C{regd reindex})."""
+        bucket, marker = self._changes.new_marker()
+        await self._query(lambda db: store.mark_applied(db, marker, self._clock.seconds()))
+        await self._changes.write(bucket, marker, {"repository": None, "rebuild": True, "activity": []})
+
     async def _apply_marker(self, marker: str, payload: dict) -> None:
+        if payload.get("rebuild") is True:
+            await self._query(lambda db: store.mark_applied(db, marker, self._clock.seconds()))
+            self.log.info("index: rebuilding from storage, as another process asked")
+            defer.ensureDeferred(self.rebuild()).addErrback(lambda f: self.log.failure("index: rebuild failed", f))
+            return
         activity = [tuple(a) for a in payload.get("activity") or ()
                     if isinstance(a, list) and len(a) == 4 and isinstance(a[0], str)]
         name = payload.get("repository")
@@ -322,6 +333,10 @@ class RepositoryIndex:
         has. Activity and known pushers are kept. Returns the repository count.
         """
         started = self._clock.seconds()
+
+        def unbuilt(db):  # dying half-way means rebuilding again at the next start
+            db.execute("DELETE FROM meta WHERE key = 'built'")
+        await self._query(unbuilt)
         names = await self._scanner.repository_names()
         known = await self._query(store.known_repositories)
         for name in names:
@@ -338,7 +353,10 @@ class RepositoryIndex:
             await self._run(self._store_in_transaction, RepositoryScan(name, exists=False, complete=True))
 
         def built(db):
-            store.set_meta(db, "refreshed", repr(started))
+            with store.Transaction(db):
+                store.set_meta(db, "built", repr(started))
+                if float(store.get_meta(db, "refreshed") or 0) < started:
+                    store.set_meta(db, "refreshed", repr(started))
         await self._query(built)
         return len(names)
 

@@ -12,7 +12,6 @@ from regd.oci.reference import is_valid_name
 from regd.registry.blobs import BlobService
 from regd.registry.listener import ListenerSet
 from regd.registry.listing import ListingService
-from regd.registry.search import SearchService
 from regd.registry.manifests import ManifestService, UrlPolicy
 from regd.registry.pending import PendingReferences
 from regd.registry.uploads import UploadService
@@ -34,7 +33,9 @@ class Registry:
         self.manifests = ManifestService(driver, self.blobs, self.listeners, delete_enabled=delete_enabled,
                                          url_policy=url_policy, validate=validate_manifests)
         self.listing = ListingService(driver)
-        self.search = SearchService(driver, self.listing, self.manifests)
+        # The repository index (regd.index.RepositoryIndex) search and the web pages query;
+        # set by whoever composes the daemon, None when there is none.
+        self.index = None
 
     def add_listener(self, listener) -> None:
         self.listeners.add(listener)

@@ -98,6 +98,8 @@ class TokenHTTPTests(TestCase):
         # Repositories are directories holding _manifests.
         for name in ("team/app", "public/site", "secret/stuff"):
             os.makedirs(os.path.join(self.server.root, "docker/registry/v2/repositories", name, "_manifests"))
+        # Made behind regd's back: search's index learns of them by a rebuild (regd reindex).
+        await self.server.registry.index.rebuild()
         response, body = await self.call("GET", "/v2/_catalog", alice)
         self.assertEqual(json.loads(body)["repositories"], ["public/site", "team/app"])
         anonymous = await self.token(["registry:catalog:*"])

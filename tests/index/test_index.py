@@ -125,6 +125,13 @@ class SearchTests(IndexCase):
         self.assertEqual(found.total, 6)
         self.assertEqual(self.names(self.wait(self.index.search("NgInX"))), self.names(found))
 
+    def test_order_is_the_promised_ranking(self):
+        from regd.registry.search import search as reference
+        names = [row.name for row in self.wait(self.index.repositories()).items]
+        for term in ["nginx", "X", "team", "e", "/", "library/nginx", "-", ""]:
+            found = [n for n in self.names(self.wait(self.index.search(term))) if term.lower() in n.lower()]
+            self.assertEqual(found, list(reference(names, term, 1, 100).names), term)
+
     def test_paging_and_clamping(self):
         pages = [self.wait(self.index.search("nginx", page, 2)) for page in (1, 2, 3, 4)]
         self.assertEqual(sum((self.names(p) for p in pages), []), self.names(self.wait(self.index.search("nginx"))))

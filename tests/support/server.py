@@ -33,13 +33,20 @@ class RegistryServer:
     """Starts a RegdSite over a filesystem driver; stops everything on test cleanup."""
 
     def __init__(self, testcase, *, spool_threshold=1024, max_body_size=0, urls=None, access=None,
-                 **registry_kwargs):
+                 index=True, **registry_kwargs):
         self.root = testcase.mktemp()
         testcase.addCleanup(self._assert_no_spools_left, testcase)
         self.driver = FilesystemDriver(self.root, inline_runner)
         registry_kwargs.setdefault("delete_enabled", True)
         self.listener = RecordingListener()
         self.registry = Registry(self.driver, reactor, listeners=[self.listener], **registry_kwargs)
+        if index:
+            from regd.index.service import RepositoryIndex
+            self.registry.index = RepositoryIndex(self.driver, self.registry.manifests, ":memory:",
+                                                  inline_runner, reactor)
+            self.registry.index.open()
+            self.registry.add_listener(self.registry.index)
+            testcase.addCleanup(self.registry.index.close)
         self.api = RegistryAPI(self.registry, urls or UrlBuilder(), access)
         self.site = RegdSite(self.api.resource(), self.registry.new_spool,
                              spool_threshold=spool_threshold, max_body_size=max_body_size)

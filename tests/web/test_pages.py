@@ -11,6 +11,7 @@ from regd.http.htpasswd import HtpasswdAccess
 from regd.storage.threads import inline_runner
 from tests.http.test_htpasswd import write_htpasswd
 from regd.oci.digest import Digest
+from regd.web.access import web_access
 from tests.support.indexing import context, push_index, put_blob
 from tests.support.server import header, simple_image
 from tests.support.web import WebServer, csrf_of
@@ -271,3 +272,40 @@ class HtpasswdPages(TestCase):
         self.server.cookies["regd_session"] = payload + "." + mac[::-1]
         response, _ = await self.server.page("/ui/r/team/app")
         self.assertEqual(response.code, 401)
+
+
+class TokenIssuerPages(TestCase):
+    """The built-in token issuer's rules decide what each user, and anonymous, sees."""
+
+    def setUp(self):
+        from twisted.internet import reactor
+
+        from regd.http.tokenissuer import parse_rules
+        path = write_htpasswd(os.path.abspath(self.mktemp()), {"alice": "wonderland"})
+        passwords = HtpasswdAccess("regd", path, inline_runner, reactor)
+        rules = parse_rules([{"names": ["public/*"], "actions": ["pull"], "anonymous": True},
+                             {"names": ["*"], "actions": ["*"], "users": ["alice"]}], {})
+        issuer = type("Issuer", (), {"passwords": passwords, "rules": rules})()
+        # The API stays open so the test can push; the pages follow the issuer's rules.
+        self.server = WebServer(self)
+        self.server.ui.access = web_access(object(), issuer)
+
+    async def test_anonymous_sees_only_what_anonymous_may_pull(self):
+        await push_image(self.server, "public/tool", "1")
+        await push_image(self.server, "team/secret", "1")
+        response, html = await self.server.page("/ui/")
+        self.assertIn("public/tool", html)
+        self.assertNotIn("team/secret", html)
+        response, html = await self.server.page("/ui/search?q=t")
+        self.assertIn("public/tool", html)
+        self.assertNotIn("team/secret", html)
+        self.assertEqual((await self.server.page("/ui/r/team/secret"))[0].code, 401)
+        self.assertEqual((await self.server.page("/ui/r/public/tool/-/tags/1"))[0].code, 200)
+        # Anonymous may pull public/* but not delete there.
+        self.assertEqual((await self.server.page("/ui/r/public/tool/-/delete?reference=1"))[0].code, 403)
+        response, html = await self.server.page("/ui/login")
+        response, _ = await self.server.page("/ui/login", method="POST", form={
+            "csrf": csrf_of(html), "username": "alice", "password": "wonderland", "next": "/ui/r/team/secret"})
+        self.assertEqual(response.code, 303)
+        response, html = await self.server.page("/ui/r/team/secret")
+        self.assertEqual(response.code, 200)

@@ -91,6 +91,8 @@ async def storage_check(reactor, options) -> int:
     print(f"{problems.blobs_checked} blobs and {problems.links_checked} links checked: "
           f"{len(problems.corrupt_blobs)} corrupt blobs, {len(problems.bad_links)} bad links, "
           f"{len(problems.dangling_links)} dangling links")
+    if problems.leftovers:
+        print(f"{problems.leftovers} links never finished by an interrupted write (harmless, invisible to clients)")
     return 0 if problems.clean or options.repair else 1
 
 

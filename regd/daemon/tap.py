@@ -200,12 +200,18 @@ def makeService(options) -> service.MultiService:
         timer = internet.TimerService(gc.interval, _run_logged, collect)
         timer.setServiceParent(root)
 
+    # At start and then with upload purging (daily if that is off): what a crash left behind goes.
     purging = storage.maintenance.uploadpurging
-    if purging.enabled:
-        def purge():
-            d = registry.purge_uploads(purging.age, purging.dryrun)
-            return d
-        internet.TimerService(purging.interval, _run_logged, purge).setServiceParent(root)
+
+    async def purge():
+        removed = await registry.remove_leftovers()
+        if removed:
+            log.info("removed {count} leftovers of interrupted writes (temp files, request-body spools)",
+                     count=len(removed))
+        if purging.enabled:
+            await registry.purge_uploads(purging.age, purging.dryrun)
+    internet.TimerService(purging.interval if purging.enabled else 24 * 3600.0, _run_logged,
+                          purge).setServiceParent(root)
     return root
 
 

@@ -4,7 +4,9 @@ A storage check for after a disk incident: every blob's bytes must hash to
 its name, and every link (layers, manifest revisions, tags, referrers) must
 hold a valid digest that names its own path and points at a present blob.
 With repair, corrupt blobs are moved aside to <root>/regd/quarantine (never
-deleted) and dangling links are removed.
+deleted) and dangling links are removed. A link directory whose link was
+never written (only a crash's temp file, if anything) is what an interrupted
+write looks like, not damage: clients never see it, so it is only counted.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ class Problems:
     repaired: list = attrs.field(factory=list)
     blobs_checked: int = 0
     links_checked: int = 0
+    # Link directories whose link was never written (a process killed mid-write): harmless,
+    # invisible to clients, so neither a problem nor something to repair.
+    leftovers: int = 0
 
     @property
     def clean(self) -> bool:
@@ -73,6 +78,9 @@ class StorageCheck:
     async def _check_link(self, path: str, expected: Digest | None, problems: Problems,
                           remove: str) -> Digest | None:
         problems.links_checked += 1
+        if not await links.exists(self._driver, path):
+            problems.leftovers += 1
+            return None
         digest = await links.read_link(self._driver, path)
         if digest is None or (expected is not None and digest != expected):
             problems.bad_links.append(path)

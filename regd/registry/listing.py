@@ -44,10 +44,32 @@ class ListingService:
         return await links.exists(self._driver, paths.manifests(name))
 
     async def tags(self, name: str, n: int | None, last: str | None) -> Page:
+        """
+        Tags that can be fetched: a tag directory whose current link was
+        never finished (a crash mid-push) or names bytes no longer stored is
+        left out, checked only as far as the page reaches.
+        """
         if not await self.repository_exists(name):
             raise NameUnknown(detail={"name": name})
         names = [t for t in await links.list_or_empty(self._driver, paths.tags(name)) if is_valid_tag(t)]
-        return paginate(names, n, last)
+        if n is not None and (n < 0 or n > MAX_PAGE):
+            raise PaginationNumberInvalid(detail={"n": n, "max": MAX_PAGE})
+        candidates = sorted(t for t in names if not last or t > last)
+        found = []
+        for tag in candidates:
+            if n is not None and len(found) > n:
+                break
+            if await self._fetchable(name, tag):
+                found.append(tag)
+        return paginate(found, n, None)
+
+    async def _fetchable(self, name: str, tag: str) -> bool:
+        digest = await links.read_link(self._driver, paths.tag_current_link(name, tag))
+        if digest is None:
+            return False
+        # Bytes a running collection has condemned come back on the first fetch (BlobService.reclaim).
+        return await links.exists(self._driver, paths.blob_data(digest)) or \
+            await links.exists(self._driver, paths.condemned_blob(digest))
 
     async def catalog(self, n: int | None, last: str | None, visible=lambda name: True) -> Page:
         """Repositories the caller may see (C{visible}), one page of them."""

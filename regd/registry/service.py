@@ -18,6 +18,12 @@ from regd.registry.uploads import UploadService
 from regd.storage import paths
 
 
+# An atomic small write lives for milliseconds; a spool is written to all along its upload
+# (and a stalled one is cut off long before this by regd.limits).
+TEMP_AGE = 600.0
+SPOOL_AGE = 3600.0
+
+
 class Registry:
     def __init__(self, driver, clock, *, delete_enabled: bool = False, readonly: bool = False,
                  url_policy: UrlPolicy = UrlPolicy(), validate_manifests: bool = True, listeners=(),
@@ -46,6 +52,17 @@ class Registry:
 
     def new_spool(self):
         return self.driver.new_spool()
+
+    async def remove_leftovers(self) -> list[str]:
+        """
+        Remove what processes killed mid-write left (temp files, request-body
+        spools, notes of pushes that never finished), if the driver keeps
+        such things; safe while other instances share the storage.
+        """
+        remove = getattr(self.driver, "remove_leftovers", None)
+        removed = list(await remove(TEMP_AGE, SPOOL_AGE)) if remove is not None else []
+        await self.pending.expire()
+        return removed
 
     async def purge_uploads(self, older_than: float, dry_run: bool = False) -> list[str]:
         names = await self.driver.walk_repositories(paths.REPOSITORIES, "_uploads")

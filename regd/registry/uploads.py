@@ -294,7 +294,14 @@ class UploadService:
         for name in repositories:
             for upload_id in await links.list_or_empty(self._driver, paths.uploads(name)):
                 started = await self._started_at(name, upload_id)
-                if started is not None and started >= cutoff:
+                if started is None:
+                    # No start time (yet): an instance may be creating it right now, or a
+                    # crash cut its writing short. The directory's own age decides.
+                    try:
+                        started = (await self._driver.stat(paths.upload_dir(name, upload_id))).modified
+                    except PathNotFound:
+                        continue
+                if started >= cutoff:
                     continue
                 purged.append(paths.upload_dir(name, upload_id))
                 if not dry_run:

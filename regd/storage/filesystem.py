@@ -10,8 +10,11 @@ socket cannot outrun the disk.
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import socket
 import stat
+import time
 import uuid
 
 from twisted.internet import defer
@@ -38,6 +41,38 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+# Temp names this driver writes: <path>.<32 hex>.tmp (put_content) and the root write check.
+_TEMP = re.compile(r"^(?:.+\.|\.regd-write-check\.)[0-9a-f]{32}\.tmp$")
+# Spool names: <owner>.<pid>.<32 hex>, so a process can tell its dead predecessors' spools from live ones.
+_SPOOL = re.compile(r"^(?P<owner>[A-Za-z0-9-]+)\.(?P<pid>[0-9]+)\.[0-9a-f]{32}$")
+
+
+def _process_owner() -> str:
+    """
+    This host and PID namespace: a PID can only be tested for life by a
+    process that shares both (two containers may reuse each other's PIDs).
+    """
+    try:
+        namespace = str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        namespace = "0"
+    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:64] or "host"
+    return f"{host}-{namespace}"
+
+
+_OWNER = _process_owner()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
 @implementer(IBodySpool)
 class FileSpool:
     """
@@ -49,7 +84,7 @@ class FileSpool:
 
     def __init__(self, directory: str):
         os.makedirs(directory, exist_ok=True)
-        self.path = os.path.join(directory, uuid.uuid4().hex)
+        self.path = os.path.join(directory, f"{_OWNER}.{os.getpid()}.{uuid.uuid4().hex}")
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o666)
         self._position = 0
         self.hasher = running_hasher()
@@ -405,6 +440,49 @@ class FilesystemDriver:
         except (FileNotFoundError, NotADirectoryError):
             raise PathNotFound(path) from None
         return hasher
+
+    def remove_leftovers(self, temp_age: float, spool_age: float):
+        """
+        Deferred[list[str]]: remove what processes killed mid-write left
+        behind (optional driver capability): temp files of atomic writes older
+        than C{temp_age} seconds, and body spools whose process is dead (same
+        host and PID namespace) or, for spools of other hosts, untouched for
+        C{spool_age} seconds (a live upload writes to its spool all along).
+        Several instances may share the root, so nothing younger is touched.
+        """
+        return self._deferred(self._remove_leftovers, temp_age, spool_age)
+
+    def _remove_leftovers(self, temp_age, spool_age):
+        now = time.time()
+        removed = []
+
+        def remove(full, older_than):
+            try:
+                if now - os.lstat(full).st_mtime < older_than:
+                    return
+                os.unlink(full)
+            except (FileNotFoundError, NotADirectoryError):
+                return
+            removed.append(os.path.relpath(full, self.root).replace(os.sep, "/"))
+
+        spool_dir = self._spool_dir
+        for directory, subdirs, files in os.walk(self.root):
+            if directory == spool_dir:
+                subdirs[:] = []
+                for name in files:
+                    match = _SPOOL.match(name)
+                    mine = match is not None and match["owner"] == _OWNER
+                    if mine and int(match["pid"]) == os.getpid():
+                        continue
+                    if mine and not _alive(int(match["pid"])):
+                        remove(os.path.join(directory, name), 0)
+                    else:
+                        remove(os.path.join(directory, name), spool_age)
+                continue
+            for name in files:
+                if _TEMP.match(name):
+                    remove(os.path.join(directory, name), temp_age)
+        return sorted(removed)
 
     def walk_repositories(self, root: str, marker: str = "_manifests"):
         return self._deferred(self._walk, root, marker)

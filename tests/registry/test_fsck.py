@@ -73,6 +73,52 @@ class FsckTests(SynchronousTestCase):
         self.assertIn(f"removed {paths.layer_dir('app', self.layer)}", repaired.repaired)
         self.assertTrue(self.check().clean)
 
+    def crash_leftovers(self):
+        """What SIGKILL in the middle of atomic writes leaves: directories holding only a temp file."""
+        temp = "." + "0123456789abcdef" * 2 + ".tmp"
+        other = Digest.of(b"never finished")
+        leftovers = [
+            paths.layer_link("app", other),  # a blob link being written
+            paths.revision_link("app", other),  # a manifest's revision link
+            paths.tag_current_link("app", "crashed"),  # a tag's current link ...
+            paths.tag_index_link("app", "crashed", other),  # ... and its index entry
+            paths.tag_current_link("app", "half"),  # a tag whose index was written, not its current link
+            paths.blob_data(other),  # a manifest's bytes
+            paths.upload_started_at("app", "0b4f0f64-42f3-4a3a-8f0e-5b4c1b6b7c11"),  # an upload's start
+        ]
+        for path in leftovers:
+            os.makedirs(os.path.dirname(self.full(path)), exist_ok=True)
+            with open(self.full(path) + temp, "wb") as f:
+                f.write(b"sha256:")
+        index = self.full(paths.tag_index_link("app", "half", self.manifest))
+        os.makedirs(os.path.dirname(index))
+        with open(index, "w") as f:
+            f.write(str(self.manifest))
+
+    def test_a_tree_only_a_crash_touched_has_nothing_to_repair(self):
+        self.crash_leftovers()
+        problems = self.check()
+        self.assertTrue(problems.clean, problems)
+        self.assertEqual(problems.leftovers, 5)
+        self.assertEqual(self.check(repair=True).repaired, [])
+
+    def test_tags_that_cannot_be_fetched_are_not_listed(self):
+        self.crash_leftovers()
+        listed = self.successResultOf(defer.ensureDeferred(self.registry.listing.tags("app", None, None)))
+        self.assertEqual(listed.items, ("v1",))
+        # A tag whose manifest bytes are gone is not listed either; pagination counts listed tags only.
+        self.successResultOf(defer.ensureDeferred(self.registry.manifests.put(
+            "app", "v2", self.successResultOf(defer.ensureDeferred(
+                self.registry.manifests.load(self.manifest))).body, OCI, CTX)))
+        for tag in ("a", "b"):
+            os.makedirs(os.path.dirname(self.full(paths.tag_current_link("app", tag))))
+            with open(self.full(paths.tag_current_link("app", tag)), "w") as f:
+                f.write(str(Digest.of(b"gone")))
+        page = self.successResultOf(defer.ensureDeferred(self.registry.listing.tags("app", 1, None)))
+        self.assertEqual((page.items, page.next_last), (("v1",), "v1"))
+        page = self.successResultOf(defer.ensureDeferred(self.registry.listing.tags("app", 1, "v1")))
+        self.assertEqual((page.items, page.next_last), (("v2",), None))
+
     def test_cli_exit_codes(self):
         config = os.path.join(self.root, "..", "regd.yml")
         with open(config, "w") as f:

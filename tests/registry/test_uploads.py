@@ -180,6 +180,20 @@ class UploadTests(SynchronousTestCase):
         fail(self, uploads.status("demo", old), BlobUploadUnknown)
         self.assertEqual(run(self, uploads.status("demo", new)), 0)
 
+    def test_purge_spares_an_upload_whose_start_is_being_written(self):
+        fresh = paths.upload_dir("demo", "0b4f0f64-42f3-4a3a-8f0e-5b4c1b6b7c11")
+        crashed = paths.upload_dir("demo", "1b4f0f64-42f3-4a3a-8f0e-5b4c1b6b7c11")
+        for directory in (fresh, crashed):
+            full = os.path.join(self.root, directory)
+            os.makedirs(full)
+            with open(os.path.join(full, "startedat." + "ab" * 16 + ".tmp"), "w"):
+                pass
+        past = self.clock.seconds() - 7200
+        os.utime(os.path.join(self.root, crashed), (past, past))
+        os.utime(os.path.join(self.root, fresh), (self.clock.seconds(), self.clock.seconds()))
+        self.assertEqual(run(self, self.registry.purge_uploads(1800)), [crashed])
+        self.assertTrue(os.path.isdir(os.path.join(self.root, fresh)))
+
     def test_started_at_format_roundtrip(self):
         self.assertEqual(format_started_at(1735787045), "2025-01-02T03:04:05Z")
         self.assertEqual(parse_started_at("2025-01-02T03:04:05Z"), 1735787045.0)

@@ -58,6 +58,49 @@ class FilesystemTests(SynchronousTestCase):
         self.failureResultOf(self.driver.store_spool(spool, "data", hasher=BrokenHasher()), OSError)
         self.assertEqual(self.successResultOf(self.driver.get_content("data")), b"12345")
 
+    def test_leftovers_of_killed_processes_are_removed_and_live_ones_kept(self):
+        import subprocess
+        import sys
+        import time
+
+        from regd.storage import filesystem
+
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        spools = os.path.join(self.root, "regd", "spool")
+        os.makedirs(spools)
+        old = time.time() - 7200
+
+        def make(relative, age=None):
+            full = os.path.join(self.root, relative)
+            os.makedirs(os.path.dirname(full), exist_ok=True)
+            with open(full, "wb") as f:
+                f.write(b"x")
+            if age is not None:
+                os.utime(full, (age, age))
+            return relative
+
+        hex_ = "0123456789abcdef" * 2
+        owner = filesystem._OWNER
+        removed = {
+            make(f"docker/registry/v2/repositories/r/_manifests/tags/t/current/link.{hex_}.tmp", old),
+            make(f"regd/spool/{owner}.{dead.pid}.{hex_}"),  # its process is gone: at once
+            make(f"regd/spool/other-host-1.1.{hex_}", old),  # another host's, long untouched
+            make(f"regd/spool/{hex_}", old),  # named before owners were
+        }
+        kept = {
+            make(f"docker/registry/v2/repositories/r/_layers/sha256/ab/link.{hex_}.tmp"),  # being written now
+            make("docker/registry/v2/repositories/r/_layers/sha256/ab/link", old),
+            make(f"regd/spool/{owner}.{os.getpid()}.{hex_}", old),  # this process's own
+            make(f"regd/spool/other-host-1.1.{'f' * 32}"),  # another host's, in use
+            make("docker/registry/v2/blobs/sha256/ab/abcd/data", old),
+        }
+        live = self.driver.new_spool()
+        live.write(b"uploading")
+        self.assertEqual(set(self.successResultOf(self.driver.remove_leftovers(600, 3600))), removed)
+        self.assertEqual(set(self.all_files()), kept | {os.path.relpath(live.path, self.root)})
+        live.close()
+
     def test_directories_and_files_follow_umask(self):
         old = os.umask(0o022)
         try:

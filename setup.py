@@ -25,6 +25,7 @@ setup(
         "pyjwt[crypto]>=2.8",
         "acme>=2.0",
         "rehashes>=0.3.0",
+        "txredisapi>=1.4.10",
         "jinja2>=3.1",
         "botocore>=1.31",
     ],

@@ -58,7 +58,13 @@ def serve(config: str | None) -> int:
 
 
 async def _with_registry(reactor, options, work):
-    """Run C{work(registry)} against the configured storage, with a thread pool of its own."""
+    """
+    Run C{work(registry)} against the configured storage, with a thread pool of
+    its own. With a Redis blob-descriptor cache configured, the registry
+    forgets removed blobs there too, and refuses to remove one it cannot
+    forget (so the cache never points at a removed blob).
+    """
+    from regd.cache.build import build_blob_cache
     from regd.registry.service import Registry
     from regd.storage.filesystem import FilesystemDriver
     from regd.storage.threads import thread_pool_runner
@@ -66,14 +72,20 @@ async def _with_registry(reactor, options, work):
     config = load_config(options.config, os.environ).config
     pool = ThreadPool(minthreads=1, maxthreads=4, name="regd-tool")
     pool.start()
+    cache = None
     try:
         if config.storage.driver == "s3":
             from regd.storage.s3 import S3Driver
             driver = S3Driver(config.storage.s3, reactor)
         else:
             driver = FilesystemDriver(config.storage.filesystem.rootdirectory, thread_pool_runner(reactor, pool))
-        return await work(Registry(driver, reactor))
+        cache = build_blob_cache(config, driver, reactor, strict=True)
+        if cache.kind == "redis":
+            await cache.backend.wait_connected(max(config.redis.dialtimeout, 2.0))
+        return await work(Registry(driver, reactor, cache=cache))
     finally:
+        if cache is not None:
+            await defer.maybeDeferred(cache.close)
         pool.stop()
 
 
@@ -196,8 +208,16 @@ def main(argv=None) -> int:
     async def run(reactor):
         codes.append(await commands[options.command](reactor, options))
 
+    async def run_reporting(reactor):
+        from regd.cache.interfaces import CacheUnavailable
+        try:
+            await run(reactor)
+        except CacheUnavailable as e:
+            print(f"regd: blob descriptor cache: {e}", file=sys.stderr)
+            codes.append(1)
+
     try:
-        task.react(lambda reactor: defer.ensureDeferred(run(reactor)))
+        task.react(lambda reactor: defer.ensureDeferred(run_reporting(reactor)))
     except SystemExit as done:
         if done.code not in (0, None):
             return int(done.code)

@@ -198,9 +198,17 @@ class RedirectConfig:
 
 
 @attrs.frozen
+class CacheConfig:
+    """storage.cache: the blob-descriptor cache ("" = none, as registry:2 without the key)."""
+    blobdescriptor: str = ""
+    blobdescriptorsize: int = 10000
+
+
+@attrs.frozen
 class StorageConfig:
     driver: str = "filesystem"
     filesystem: FilesystemConfig = FilesystemConfig()
+    cache: CacheConfig = CacheConfig()
     s3: S3Config = S3Config()
     redirect: RedirectConfig = RedirectConfig()
     delete: Switch = Switch()
@@ -244,7 +252,38 @@ class LimitsConfig:
 
 
 @attrs.frozen
+class RedisPoolConfig:
+    maxidle: int = 16
+    maxactive: int = 64
+    idletimeout: float = 300.0
+
+
+@attrs.frozen
+class RedisTLSConfig:
+    enabled: bool = False
+    certificate: str = ""
+    key: str = ""
+    clientcas: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class RedisConfig:
+    """The `redis` section, as registry:2 (timeouts in seconds; 0: none set)."""
+    addr: str = ""
+    host: str = ""
+    port: int = 6379
+    password: str = attrs.field(default="", repr=False)
+    db: int = 0
+    dialtimeout: float = 0.0
+    readtimeout: float = 0.0
+    writetimeout: float = 0.0
+    pool: RedisPoolConfig = RedisPoolConfig()
+    tls: RedisTLSConfig = RedisTLSConfig()
+
+
+@attrs.frozen
 class RegdConfig:
+    workers: int = 1
     maxbodysize: int = 0
     spoolthreshold: int = 65536
     inlinereads: bool = True
@@ -291,6 +330,7 @@ class Config:
     auth: dict = attrs.field(factory=dict)
     health: dict = attrs.field(factory=dict)
     search: Switch = Switch(True)
+    redis: RedisConfig = RedisConfig()
     ui: UIConfig = UIConfig()
     index: IndexConfig = IndexConfig()
 
@@ -318,7 +358,9 @@ SCHEMA: dict[str, Any] = {
                      "minimumtls": _choice("tls1.0", "tls1.1", "tls1.2", "tls1.3"),
                      "ciphersuites": _str_list, "letsencrypt": RAW}},
     "storage": {"filesystem": {"rootdirectory": _str, "maxthreads": _int(1)}, "inmemory": RAW,
-                "delete": {"enabled": _bool}, "cache": IGNORED, "redirect": {"disable": _bool},
+                "delete": {"enabled": _bool},
+                "cache": {"blobdescriptor": _choice("inmemory", "redis"), "layerinfo": _choice("inmemory", "redis"),
+                          "blobdescriptorsize": _int(1)}, "redirect": {"disable": _bool},
                 "maintenance": {"uploadpurging": {"enabled": _bool, "age": parse_duration,
                                                   "interval": parse_duration, "dryrun": _bool},
                                 "readonly": {"enabled": _bool}},
@@ -332,12 +374,16 @@ SCHEMA: dict[str, Any] = {
                 "azure": RAW, "gcs": RAW, "swift": RAW, "oss": RAW},
     "validation": {"enabled": _bool, "disabled": _bool,
                    "manifests": {"urls": {"allow": _regex_list, "deny": _regex_list}}},
-    "regd": {"maxbodysize": _int(0), "spoolthreshold": _int(1), "inlinereads": _bool,
+    "regd": {"workers": _int(1), "maxbodysize": _int(0), "spoolthreshold": _int(1), "inlinereads": _bool,
              "gc": {"interval": parse_duration, "grace": parse_duration, "deleteuntagged": _bool},
              "limits": {"maxconnections": _int(0), "maxconnectionsperclient": _int(0), "headtimeout": parse_duration,
                         "bodytimeout": parse_duration, "minbodyrate": _int(0), "idletimeout": parse_duration,
                         "freespace": _int(0)}},
-    "notifications": RAW, "auth": RAW, "health": RAW, "redis": RAW, "proxy": RAW, "middleware": RAW,
+    "notifications": RAW, "auth": RAW, "health": RAW, "proxy": RAW, "middleware": RAW,
+    "redis": {"addr": parse_addr, "password": _str, "db": _int(0), "dialtimeout": parse_duration,
+              "readtimeout": parse_duration, "writetimeout": parse_duration,
+              "pool": {"maxidle": _int(0), "maxactive": _int(0), "idletimeout": parse_duration},
+              "tls": {"enabled": _bool, "certificate": _str, "key": _str, "clientcas": _str_list}},
     "reporting": IGNORED, "compatibility": IGNORED, "catalog": IGNORED,
     "search": {"enabled": _bool},
     "ui": {"enabled": _bool, "title": _str, "pulladdress": _str, "session": {"maxage": parse_duration},
@@ -490,12 +536,17 @@ def _build(v: dict, default_root: str) -> Config:
         raise ConfigError("validation: enabled and disabled contradict each other")
     disabled = validation.get("disabled", not validation.get("enabled", True))
     urls = validation.get("manifests", {}).get("urls", {})
+    cache = _cache_config(storage.get("cache", {}))
+    redis = _redis_config(v.get("redis", {}))
+    if cache.blobdescriptor == "redis" and not redis.addr:
+        raise ConfigError("storage.cache.blobdescriptor: redis needs redis.addr (e.g. 127.0.0.1:6379)")
     if purging.get("age", 1.0) <= 0 or purging.get("interval", 1.0) <= 0:
         raise ConfigError("storage.maintenance.uploadpurging: age and interval must be positive")
 
     ui = _ui_config(v.get("ui", {}))
     return Config(
         ui=ui,
+        redis=redis,
         version=v.get("version", "0.1"),
         log=LogConfig(level=log.get("level", "info"), formatter=log.get("formatter", "text"),
                       fields=log.get("fields", {}),
@@ -515,6 +566,7 @@ def _build(v: dict, default_root: str) -> Config:
                                         maxthreads=filesystem.get("maxthreads", 25)),
             s3=s3,
             redirect=RedirectConfig(disable=storage.get("redirect", {}).get("disable", False)),
+            cache=cache,
             delete=Switch(storage.get("delete", {}).get("enabled", False)),
             maintenance=MaintenanceConfig(
                 uploadpurging=UploadPurgingConfig(
@@ -581,6 +633,26 @@ def _index(values: dict) -> IndexConfig:
     if index.retention < max(60.0, 10 * index.refreshinterval):
         raise ConfigError("index.retention: must be at least 60s and ten refresh intervals")
     return index
+
+
+def _cache_config(cache: dict) -> CacheConfig:
+    kind = cache.get("blobdescriptor", cache.get("layerinfo", ""))  # layerinfo: its former name
+    if "blobdescriptor" in cache and "layerinfo" in cache and cache["blobdescriptor"] != cache["layerinfo"]:
+        raise ConfigError("storage.cache: blobdescriptor and layerinfo (its former name) disagree")
+    return CacheConfig(blobdescriptor=kind, blobdescriptorsize=cache.get("blobdescriptorsize", 10000))
+
+
+def _redis_config(redis: dict) -> RedisConfig:
+    tls = redis.get("tls", {})
+    if tls.get("enabled") and bool(tls.get("certificate")) != bool(tls.get("key")):
+        raise ConfigError("redis.tls: certificate and key go together")
+    host, port = redis.get("addr", ("", 6379))
+    return RedisConfig(
+        addr=f"{host}:{port}" if "addr" in redis else "", host=host or "localhost", port=port,
+        password=redis.get("password", ""), db=redis.get("db", 0),
+        dialtimeout=redis.get("dialtimeout", 0.0), readtimeout=redis.get("readtimeout", 0.0),
+        writetimeout=redis.get("writetimeout", 0.0), pool=RedisPoolConfig(**redis.get("pool", {})),
+        tls=RedisTLSConfig(**tls))
 
 
 def _plain(value: Any) -> dict:

@@ -65,8 +65,8 @@ class ConfigTests(SynchronousTestCase):
         self.assertTrue(config.storage.delete.enabled)
         self.assertEqual(config.http.headers, {"X-Content-Type-Options": ("nosniff",)})
         self.assertEqual(config.health["storagedriver"]["interval"], "10s")
-        self.assertEqual(list(loaded.warnings),
-                         ["configuration key storage.cache is accepted for compatibility and ignored by regd"])
+        self.assertEqual(list(loaded.warnings), [])
+        self.assertEqual(config.storage.cache.blobdescriptor, "inmemory")
 
     def test_environment_overrides(self):
         environ = {
@@ -91,6 +91,27 @@ class ConfigTests(SynchronousTestCase):
         self.assertIn("unknown configuration key http.adr", loaded.warnings)
         self.assertIn("unknown configuration key storage.filesystem.rootdir", loaded.warnings)
         self.assertIn("environment variable REGISTRY_NOPE_THING matches no configuration key", loaded.warnings)
+
+    def test_cache_redis_and_workers(self):
+        config = parse_config("storage: {inmemory: {}, cache: {layerinfo: redis}}\n"
+                              "redis: {addr: 'cache.example:6380', password: pw, db: 2, readtimeout: 50ms,\n"
+                              "        pool: {maxidle: 4}, tls: {enabled: true, clientcas: [/ca.pem]}}\n"
+                              "regd: {workers: 3}\n", {"REGISTRY_REDIS_DB": "5"}).config
+        self.assertEqual(config.storage.cache.blobdescriptor, "redis")
+        self.assertEqual((config.redis.host, config.redis.port, config.redis.db), ("cache.example", 6380, 5))
+        self.assertEqual((config.redis.readtimeout, config.redis.pool.maxidle, config.redis.pool.maxactive),
+                         (0.05, 4, 64))
+        self.assertEqual(config.redis.tls.clientcas, ("/ca.pem",))
+        self.assertNotIn("pw", repr(config.redis))
+        self.assertEqual(config.regd.workers, 3)
+        self.assertEqual(parse_config("storage: {inmemory: {}}", {}).config.storage.cache.blobdescriptor, "")
+        self.assert_error("storage: {inmemory: {}, cache: {blobdescriptor: redis}}", {},
+                          "storage.cache.blobdescriptor: redis needs redis.addr (e.g. 127.0.0.1:6379)")
+        self.assert_error("storage: {inmemory: {}, cache: {blobdescriptor: memcached}}", {},
+                          "storage.cache.blobdescriptor: expected one of inmemory, redis, got 'memcached'")
+        self.assert_error("storage: {inmemory: {}}\nredis: {addr: nope}", {},
+                          "redis.addr: expected host:port (e.g. :5000 or 127.0.0.1:5000), got 'nope'")
+        self.assert_error("storage: {inmemory: {}}\nregd: {workers: 0}", {}, "regd.workers: must be at least 1, got 0")
 
     def assert_error(self, text, environ, expected):
         with self.assertRaises(ConfigError) as caught:

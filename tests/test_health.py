@@ -41,6 +41,19 @@ class HealthTests(SynchronousTestCase):
         HealthResource(health).render_GET(request)
         self.assertEqual(request.responseCode, 200)
 
+    def test_a_non_critical_check_is_degraded_not_failing(self):
+        clock = Clock()
+        health = HealthService(clock, [(Check("redis", lambda: defer.fail(OSError("refused")), 1, critical=False),
+                                        10.0)])
+        health.startService()
+        self.addCleanup(health.stopService)
+        request = DummyRequest([b""])
+        body = json.loads(HealthResource(health).render_GET(request))
+        self.assertEqual(request.responseCode, 200)
+        self.assertTrue(health.healthy)
+        self.assertEqual(body["redis"]["status"], "degraded")
+        self.assertEqual(body["redis"]["error"], "OSError: refused")
+
     def test_registry2_settings(self):
         self.assertEqual(storage_check_settings({}), (True, 10.0, 3))
         self.assertEqual(storage_check_settings({"storagedriver": {"enabled": False, "interval": "1m",

@@ -13,7 +13,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "regd"
 ALLOWED = {
     "oci": {"oci"},
     "storage": {"oci", "storage"},
-    "registry": {"oci", "storage", "registry"},
+    "cache": {"oci", "storage", "cache"},
+    "registry": {"oci", "storage", "cache", "registry"},
     "http": {"oci", "registry", "http", "index"},
     "notifications": {"oci", "registry", "notifications", "units"},
     "index": {"oci", "storage", "registry", "index"},

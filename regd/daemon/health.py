@@ -3,7 +3,8 @@
 Health checks (registry:2's `health` section): each check runs every
 `interval`; a check is failing after `threshold` consecutive failures.
 /debug/health reports every check as JSON and answers 503 while one fails;
-the load-balancer check on / answers 503 too.
+the load-balancer check on / answers 503 too. A non-critical check
+(Redis) reports "degraded" without either.
 """
 
 from __future__ import annotations
@@ -21,8 +22,14 @@ log = Logger()
 
 
 class Check:
-    def __init__(self, name: str, probe, threshold: int):
+    """
+    A non-critical check (critical=False) that fails reports "degraded" and
+    leaves the service healthy: regd still answers right, only slower.
+    """
+
+    def __init__(self, name: str, probe, threshold: int, critical: bool = True):
         self.name, self.probe, self.threshold = name, probe, max(1, threshold)
+        self.critical = critical
         self.failures = 0
         self.error = ""
         self.checked_at: float | None = None
@@ -72,10 +79,11 @@ class HealthService(service.Service):
 
     @property
     def healthy(self) -> bool:
-        return all(c.healthy for c in self.checks)
+        return all(c.healthy for c in self.checks if c.critical)
 
     def report(self) -> dict:
-        document = {c.name: {"status": "ok" if c.healthy else "failing", "consecutive_failures": c.failures,
+        document = {c.name: {"status": "ok" if c.healthy else "failing" if c.critical else "degraded",
+                             "consecutive_failures": c.failures,
                              "error": c.error, "checked_at": c.checked_at} for c in self.checks}
         for name, make in self.extra_reports.items():
             document[name] = make()

@@ -144,6 +144,17 @@ class ThreadPoolService(service.Service):
         self.pool.stop()
 
 
+class ClosingService(service.Service):
+    """Calls C{close} (which may return a Deferred) when the daemon stops: connection pools and the like."""
+
+    def __init__(self, close):
+        self._close = close
+
+    def stopService(self):
+        super().stopService()
+        return self._close()
+
+
 class ListenerService(internet.StreamServerEndpointService):
     """
     A listener that ends the process when it cannot listen: twistd would only

@@ -18,7 +18,8 @@ from twisted.python.threadpool import ThreadPool
 
 from regd.daemon.authsetup import admin_authorizer, auth_settings, build_token_access
 from regd.config import ConfigError, load_config
-from regd.daemon.services import CertificateReloader, DrainService, ListenerService, RegdService, ThreadPoolService
+from regd.daemon.services import (CertificateReloader, ClosingService, DrainService, ListenerService, RegdService,
+                                  ThreadPoolService)
 
 log = Logger()
 
@@ -124,6 +125,11 @@ def makeService(options) -> service.MultiService:
     if storage.maintenance.readonly.enabled:
         log.warn("read-only mode (storage.maintenance.readonly): pushes and deletes are refused")
     url_rules = config.validation.manifests.urls
+    from regd.cache.build import build_blob_cache
+    cache = build_blob_cache(config, driver, reactor)
+    if cache.kind != "none":
+        log.info("blob descriptor cache: {kind}", kind=cache.kind)
+        ClosingService(cache.close).setServiceParent(root)
     registry = Registry(
         driver, reactor,
         delete_enabled=storage.delete.enabled,
@@ -131,6 +137,7 @@ def makeService(options) -> service.MultiService:
         url_policy=UrlPolicy(tuple(url_rules.allow), tuple(url_rules.deny)),
         validate_manifests=not config.validation.disabled,
         redirect=not storage.redirect.disable,
+        cache=cache,
     )
     prefix = config.http.prefix.rstrip("/")
     urls = UrlBuilder(relative=config.http.relativeurls, base=config.http.host or None, prefix=prefix)
@@ -323,12 +330,21 @@ def add_health(root, registry, reactor, raw, notifications, free_space=None):
         checks.append((Check("storagedriver_filesystem", storage_probe, threshold), interval))
         if free_space is not None:
             checks.append((Check("storage_free_space", free_space, 1), interval))
+    cache = registry.blobs.cache
+    if cache.kind == "redis":
+        # Not critical: without Redis every lookup goes to storage, slower but right.
+        checks.append((Check("redis", cache.ping, 1, critical=False), interval))
     extra = {}
     if notifications is not None:
         def endpoints():
             return {e.name: {"pending": e.pending, "oldest_pending_age_seconds": round(e.oldest_pending_age(), 3),
                              "last_error": e.stats.last_error} for e in notifications.service.endpoints}
         extra["notifications"] = endpoints
+    if cache.kind != "none":
+        def blob_cache():
+            return {"kind": cache.kind, "status": "degraded" if cache.degraded else "ok", "error": cache.error,
+                    "hits": cache.hits, "misses": cache.misses, "failures": cache.failures}
+        extra["blob_descriptor_cache"] = blob_cache
     health = HealthService(reactor, checks, extra)
     health.setServiceParent(root)
     return health

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import attrs
 
+from regd.cache.descriptors import BlobDescriptorCache
+from regd.cache.interfaces import Descriptor
 from regd.oci.digest import Digest
 from regd.oci.errors import BlobUnknown, Unsupported
 from regd.registry import links
@@ -61,8 +63,15 @@ class ServedBlob:
 
 
 class BlobService:
+    """
+    Blob HEAD/GET lookups read through the blob-descriptor cache
+    (L{regd.cache}); deletes and garbage collection tell it to forget. What
+    uploads, mounts and manifest checks decide on always comes from storage.
+    """
+
     def __init__(self, driver, listeners: ListenerSet, delete_enabled: bool, pending: PendingReferences,
-                 redirect: bool = False):
+                 redirect: bool = False, cache: BlobDescriptorCache | None = None):
+        self.cache = cache if cache is not None else BlobDescriptorCache()
         self._driver = driver
         self.pending = pending
         self._listeners = listeners
@@ -99,21 +108,39 @@ class BlobService:
     async def is_linked(self, name: str, digest: Digest) -> bool:
         return await links.read_link(self._driver, paths.layer_link(name, digest)) == digest
 
-    async def stat(self, name: str, digest: Digest) -> BlobInfo:
-        """The blob as this repository sees it; L{BlobUnknown} unless linked and present."""
+    async def _linked(self, name: str, digest: Digest) -> Descriptor | None:
         if not await self.is_linked(name, digest):
-            raise BlobUnknown(detail={"digest": str(digest)})
+            return None
         size = await self.global_size(digest)
-        if size is None:
+        return None if size is None else Descriptor(digest, size)
+
+    async def stat(self, name: str, digest: Digest, *, fresh: bool = False) -> BlobInfo:
+        """
+        The blob as this repository sees it; L{BlobUnknown} unless linked and
+        present. Served from the blob-descriptor cache unless C{fresh}.
+        """
+        if fresh:
+            found = await self._linked(name, digest)
+        else:
+            found = await self.cache.linked(name, digest, lambda: self._linked(name, digest))
+        if found is None:
             raise BlobUnknown(detail={"digest": str(digest)})
-        return BlobInfo(digest, size)
+        return BlobInfo(digest, found.size)
 
     async def open(self, name: str, digest: Digest, context: RequestContext) -> ServedBlob:
         info = await self.stat(name, digest)
         try:
             reader = await self._driver.reader(paths.blob_data(digest))
         except PathNotFound:
-            raise BlobUnknown(detail={"digest": str(digest)}) from None
+            # Known to the cache but not in the store: condemned by a running collection (take it
+            # back, as a storage lookup would), or gone (the cache must forget it).
+            if not await self.reclaim(digest):
+                await self.cache.invalidate(digest)
+                raise BlobUnknown(detail={"digest": str(digest)}) from None
+            try:
+                reader = await self._driver.reader(paths.blob_data(digest))
+            except PathNotFound:
+                raise BlobUnknown(detail={"digest": str(digest)}) from None
 
         def pulled():
             return self._listeners.emit(RegistryEvent(
@@ -158,7 +185,7 @@ class BlobService:
         """
         async with self.pending.holding(name, [digest]):
             try:
-                info = await self.stat(source, digest)
+                info = await self.stat(source, digest, fresh=True)
             except BlobUnknown:
                 return None
             await self.link(name, digest)
@@ -174,4 +201,13 @@ class BlobService:
         if not await self.is_linked(name, digest):
             raise BlobUnknown(detail={"digest": str(digest)})
         await links.delete_if_present(self._driver, paths.layer_dir(name, digest))
+        await self.cache.invalidate_repo_link(name, digest)
         await self._listeners.emit(RegistryEvent(DELETE, BLOB, name, context, digest=digest))
+
+    async def forget(self, digests) -> None:
+        """
+        These blobs' bytes are being or were removed (garbage collection, fsck
+        repair): no cache may know them any more. Raises CacheUnavailable from a
+        strict cache (a separate GC process) that cannot reach Redis.
+        """
+        await self.cache.invalidate_many(list(digests))

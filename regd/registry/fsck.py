@@ -66,6 +66,7 @@ class StorageCheck:
                     await self._driver.move(paths.blob_data(digest), f"{QUARANTINE}/{digest.algorithm}-{digest.hex}")
                     await links.delete_if_present(self._driver, paths.blob_dir(digest))
                     self._registry.manifests.forget(digest)
+                    await self._registry.blobs.forget([digest])
                     problems.repaired.append(f"quarantined {digest}")
 
     async def _link_dirs(self, base: str, depth: int) -> list[str]:

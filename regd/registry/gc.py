@@ -220,6 +220,9 @@ class GarbageCollector:
         # Whatever pushes named since the first mark: not even condemned.
         for digest in await self._in_use(report.marked, traversed):
             candidates.pop(digest, None)
+        # Forgotten by the blob-descriptor cache before anything moves (a separate collection that
+        # cannot reach Redis stops here) and again after the deletes (a lookup may have raced them).
+        await self._registry.blobs.forget(candidates)
         condemned = []
         for digest in candidates:
             try:
@@ -240,6 +243,8 @@ class GarbageCollector:
             self._registry.manifests.forget(digest)
             report.blobs_deleted.append(str(digest))
             report.bytes_freed += candidates[digest]
+        if report.blobs_deleted:
+            await self._registry.blobs.forget(Digest.parse(d) for d in report.blobs_deleted)
 
     async def _in_use(self, marked: set, traversed: set) -> set[Digest]:
         """Everything marked now: the first mark, plus what links and pending pushes name since."""

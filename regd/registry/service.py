@@ -27,14 +27,15 @@ SPOOL_AGE = 3600.0
 class Registry:
     def __init__(self, driver, clock, *, delete_enabled: bool = False, readonly: bool = False,
                  url_policy: UrlPolicy = UrlPolicy(), validate_manifests: bool = True, listeners=(),
-                 redirect: bool = False):
+                 redirect: bool = False, cache=None):
         self.driver = driver
         self.clock = clock
         self.readonly = readonly
         self.delete_enabled = delete_enabled
         self.listeners = ListenerSet(listeners)
         self.pending = PendingReferences(driver, clock)
-        self.blobs = BlobService(driver, self.listeners, delete_enabled, self.pending, redirect=redirect)
+        self.blobs = BlobService(driver, self.listeners, delete_enabled, self.pending, redirect=redirect,
+                                 cache=cache)
         self.uploads = UploadService(driver, self.blobs, self.listeners, clock)
         self.manifests = ManifestService(driver, self.blobs, self.listeners, delete_enabled=delete_enabled,
                                          url_policy=url_policy, validate=validate_manifests)

@@ -17,6 +17,7 @@ BLOBS = f"{V2}/blobs"
 REPOSITORIES = f"{V2}/repositories"
 REGD = "regd"
 SPOOL = f"{REGD}/spool"
+CACHE_GENERATION = f"{REGD}/cache-generation"  # rewritten on every delete; see regd.cache.descriptors
 HEALTH = f"{REGD}/health"  # written and read back by the storage health check
 GC = f"{REGD}/gc"
 PENDING = f"{GC}/pending"  # notes of operations about to link content (see regd.registry.pending)

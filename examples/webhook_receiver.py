@@ -80,17 +80,27 @@ def events_of(body: bytes, content_type: str) -> list[dict]:
 
 def make_handler(options, seen: Seen):
     class Handler(BaseHTTPRequestHandler):
+        # HTTP/1.1 keep-alive: every answer has a Content-Length, and an idle
+        # connection is closed after `timeout` seconds (the registry then
+        # opens a new one for its next POST).
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True
+        timeout = options.idle_timeout
+
+        def answer(self, status: int) -> None:
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
         def do_POST(self):
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             if options.secret and not verify({k.lower(): v for k, v in self.headers.items()}, body, options.secret):
-                self.send_response(401)
-                self.end_headers()
+                self.answer(401)
                 return
             try:
                 events = events_of(body, self.headers.get("Content-Type", ""))
             except (ValueError, KeyError, TypeError):
-                self.send_response(400)
-                self.end_headers()
+                self.answer(400)
                 return
             for event in events:
                 if options.only_action and event.get("action") not in options.only_action:
@@ -102,13 +112,9 @@ def make_handler(options, seen: Seen):
                     # 500: the registry keeps the event and sends it again later, same id.
                     seen.forget(event["id"])
                     print(f"command failed for {event['id']}; asking for a retry", file=sys.stderr, flush=True)
-                    self.send_response(500)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
+                    self.answer(500)
                     return
-            self.send_response(200)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+            self.answer(200)
 
         def log_message(self, format, *args):
             pass
@@ -136,6 +142,8 @@ def main(argv=None) -> int:
     parser.add_argument("--exec", help="shell command run per new event, event JSON on stdin")
     parser.add_argument("--tls-cert", help="serve HTTPS with this PEM certificate chain")
     parser.add_argument("--tls-key", help="private key for --tls-cert")
+    parser.add_argument("--idle-timeout", type=float, default=30.0,
+                        help="seconds before an idle keep-alive connection is closed")
     options = parser.parse_args(argv)
     server = ThreadingHTTPServer((options.host, options.port), make_handler(options, Seen(options.state)))
     if options.tls_cert:

@@ -7,11 +7,14 @@ from regd.notifications.settings import parse_notifications
 
 
 def build_notifications(raw, *, reactor, default_journal: str, source_addr: str, run_in_thread=None,
-                        metrics=None, authorize_admin=None):
+                        metrics=None, authorize_admin=None, deliver: bool = True):
     """
     (service, admin, warnings); service and admin are None when no endpoint
     is configured. The journal gets one thread of its own (SQLite
-    connections stay on one thread), unless a runner is given.
+    connections stay on one thread), unless a runner is given. Deliveries
+    run in a thread with a reactor of its own (deliver=True), or not at all
+    in this process (deliver=False: another process sharing the journal
+    delivers).
     """
     settings, warnings = parse_notifications(raw, default_journal)
     if not settings.endpoints:
@@ -33,15 +36,27 @@ def build_notifications(raw, *, reactor, default_journal: str, source_addr: str,
 
     journal = Journal(settings.journal, run_in_thread, wallclock=reactor.seconds)
     pools = []
+    delivery = delivery_journal = None
+    sink_reactor = reactor
+    if deliver:
+        import time
+
+        from regd.notifications.delivery import DeliveryThread
+        from regd.storage.threads import inline_runner
+        delivery = DeliveryThread(reactor)
+        sink_reactor = delivery.reactor
+        # Its own connection, used only in the delivery thread (SQLite WAL: readers and one writer at a time).
+        delivery_journal = Journal(settings.journal, inline_runner, wallclock=time.time)
 
     def sink_factory(endpoint_settings):
-        client, connection_pool = make_client(reactor, endpoint_settings)
+        client, connection_pool = make_client(sink_reactor, endpoint_settings)
         pools.append(connection_pool)
-        return HTTPSink(endpoint_settings, client, reactor)
+        return HTTPSink(endpoint_settings, client, sink_reactor)
 
     from regd.notifications.events import source_address
     service = NotificationService(settings, journal, sink_factory, reactor, source_addr=source_address(source_addr),
-                                  on_stop=[lambda: _close_pools(pools)], thread_pool=pool)
+                                  on_stop=[lambda: _close_pools(pools)], thread_pool=pool, deliver=deliver,
+                                  delivery=delivery, delivery_journal=delivery_journal)
     return service, NotificationAdmin(service, metrics, authorize_admin), warnings
 
 

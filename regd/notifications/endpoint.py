@@ -67,6 +67,7 @@ class Endpoint:
         self._stopped = False
         self._idle: list[defer.Deferred] = []
         self._in_flight: defer.Deferred | None = None
+        self.last_seq = 0  # the highest journal sequence number queued here (see delivery.JournalFeed)
 
     def accepts(self, event) -> bool:
         if event.action in self.settings.ignored_actions:
@@ -93,6 +94,7 @@ class Endpoint:
             len(e.body) for e in self._held if e.seq not in known)
         self._queue.extend(loaded)
         self._queue.extend(e for e in self._held if e.seq not in known)
+        self.last_seq = max([self.last_seq] + [e.seq for e in self._queue])
         self._held = []
         self._loading = False
         if loaded:
@@ -127,6 +129,7 @@ class Endpoint:
     def enqueue(self, entry: JournalEntry) -> None:
         """Queue a journaled event; delivery starts on the next reactor turn, after the request's answer."""
         self.pending_bytes += len(entry.body)
+        self.last_seq = max(self.last_seq, entry.seq)
         if self._loading:
             self._held.append(entry)
             return
@@ -139,9 +142,11 @@ class Endpoint:
         self._kick()
 
     def requeue(self, entries: list[JournalEntry]) -> None:
-        """Replayed dead letters go to the back of the queue."""
+        """Replayed dead letters go to the back of the queue (unless the journal feed queued them already)."""
+        queued = {e.seq for e in self._queue} | {e.seq for e in self._held}
         for entry in entries:
-            self.enqueue(entry)
+            if entry.seq not in queued:
+                self.enqueue(entry)
 
     # -- delivery loop ---------------------------------------------------
 
@@ -256,6 +261,10 @@ class Endpoint:
             self.stop()
 
         return d.addBoth(stop)
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
 
     def stop(self) -> None:
         self._stopped = True

@@ -5,6 +5,12 @@ One POST per delivery attempt through a pooled, keep-alive treq client.
 The timeout bounds the whole exchange (connect, headers and body), not
 only the wait for headers as treq's own timeout does. Any 2xx or 3xx is
 delivered; everything else, and every transport error, is a failure.
+
+One exception: a POST written on a pooled keep-alive connection that the
+receiver had already closed (receivers close idle connections; the close
+and our request cross on the wire) never reached the receiver's handler.
+It is sent again at once on a new connection, and is neither a failed
+attempt nor a backoff.
 """
 
 from __future__ import annotations
@@ -12,9 +18,11 @@ from __future__ import annotations
 import attrs
 import treq
 from twisted.internet import defer
+from twisted.internet.error import ConnectionClosed
 from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
-from twisted.web.iweb import IPolicyForHTTPS
+from twisted.web.client import RequestTransmissionFailed, ResponseNeverReceived
+from twisted.web.iweb import IBodyProducer, IPolicyForHTTPS
 from zope.interface import implementer
 
 from regd.notifications.signing import signature_headers
@@ -93,9 +101,54 @@ class HTTPSink:
             raise DeliveryFailed(f"HTTP {status}")
 
     async def _exchange(self, body: bytes, headers) -> int:
-        response = await self._client.post(self._settings.url, data=body, headers=headers)
-        await treq.content(response)  # read it all, so the connection goes back to the pool
-        return response.code
+        # Every cached connection may be stale: one more try than the pool holds, then a real failure.
+        for tries_left in range(STALE_RETRIES, -1, -1):
+            try:
+                response = await self._client.post(self._settings.url, data=_Body(body), headers=headers)
+            except (ResponseNeverReceived, RequestTransmissionFailed) as e:
+                if tries_left and _closed_by_peer(e):
+                    self.stale_retries += 1
+                    continue
+                raise
+            await treq.content(response)  # read it all, so the connection goes back to the pool
+            return response.code
+        raise AssertionError("unreachable")
+
+    stale_retries = 0
+
+
+@implementer(IBodyProducer)
+class _Body:
+    """
+    The request body, written in one go. (treq would wrap bytes in a
+    FileBodyProducer, which runs on the global reactor's cooperator: wrong
+    when the client runs on the delivery thread's own reactor.)
+    """
+
+    def __init__(self, data: bytes):
+        self._data = data
+        self.length = len(data)
+
+    def startProducing(self, consumer):
+        consumer.write(self._data)
+        return defer.succeed(None)
+
+    def pauseProducing(self):
+        pass
+
+    def resumeProducing(self):
+        pass
+
+    def stopProducing(self):
+        pass
+
+
+STALE_RETRIES = 3  # > HTTPConnectionPool.maxPersistentPerHost as make_client sets it
+
+
+def _closed_by_peer(error) -> bool:
+    """The connection closed before any response byte: the receiver never handled the request."""
+    return any(reason.check(ConnectionClosed) for reason in getattr(error, "reasons", ()))
 
 
 def redacted_url(url: str) -> str:

@@ -170,6 +170,21 @@ class Journal:
         """Deferred[list[JournalEntry]] in order, for an endpoint starting up."""
         return self._run(self._select, endpoint, 0, limit)
 
+    def pending_after(self, endpoint: str, seq: int, limit: int = 10_000) -> list[JournalEntry]:
+        """
+        Synchronous, for the delivery thread that owns this connection: the
+        pending events past C{seq}, in order.
+        """
+        rows = self._db.execute(
+            "SELECT e.seq, e.id, e.created, e.body, d.attempts, d.last_error FROM deliveries d "
+            "JOIN events e ON e.seq = d.seq WHERE d.endpoint = ? AND d.dead = 0 AND d.seq > ? ORDER BY d.seq LIMIT ?",
+            (endpoint, seq, limit)).fetchall()
+        return [JournalEntry(*row) for row in rows]
+
+    def data_version(self) -> int:
+        """Synchronous: changes whenever another connection (thread or process) committed."""
+        return self._db.execute("PRAGMA data_version").fetchone()[0]
+
     def dead_letters(self, endpoint: str, limit: int = 1000) -> defer.Deferred:
         return self._run(self._select, endpoint, 1, limit)
 

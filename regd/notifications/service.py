@@ -2,6 +2,11 @@
 """
 NotificationService: the registry listener that journals each event before
 the request is answered, then hands it to every endpoint that wants it.
+
+In the daemon the endpoints run in a delivery thread of their own
+(L{regd.notifications.delivery}), fed from the journal; without one (unit
+tests) they run on the given clock. With deliver=False this process only
+journals: another process sharing the journal delivers (one runner per journal).
 """
 
 from __future__ import annotations
@@ -31,13 +36,23 @@ class JournalUnavailable(Exception):
 @implementer(IRegistryListener)
 class NotificationService(service.Service):
     def __init__(self, settings, journal, sink_factory, clock, *, source_addr: str = "",
-                 instance_id: str | None = None, on_stop=(), thread_pool=None):
+                 instance_id: str | None = None, on_stop=(), thread_pool=None, deliver: bool = True,
+                 delivery=None, delivery_journal=None):
         self.settings = settings
         self.journal = journal
         self.clock = clock
         self.source_addr = source_addr or socket.gethostname()
         self.instance_id = instance_id or str(uuid.uuid4())
-        self.endpoints = [Endpoint(s, journal, sink_factory(s), clock) for s in settings.endpoints]
+        self.deliver = deliver
+        # A DeliveryThread (and the journal connection it uses), or None: deliver on `clock`.
+        self._delivery = delivery if deliver else None
+        self._delivery_journal = delivery_journal
+        self._feed = None
+        if self._delivery is not None:
+            self.endpoints = [Endpoint(s, delivery_journal, sink_factory(s), self._delivery.reactor)
+                              for s in settings.endpoints]
+        else:
+            self.endpoints = [Endpoint(s, journal, sink_factory(s), clock) for s in settings.endpoints]
         self._opened = False
         self._broken: Exception | None = None  # why the journal could not open
         self._waiting_for_journal: list[defer.Deferred] = []
@@ -76,6 +91,11 @@ class NotificationService(service.Service):
         created = self.clock.seconds()
 
         def queue(seq):
+            if self._delivery is not None:
+                self._delivery.reactor.callFromThread(self._wake_feed)
+                return
+            if not self.deliver:
+                return
             record = JournalEntry(seq, entry["id"], created, body)
             for endpoint in admitted:
                 endpoint.enqueue(record)
@@ -105,15 +125,67 @@ class NotificationService(service.Service):
         waiting, self._waiting_for_journal = self._waiting_for_journal, []
         for d in waiting:
             d.callback(None)
+        if not self.deliver:
+            return
+        if self._delivery is None:
+            for endpoint in self.endpoints:
+                await endpoint.start()
+            return
+        self._delivery.start()
+        await self._delivery.call(lambda: defer.ensureDeferred(self._start_delivery()))
+
+    # -- in the delivery thread ------------------------------------------
+
+    async def _start_delivery(self) -> None:
+        from regd.notifications.delivery import JournalFeed
+        await self._delivery_journal.open()
         for endpoint in self.endpoints:
             await endpoint.start()
+        self._feed = JournalFeed(self._delivery_journal, self.endpoints, self._delivery.reactor)
+        self._feed.start()
 
-    async def stopService(self):
-        super().stopService()
+    def _wake_feed(self) -> None:
+        if self._feed is not None:
+            self._feed.wake()
+
+    async def _stop_delivery(self) -> None:
+        if self._feed is not None:
+            self._feed.stop()
+        await self._drain_and_close()
+        await self._delivery_journal.close()
+
+    async def _drain_and_close(self) -> None:
         # Deliver what we can within the drain time; the rest stays in the journal.
         await defer.gatherResults([e.drain(self.settings.drain_timeout) for e in self.endpoints])
         for stop in self._on_stop:
             await defer.maybeDeferred(stop)
+
+    def _requeue(self, endpoint, revived) -> None:
+        endpoint.stats.dead_letters = max(0, endpoint.stats.dead_letters - len(revived))
+        endpoint.requeue([JournalEntry(e.seq, e.event_id, e.created, e.body) for e in revived])
+
+    # ----------------------------------------------------------------------
+
+    async def stopService(self):
+        super().stopService()
+        if self._delivery is not None:
+            if self._opened:
+                stopped = self._delivery.call(lambda: defer.ensureDeferred(self._stop_delivery()))
+                # Bounded even if the delivery thread is stuck: the journal keeps what is owed.
+                timer = self.clock.callLater(self.settings.drain_timeout + 5, stopped.cancel)
+                try:
+                    await stopped
+                except defer.CancelledError:
+                    log.warn("notifications: the delivery thread did not stop in time")
+                finally:
+                    if timer.active():
+                        timer.cancel()
+            self._delivery.stop()
+        elif self.deliver:
+            await self._drain_and_close()
+        else:
+            for stop in self._on_stop:
+                await defer.maybeDeferred(stop)
         if self._opened:
             await self.journal.close()
         if self._thread_pool is not None:
@@ -123,8 +195,10 @@ class NotificationService(service.Service):
         """Dead letters back to the queue: all of them, or those named by seq or event id."""
         endpoint = self.endpoint(name)
         revived = await self.journal.replay(name, seqs, event_ids)
-        endpoint.stats.dead_letters = max(0, endpoint.stats.dead_letters - len(revived))
-        endpoint.requeue([JournalEntry(e.seq, e.event_id, e.created, e.body) for e in revived])
+        if self._delivery is not None:
+            await self._delivery.call(self._requeue, endpoint, revived)
+        elif self.deliver:
+            self._requeue(endpoint, revived)
         return len(revived)
 
     async def status(self) -> dict:

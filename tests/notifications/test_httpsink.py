@@ -104,3 +104,75 @@ class LoggingTests(TestCase):
         self.assertIn("delivery to ci failed (attempt 1, event e1, 1 in batch): HTTP 503", text)
         self.assertNotIn("tok-XYZ", text)
         self.assertNotIn("sekrit-123", text)
+
+
+class _ClosesIdleConnections:
+    """
+    Answers the first request on each connection with a keep-alive 200, then
+    closes that connection when the next request arrives on it without
+    answering: the race of a receiver closing an idle connection just as a
+    POST is sent on it.
+    """
+
+    def __init__(self, testcase):
+        from twisted.internet.protocol import Factory, Protocol
+
+        server = self
+        self.answered = 0
+        self.dropped = 0
+
+        class OneRequestPerConnection(Protocol):
+            def connectionMade(self):
+                self.buffer = b""
+                self.served = False
+
+            def dataReceived(self, data):
+                self.buffer += data
+                head, sep, rest = self.buffer.partition(b"\r\n\r\n")
+                if not sep:
+                    return
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                if len(rest) < length:
+                    return
+                self.buffer = rest[length:]
+                if self.served:
+                    server.dropped += 1
+                    self.transport.loseConnection()
+                    return
+                self.served = True
+                server.answered += 1
+                self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+
+        port = reactor.listenTCP(0, Factory.forProtocol(OneRequestPerConnection), interface="127.0.0.1")
+        testcase.addCleanup(port.stopListening)
+        self.url = f"http://127.0.0.1:{port.getHost().port}/hook"
+
+
+class StaleConnectionTests(TestCase):
+    async def test_post_on_a_connection_the_receiver_closed_is_sent_again_at_once(self):
+        receiver = _ClosesIdleConnections(self)
+        settings = EndpointSettings(name="t", url=receiver.url)
+        client, pool = make_client(reactor, settings)
+        self.addCleanup(pool.closeCachedConnections)
+        sink = HTTPSink(settings, client, reactor)
+        for i in range(3):
+            await sink.deliver(BODY, TYPE, f"e{i}")  # none of them fails
+        self.assertEqual(receiver.answered, 3)
+        self.assertEqual(receiver.dropped, 2)
+        self.assertEqual(sink.stale_retries, 2)
+
+    async def test_a_receiver_that_always_drops_the_request_still_fails(self):
+        from twisted.internet.protocol import Factory, Protocol
+
+        class Drop(Protocol):
+            def dataReceived(self, data):
+                self.transport.loseConnection()
+
+        port = reactor.listenTCP(0, Factory.forProtocol(Drop), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        settings = EndpointSettings(name="t", url=f"http://127.0.0.1:{port.getHost().port}/hook")
+        client, pool = make_client(reactor, settings)
+        self.addCleanup(pool.closeCachedConnections)
+        with self.assertRaises(DeliveryFailed):
+            await HTTPSink(settings, client, reactor).deliver(BODY, TYPE, "e1")

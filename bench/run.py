@@ -52,6 +52,9 @@ def parse_args(argv=None):
     p.add_argument("--small-workers", type=int, default=8)
     p.add_argument("--only", choices=KINDS, help="benchmark one server only")
     p.add_argument("--json", metavar="FILE", help="also write results as JSON")
+    p.add_argument("--s3", action="store_true",
+                   help="both servers on S3 (one moto server started here, a bucket each; redirects off so "
+                        "blob bytes pass through the registry)")
     a = p.parse_args(argv)
     a.size_mib = a.size_mib or (64 if a.quick else 1024)
     a.chunk_mib = a.chunk_mib or (16 if a.quick else 64)
@@ -82,9 +85,15 @@ class Measure:
         return False
 
 
-def bench_server(kind: str, args, payload: w.Payload) -> dict:
+def s3_storage(moto) -> str:
+    """The storage section for one server on its own bucket of the shared moto server."""
+    return ("storage:\n" + moto.yaml(moto.new_bucket()) + "  delete:\n    enabled: true\n"
+            + "  redirect:\n    disable: true\n")
+
+
+def bench_server(kind: str, args, payload: w.Payload, moto=None) -> dict:
     res: dict = {}
-    server = Server(kind)
+    server = Server(kind, storage=s3_storage(moto) if moto is not None else None)
     try:
         log(f"[{kind}] starting on 127.0.0.1:{server.port}")
         server.start()
@@ -232,13 +241,19 @@ def main(argv=None) -> int:
     kinds = [args.only] if args.only else list(KINDS)
     tmp = tempfile.mkdtemp(prefix="bench-payload-")
     results: dict = {}
+    moto = None
     try:
+        if args.s3:
+            sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+            from tests.support.s3 import MotoServer
+            moto = MotoServer().start()
+            log(f"S3: moto server on {moto.endpoint}")
         t0 = time.perf_counter()
         payload = w.make_payload(os.path.join(tmp, "payload.bin"), args.size_mib * MIB)
         log(f"payload: {args.size_mib} MiB {payload.digest} ({time.perf_counter() - t0:.1f} s)")
         for kind in kinds:
             try:
-                results[kind] = bench_server(kind, args, payload)
+                results[kind] = bench_server(kind, args, payload, moto)
             except KeyboardInterrupt:
                 raise
             except Exception as e:
@@ -249,6 +264,10 @@ def main(argv=None) -> int:
         return 130
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if moto is not None:
+            moto.stop()
+    if args.s3:
+        print("storage: S3 (moto server, one bucket per registry, storage.redirect.disable: true)")
     print(render(results, args))
     if args.json:
         with open(args.json, "w") as f:

@@ -95,7 +95,7 @@ class RssSampler(threading.Thread):
         self._stop.set()
 
 
-def config_yaml(port: int, root: str, reference: bool) -> str:
+def config_yaml(port: int, root: str, reference: bool, storage: str | None = None) -> str:
     lines = [
         "version: 0.1",
         "log:",
@@ -103,12 +103,17 @@ def config_yaml(port: int, root: str, reference: bool) -> str:
     ]
     if reference:
         lines += ["  accesslog:", "    disabled: true"]
+    if storage is not None:
+        lines += storage.rstrip("\n").split("\n")  # e.g. storage.s3 (bench/run.py --s3)
+    else:
+        lines += [
+            "storage:",
+            "  filesystem:",
+            f"    rootdirectory: {root}",
+            "  delete:",
+            "    enabled: true",
+        ]
     lines += [
-        "storage:",
-        "  filesystem:",
-        f"    rootdirectory: {root}",
-        "  delete:",
-        "    enabled: true",
         "http:",
         f"  addr: 127.0.0.1:{port}",
     ]
@@ -118,7 +123,7 @@ def config_yaml(port: int, root: str, reference: bool) -> str:
 class Server:
     """One registry process with its own temp directory."""
 
-    def __init__(self, kind: str, extra_config: str = ""):
+    def __init__(self, kind: str, extra_config: str = "", storage: str | None = None):
         if kind not in ("regd", "reference"):
             raise ValueError(kind)
         self.kind = kind
@@ -128,7 +133,7 @@ class Server:
         self.port = free_port()
         self.config = os.path.join(self.tmp, "config.yml")
         with open(self.config, "w") as f:
-            f.write(config_yaml(self.port, self.root, kind == "reference") + extra_config)
+            f.write(config_yaml(self.port, self.root, kind == "reference", storage) + extra_config)
         self.log_path = os.path.join(self.tmp, "server.log")
         self.proc: subprocess.Popen | None = None
         self.sampler: RssSampler | None = None
@@ -140,6 +145,7 @@ class Server:
 
     def start(self, timeout: float = 60.0):
         env = dict(os.environ)
+        env.pop("AWS_CA_BUNDLE", None)  # the reference registry's S3 client cannot use one over plain HTTP
         if self.kind == "regd":
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         log = open(self.log_path, "wb")

@@ -57,7 +57,7 @@ class TapTests(SynchronousTestCase):
 
     def test_s3_that_cannot_be_used_ends_the_process_with_one_line(self):
         from tests.support.processes import free_port
-        from tests.support.s3 import shared_moto
+        from tests.support.s3 import MotoServer, shared_moto
         server = shared_moto()
         unused = free_port()
         cases = [
@@ -66,6 +66,17 @@ class TapTests(SynchronousTestCase):
             (server.yaml("b").replace(server.endpoint, f"http://127.0.0.1:{unused}"),
              f"storage.s3: S3 at http://127.0.0.1:{unused}, bucket b is unreachable: [Errno 111] Connection refused"),
         ]
+        checking = MotoServer.checking_credentials()
+        self.addCleanup(checking.stop)
+        bucket = checking.new_bucket()
+        right_key, right_secret = checking.access_key, checking.secret_key
+        where = f"S3 at http://127.0.0.1:{checking.port}, bucket {bucket}"
+        checking.secret_key = "wrong-secret"
+        cases.append((checking.yaml(bucket), f"storage.s3: {where}: the secret key is wrong (check secretkey)"))
+        checking.access_key, checking.secret_key = "AKIAUNKNOWNKEY000000", right_secret
+        cases.append((checking.yaml(bucket),
+                      f"storage.s3: {where}: the access key is not known (check accesskey/secretkey)"))
+        checking.access_key = right_key
         for storage, line in cases:
             result = self.run_twistd("storage:\n" + storage)
             self.assertNotEqual(result.returncode, 0)

@@ -34,6 +34,7 @@ class MotoServer:
         self.workdir = Path(tempfile.mkdtemp(prefix="moto-"))
         self.log_path = self.workdir / f"moto-{self.port}.log"
         self.popen = None
+        self.access_key, self.secret_key = ACCESS_KEY, SECRET_KEY
 
     @property
     def endpoint(self) -> str:
@@ -78,7 +79,7 @@ class MotoServer:
         from botocore.credentials import ReadOnlyCredentials
         url = self.endpoint + path
         signed = AWSRequest(method=method, url=url, data=body, headers=dict(headers or {}))
-        S3SigV4Auth(ReadOnlyCredentials(ACCESS_KEY, SECRET_KEY, None), "s3", REGION).add_auth(signed)
+        S3SigV4Auth(ReadOnlyCredentials(self.access_key, self.secret_key, None), "s3", REGION).add_auth(signed)
         request = urllib.request.Request(url, data=body if method in ("PUT", "POST") else None,
                                          headers=dict(signed.headers.items()), method=method)
         with urllib.request.urlopen(request, timeout=30) as answer:
@@ -113,13 +114,49 @@ class MotoServer:
     def yaml(self, bucket: str, rootdirectory: str = "", chunksize: int | None = None, indent: str = "  ") -> str:
         """A storage.s3 section (under `storage:`) for regd or the reference registry."""
         lines = ["s3:", f"  region: {REGION}", f"  regionendpoint: {self.endpoint}", f"  bucket: {bucket}",
-                 f"  accesskey: {ACCESS_KEY}", f"  secretkey: {SECRET_KEY}", "  secure: false",
+                 f"  accesskey: {self.access_key}", f"  secretkey: {self.secret_key}", "  secure: false",
                  "  v4auth: true"]
         if rootdirectory:
             lines.append(f"  rootdirectory: {rootdirectory}")
         if chunksize:
             lines.append(f"  chunksize: {chunksize}")
         return "".join(f"{indent}{line}\n" for line in lines)
+
+    @classmethod
+    def checking_credentials(cls) -> "MotoServer":
+        """
+        A server that checks signatures and access keys (moto's IAM mode): its
+        first requests, unauthenticated (its readiness probe counts), make a user allowed everything and
+        its key, which become this object's credentials.
+        """
+        import json
+        import urllib.parse
+        import xml.etree.ElementTree as ET
+        from botocore.auth import SigV4Auth
+        from botocore.awsrequest import AWSRequest
+        from botocore.credentials import ReadOnlyCredentials
+        server = cls(extra_env={"INITIAL_NO_AUTH_ACTION_COUNT": "4"}).start()
+
+        def iam(params):
+            body = urllib.parse.urlencode({**params, "Version": "2010-05-08"}).encode()
+            headers = {"Content-Type": "application/x-www-form-urlencoded"}
+            signed = AWSRequest(method="POST", url=server.endpoint + "/", data=body, headers=headers)
+            SigV4Auth(ReadOnlyCredentials("AKIANOBODY0000000000", "none", None), "iam", REGION).add_auth(signed)
+            request = urllib.request.Request(server.endpoint + "/", data=body, method="POST",
+                                             headers=dict(signed.headers.items()))
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                return answer.read()
+        try:
+            iam({"Action": "CreateUser", "UserName": "regd"})
+            iam({"Action": "PutUserPolicy", "UserName": "regd", "PolicyName": "all", "PolicyDocument": json.dumps(
+                {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]})})
+            created = ET.fromstring(iam({"Action": "CreateAccessKey", "UserName": "regd"}))
+        except BaseException:
+            server.stop()
+            raise
+        server.access_key = next(e.text for e in created.iter() if e.tag.endswith("AccessKeyId"))
+        server.secret_key = next(e.text for e in created.iter() if e.tag.endswith("SecretAccessKey"))
+        return server
 
     def __enter__(self):
         return self.start()

@@ -33,10 +33,10 @@ class RegistryServer:
     """Starts a RegdSite over a filesystem driver; stops everything on test cleanup."""
 
     def __init__(self, testcase, *, spool_threshold=1024, max_body_size=0, urls=None, access=None,
-                 index=True, **registry_kwargs):
+                 index=True, driver=None, **registry_kwargs):
         self.root = testcase.mktemp()
         testcase.addCleanup(self._assert_no_spools_left, testcase)
-        self.driver = FilesystemDriver(self.root, inline_runner)
+        self.driver = driver if driver is not None else FilesystemDriver(self.root, inline_runner)
         registry_kwargs.setdefault("delete_enabled", True)
         self.listener = RecordingListener()
         self.registry = Registry(self.driver, reactor, listeners=[self.listener], **registry_kwargs)

@@ -1,0 +1,95 @@
+"""The HTTP API over the S3 driver: streamed pushes, redirects or streamed pulls with Range, 503s when S3 is gone."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+from twisted.internet import reactor
+from twisted.trial.unittest import TestCase
+
+from regd.config import S3Config
+from regd.storage.s3 import S3Driver
+from tests.support.s3 import s3_settings, shared_moto
+from tests.support.server import RegistryServer
+
+PART = 64 * 1024
+
+
+class S3HTTPTests(TestCase):
+    def serve(self, redirect: bool, settings=None):
+        if settings is None:
+            server = shared_moto()
+            self.bucket = server.new_bucket()
+            settings = s3_settings(server, self.bucket, chunksize=PART, multipartcopychunksize=PART,
+                                   multipartcopythresholdsize=PART)
+        driver = S3Driver(settings, reactor, min_part=PART)
+        self.addCleanup(driver.client.close)
+        return RegistryServer(self, driver=driver, redirect=redirect, index=False), driver
+
+    async def push(self, registry, name: str, data: bytes, pieces: int = 3) -> str:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        response, _ = await registry.request("POST", f"/v2/{name}/blobs/uploads/")
+        self.assertEqual(response.code, 202)
+        location = response.headers.getRawHeaders("location")[0]
+        step = len(data) // pieces + 1
+        for start in range(0, len(data), step):
+            chunk = data[start:start + step]
+            response, body = await registry.request(
+                "PATCH", location, chunk,
+                headers={"Content-Range": [f"{start}-{start + len(chunk) - 1}"],
+                         "Content-Type": ["application/octet-stream"]})
+            self.assertEqual(response.code, 202, body)
+            location = response.headers.getRawHeaders("location")[0]
+        sep = "&" if "?" in location else "?"
+        response, body = await registry.request("PUT", f"{location}{sep}digest={digest}")
+        self.assertEqual(response.code, 201, body)
+        return digest
+
+    async def test_push_then_pull_streamed_with_ranges(self):
+        registry, _ = self.serve(redirect=False)
+        data = os.urandom(5 * PART + 321)
+        digest = await self.push(registry, "s3/app", data)
+        response, body = await registry.request("GET", f"/v2/s3/app/blobs/{digest}")
+        self.assertEqual((response.code, body), (200, data))
+        response, body = await registry.request("GET", f"/v2/s3/app/blobs/{digest}",
+                                                headers={"Range": ["bytes=70000-200000"]})
+        self.assertEqual((response.code, body), (206, data[70000:200001]))
+        self.assertEqual(response.headers.getRawHeaders("content-range"), [f"bytes 70000-200000/{len(data)}"])
+
+    async def test_pull_redirects_to_a_presigned_url(self):
+        registry, _ = self.serve(redirect=True)
+        data = os.urandom(2 * PART)
+        digest = await self.push(registry, "s3/app", data, pieces=1)
+        response, body = await registry.request("GET", f"/v2/s3/app/blobs/{digest}")
+        # treq followed the redirect: the bytes came from S3, not through regd.
+        self.assertEqual((response.code, body), (200, data))
+        [redirect] = response.history()
+        self.assertEqual(redirect.code, 307)
+        location = redirect.headers.getRawHeaders("location")[0]
+        self.assertTrue(location.startswith(f"{shared_moto().endpoint}/{self.bucket}/docker/registry/v2/blobs/"))
+        self.assertIn("X-Amz-Signature=", location)
+        self.assertEqual(redirect.headers.getRawHeaders("docker-content-digest"), [digest])
+        # HEAD answers itself, and unknown blobs are never redirected.
+        response, _ = await registry.request("HEAD", f"/v2/s3/app/blobs/{digest}")
+        self.assertEqual(response.code, 200)
+        response, body = await registry.request("GET", f"/v2/s3/app/blobs/sha256:{'0' * 64}")
+        self.assertEqual(response.code, 404)
+        self.assertEqual(json.loads(body)["errors"][0]["code"], "BLOB_UNKNOWN")
+
+    async def test_s3_gone_is_a_503_with_the_specs_json(self):
+        from tests.support.processes import free_port
+        unused = free_port()
+        settings = S3Config(region="us-east-1", regionendpoint=f"http://127.0.0.1:{unused}", bucket="b",
+                            accesskey="k", secretkey="s", secure=False, chunksize=PART)
+        registry, driver = self.serve(redirect=True, settings=settings)
+        driver.client.retries = 2
+        driver.client.backoff = 0.01
+        for method, path, body in (("GET", "/v2/s3/app/tags/list", None),
+                                   ("POST", "/v2/s3/app/blobs/uploads/", None),
+                                   ("GET", f"/v2/s3/app/manifests/sha256:{'1' * 64}", None)):
+            response, content = await registry.request(method, path, body)
+            self.assertEqual(response.code, 503, (method, path, content))
+            self.assertEqual(json.loads(content)["errors"][0]["code"], "UNAVAILABLE")
+        self.flushLoggedErrors()

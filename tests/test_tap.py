@@ -139,3 +139,23 @@ class TapTests(SynchronousTestCase):
                 self.assertIn("storage nearly full", str(self.failureResultOf(d, OSError).value))
             else:
                 self.successResultOf(d)
+
+
+class WebUIWiringTests(SynchronousTestCase):
+    def site_resource(self, extra: str):
+        from regd.daemon.services import ListenerService
+        root = os.path.abspath(self.mktemp())
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(f"version: 0.1\nhttp:\n  addr: 127.0.0.1:0\nstorage:\n  filesystem:\n"
+                    f"    rootdirectory: {root}\n{extra}")
+        options = tap.Options()
+        options.parseOptions(["--config", path])
+        service = tap.makeService(options)
+        listener = next(s for s in service if isinstance(s, ListenerService) and s.what == "http.addr")
+        return listener.factory.resource
+
+    def test_the_ui_is_mounted_unless_switched_off(self):
+        from regd.web.mount import UIMount
+        self.assertIsInstance(self.site_resource(""), UIMount)
+        self.assertNotIsInstance(self.site_resource("ui:\n  enabled: false\n"), UIMount)

@@ -209,6 +209,16 @@ class WebUI:
                                           self._visible(user))
         return await self.page(request, "search.html", term=term, results=results)
 
+    @app.route("/o/<segment:organization>", methods=["GET", "HEAD"])
+    async def organization(self, request, organization):
+        if not is_valid_name(organization) or "/" in organization:
+            raise PageError(404, "Organization not found", "There is no organization by that name.")
+        user = await self._user(request)
+        repositories = await self.index.repositories(_number(request, "page"), self.settings.pagesize.repositories,
+                                                     self._visible(user), organization=organization)
+        return await self.page(request, "organization.html", organization=organization, repositories=repositories,
+                               anonymous_hidden=user is None and not self.access.open)
+
     @app.route("/r/<repo:name>", methods=["GET", "HEAD"])
     async def repository(self, request, name):
         user = await self._require_pull(request, name)

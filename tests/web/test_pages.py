@@ -95,6 +95,14 @@ class OpenRegistryPages(TestCase):
         self.assertEqual(response.code, 200)
         self.assertIn("/ui/r/team/app/-/tags/2.0", html)
         self.assertIn("docker pull", html)
+        await push_image(self.server, "other/thing", "1")
+        response, html = await self.server.page("/ui/o/team")
+        self.assertEqual(response.code, 200)
+        self.assertIn('href="/ui/r/team/app"', html)
+        self.assertNotIn("other/thing", html)
+        for bad in ("/ui/o/Team", "/ui/o/a%2Fb", "/ui/o/_x", "/ui/o/team?page=x"):
+            response, _ = await self.server.page(bad)
+            self.assertIn(response.code, (400, 404), bad)
 
     async def test_bad_input_gets_clean_4xx_pages(self):
         await push_image(self.server, "team/app", "1.0")
@@ -231,6 +239,34 @@ class HtpasswdPages(TestCase):
         self.server.cookies.clear()
         response, html = await self.server.page("/ui/login", headers={"X-Forwarded-Proto": "https"})
         self.assertIn("Secure", header(response, "Set-Cookie"))
+
+    async def test_the_cookie_is_secure_over_tls(self):
+        import http.client
+        import ssl
+
+        from twisted.internet import reactor, threads
+
+        from tests.support.certs import PKI
+        pki = PKI(os.path.abspath(self.mktemp()))
+        port = reactor.listenSSL(0, self.server.site, pki.server_options(), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.server.site.plain_http = False
+
+        def get():
+            context = ssl.create_default_context(cafile=pki.ca)
+            connection = http.client.HTTPSConnection("127.0.0.1", port.getHost().port, context=context, timeout=10)
+            try:
+                connection.request("GET", "/ui/login")
+                response = connection.getresponse()
+                response.read()
+                return response.status, response.getheader("Set-Cookie")
+            finally:
+                connection.close()
+
+        status, cookie = await threads.deferToThread(get)
+        self.assertEqual(status, 200)
+        self.assertIn("Secure", cookie)
+        self.assertIn("HttpOnly", cookie)
 
     async def test_wrong_password_and_missing_csrf(self):
         response, html = await self.login("wrong")

@@ -236,7 +236,9 @@ def add_web_ui(api_resource, registry, access, issuer, config, reactor, urls):
     # http.secret (shared by every instance) signs sessions; without it a secret kept in storage does.
     secret = hashlib.sha256(b"regd-ui:" + config.http.secret.encode("utf-8")).digest() if config.http.secret else None
     prefix = config.http.prefix.rstrip("/")
-    ui = WebUI(registry, web_access(access, issuer), index, reactor, settings=config.ui, prefix=prefix,
+    section = (next(iter(config.auth.values()), None) or {}) if config.auth else {}
+    admins = {str(a) for a in (section.get("admins") or (section.get("builtin") or {}).get("admins") or [])}
+    ui = WebUI(registry, web_access(access, issuer, admins), index, reactor, settings=config.ui, prefix=prefix,
                secret=secret, urls=urls)
     return UIMount(api_resource, ui.resource(), prefix + "/ui/")
 

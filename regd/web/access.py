@@ -42,10 +42,11 @@ class _BasicRequest:
 
 
 class WebAccess:
-    def __init__(self, actions_for, passwords=None, *, open: bool = False):
+    def __init__(self, actions_for, passwords=None, *, open: bool = False, admins=frozenset()):
         self._actions_for = actions_for  # (user or None, repository name) -> set of actions
         self.passwords = passwords  # an HtpasswdAccess, or None when nobody can log in here
         self.open = open  # no auth at all: nothing is hidden from anyone
+        self.admins = frozenset(admins)  # auth's `admins`: the users who may use the admin endpoints
 
     @property
     def login_supported(self) -> bool:
@@ -59,6 +60,10 @@ class WebAccess:
 
     def may_delete(self, user: str | None, name: str) -> bool:
         return "delete" in self.actions(user, name)
+
+    def is_admin(self, user: str | None) -> bool:
+        """May set repository descriptions: an admin, or anyone on a registry without auth."""
+        return self.open or (user is not None and user in self.admins)
 
     async def check_password(self, request, user: str, password: str) -> bool:
         """True for the right password; a wrong one is answered after the auth layer's slow-down."""
@@ -74,12 +79,12 @@ class WebAccess:
 
 
 
-def web_access(controller, issuer=None) -> WebAccess:
+def web_access(controller, issuer=None, admins=frozenset()) -> WebAccess:
     """The browser-side policy matching the API's access controller (see the module docstring)."""
     if controller is None or isinstance(controller, OpenAccess):
         return WebAccess(lambda user, name: ALL, None, open=True)
     if isinstance(controller, HtpasswdAccess):
-        return WebAccess(lambda user, name: ALL if user is not None else NONE, controller)
+        return WebAccess(lambda user, name: ALL if user is not None else NONE, controller, admins=admins)
     if issuer is not None:
-        return WebAccess(lambda user, name: issuer.rules.allowed(user, name), issuer.passwords)
+        return WebAccess(lambda user, name: issuer.rules.allowed(user, name), issuer.passwords, admins=admins)
     return WebAccess(lambda user, name: NONE, None)

@@ -32,6 +32,7 @@ log = Logger()
 MAX_TERM = 255
 MAX_PAGE = 1_000_000
 MAX_FORM_BYTES = 16 * 1024
+MAX_DESCRIPTION = 4000
 ACTIVITY_DAYS = 30
 _STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                  ".svg": "image/svg+xml"}
@@ -228,6 +229,7 @@ class WebUI:
         activity = await self.index.activity(name, ACTIVITY_DAYS)
         deleted = _arg(request, "deleted")
         return await self.page(request, "repository.html", repo=summary, activity=activity,
+                               may_describe=self.access.is_admin(user), form=self.access.is_admin(user),
                                peak=max([0] + [max(d.pulls, d.pushes) for d in activity]),
                                address=self.pull_address(request), may_delete=self.may_delete(user, name),
                                deleted=deleted if deleted and len(deleted) <= 200 else "")
@@ -249,6 +251,20 @@ class WebUI:
         row = await self._tag_row(name, reference) if ":" not in reference else None
         return await self.page(request, "tag.html", repo_name=name, d=details, row=row,
                                address=self.pull_address(request), may_delete=self.may_delete(user, name))
+
+    @app.route("/r/<repo:name>/-/description", methods=["POST"])
+    async def description(self, request, name):
+        await self._require_pull(request, name)
+        session, form = await self._check_form(request)
+        if not self.access.is_admin(session.user):
+            raise PageError(403, "Not allowed", "Only an admin may set descriptions.",
+                            login=session.user is None and self.access.login_supported)
+        text = form.get("description", "").strip()
+        if len(text) > MAX_DESCRIPTION:
+            raise PageError(400, "Description too long", f"At most {MAX_DESCRIPTION} characters.")
+        await self.index.set_description(name, text or None)
+        log.info("web: {user} set the description of {name}", user=session.user or "anonymous", name=name)
+        return self.redirect(request, self.repo_url(name))
 
     async def _tag_row(self, name: str, tag: str):
         """The index's row for C{tag} (who pushed it, when), if among the newest page of tags."""

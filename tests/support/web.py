@@ -28,7 +28,7 @@ class WebServer(RegistryServer):
     """A RegistryServer whose site also serves the UI, over the given index."""
 
     def __init__(self, testcase, *, access=None, issuer=None, settings=UIConfig(), clock=reactor,
-                 secret=SECRET, **kwargs):
+                 secret=SECRET, admins=frozenset(), **kwargs):
         super().__init__(testcase, access=access, **kwargs)
         index = getattr(self.registry, "index", None)
         if index is None:  # RegistryServer may already have built one
@@ -37,7 +37,7 @@ class WebServer(RegistryServer):
             testcase.addCleanup(index.close)
             self.registry.add_listener(index)
         self.index = index
-        self.ui = WebUI(self.registry, web_access(access, issuer), index, clock, settings=settings,
+        self.ui = WebUI(self.registry, web_access(access, issuer, admins), index, clock, settings=settings,
                         secret=secret, urls=UrlBuilder())
         self.site.resource = UIMount(self.api.resource(), self.ui.resource())
         self.cookies: dict[str, str] = {}

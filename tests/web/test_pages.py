@@ -132,6 +132,24 @@ class OpenRegistryPages(TestCase):
         response, _ = await self.server.page("/v2/")
         self.assertEqual(response.code, 200)
 
+    async def test_admin_description_is_escaped_and_needs_csrf(self):
+        await push_image(self.server, "team/app", "1.0")
+        response, html = await self.server.page("/ui/r/team/app")
+        self.assertIn("description-text", html)  # no auth: everyone is an admin
+        response, _ = await self.server.page("/ui/r/team/app/-/description", method="POST",
+                                             form={"csrf": "x", "description": "nope"})
+        self.assertEqual(response.code, 403)
+        response, _ = await self.server.page("/ui/r/team/app/-/description", method="POST",
+                                             form={"csrf": csrf_of(html), "description": HOSTILE})
+        self.assertEqual((response.code, header(response, "Location")), (303, "/ui/r/team/app"))
+        for path in ("/ui/search?q=onerror", "/ui/", "/ui/r/team/app"):
+            response, html = await self.server.page(path)
+            self.assertIn("&lt;script&gt;alert", html, path)
+            self.assertNotIn("<script>alert", html, path)
+        response, _ = await self.server.page("/ui/r/team/app/-/description", method="POST",
+                                             form={"csrf": csrf_of(html), "description": "x" * 4001})
+        self.assertEqual(response.code, 400)
+
     async def test_static_files(self):
         response, css = await self.server.page("/ui/static/regd.css")
         self.assertEqual(response.code, 200)
@@ -181,7 +199,7 @@ class HtpasswdPages(TestCase):
         path = write_htpasswd(os.path.abspath(self.mktemp()), {"alice": "wonderland"})
         from twisted.internet import reactor
         self.access = HtpasswdAccess("regd", path, inline_runner, reactor)
-        self.server = WebServer(self, access=self.access,
+        self.server = WebServer(self, access=self.access, admins={"root"},
                                 settings=UIConfig(title="Team <registry>", pagesize=UIPageSizes(tags=1)))
         self.auth = {"Authorization": "Basic YWxpY2U6d29uZGVybGFuZA=="}
 
@@ -299,6 +317,15 @@ class HtpasswdPages(TestCase):
         self.assertEqual(response.code, 303)
         response, html = await self.server.page("/ui/r/team/app")
         self.assertEqual(response.code, 401)
+
+    async def test_only_admins_set_descriptions(self):
+        await self.push("team/app", "1.0")
+        await self.login()
+        response, html = await self.server.page("/ui/r/team/app")
+        self.assertNotIn("description-text", html)
+        response, _ = await self.server.page("/ui/r/team/app/-/description", method="POST",
+                                             form={"csrf": csrf_of(html), "description": "mine"})
+        self.assertEqual(response.code, 403)
 
     async def test_a_forged_session_cookie_is_anonymous(self):
         await self.push("team/app", "1.0")

@@ -332,7 +332,12 @@ class FilesystemDriver:
             os.close(fd)
         directory = os.path.dirname(dst)
         os.makedirs(directory, exist_ok=True)
-        os.replace(src, dst)
+        try:
+            os.replace(src, dst)
+        except FileNotFoundError:
+            if os.path.lexists(src):
+                raise
+            raise PathNotFound(source) from None  # moved or removed meanwhile by another process
         _fsync_dir(directory)
 
     def touch(self, path: str):

@@ -122,6 +122,22 @@ class OpenRegistryPages(TestCase):
         response, html = await self.server.page("/ui/?page=999999")
         self.assertEqual(response.code, 200)  # past the end: an empty page, with a way back
 
+    async def test_hostile_requests_never_get_a_5xx(self):
+        await push_image(self.server, "team/app", "1.0")
+        paths = ["/ui/r/", "/ui/r//", "/ui/r/team//app", "/ui/r/team/app/-/", "/ui/r/team/app/-/tags/",
+                 "/ui/r/team/app/-/tags/1.0/extra", "/ui/r/%2e%2e/%2e%2e/etc", "/ui/r/team/app/-/manifests/x:y",
+                 "/ui/r/team/app/-/manifests/sha256:" + "a" * 1000, "/ui/r/" + "a/" * 300 + "b",
+                 "/ui/search?q=%ff%fe", "/ui/search?q=a&q=b&page=2&page=x", "/ui/?page=&orgpage=0",
+                 "/ui/?page=" + "9" * 50, "/ui/login?next=javascript:alert(1)", "/ui/o/", "/ui/o/" + "a" * 300,
+                 "/ui/r/team/app?page=0", "/ui/r/team/app?deleted=" + "<b>" * 100, "/ui/static/", "/ui/%00",
+                 "/ui/r/team/app/-/delete?reference=sha256:zz", "/ui/r/team/app/-/delete?reference="]
+        requests = [("GET", p) for p in paths] + [("POST", p) for p in paths[::3]] + \
+            [(m, p) for m in ("HEAD", "PUT", "DELETE") for p in ("/ui/", "/ui/r/team/app", "/ui/r/team/app/-/delete")]
+        for method, path in requests:
+            response, html = await self.server.page(path, method=method)
+            self.assertLess(response.code, 500, (method, path))
+            self.assertNotIn("Traceback", html)
+
     async def test_root_keeps_answering_load_balancers_and_sends_browsers_to_the_ui(self):
         response, body = await self.server.page("/")
         self.assertEqual((response.code, body), (200, ""))
@@ -149,6 +165,24 @@ class OpenRegistryPages(TestCase):
         response, _ = await self.server.page("/ui/r/team/app/-/description", method="POST",
                                              form={"csrf": csrf_of(html), "description": "x" * 4001})
         self.assertEqual(response.code, 400)
+
+    async def test_under_an_http_prefix(self):
+        from regd.daemon.tap import mount_at_prefix
+        from regd.web.app import WebUI
+        from regd.web.mount import UIMount
+        await push_image(self.server, "team/app", "1.0")
+        ui = WebUI(self.server.registry, self.server.ui.access, self.server.index, self.server.ui.clock,
+                   settings=UIConfig(), prefix="/my/registry", secret=b"p" * 32)
+        self.server.site.resource = mount_at_prefix(
+            UIMount(self.server.api.resource(), ui.resource(), "/my/registry/ui/"), "/my/registry/")
+        response, _ = await self.server.page("/my/registry/", headers={"Accept": "text/html"})
+        self.assertEqual(header(response, "Location"), "/my/registry/ui/")
+        response, html = await self.server.page("/my/registry/ui/")
+        self.assertEqual(response.code, 200)
+        self.assertIn('href="/my/registry/ui/r/team/app"', html)
+        response, html = await self.server.page("/my/registry/ui/r/team/app/-/tags/1.0")
+        self.assertEqual(response.code, 200)
+        self.assertIn('href="/my/registry/ui/static/regd.css"', html)
 
     async def test_static_files(self):
         response, css = await self.server.page("/ui/static/regd.css")

@@ -209,6 +209,25 @@ class OpenRegistryPages(TestCase):
         self.assertEqual(tags, ("2.0",))
         self.assertIn(("delete", "tag", "team/app"), [(a, k, r) for a, k, r in self.server.listener.actions()])
 
+    async def test_delete_a_manifest_by_digest_and_page_through_many(self):
+        for number in range(3):
+            await push_image(self.server, f"many/repo{number}", "1.0")
+        self.server.ui.settings = UIConfig(pagesize=UIPageSizes(repositories=1))
+        response, html = await self.server.page("/ui/?page=2")
+        self.assertIn("page 2 of 3", html)
+        self.assertIn('href="/ui/?page=1"', html)
+        self.assertIn('href="/ui/?page=3"', html)
+        digest = str(await self.server.registry.manifests.resolve("many/repo0", "1.0"))
+        response, html = await self.server.page(f"/ui/r/many/repo0/-/delete?reference={digest}")
+        self.assertIn("every tag pointing at it", html)
+        response, _ = await self.server.page("/ui/r/many/repo0/-/delete", method="POST",
+                                             form={"csrf": csrf_of(html), "reference": digest})
+        self.assertEqual(response.code, 303)
+        response, _ = await self.server.page(f"/ui/r/many/repo0/-/manifests/{digest}")
+        self.assertEqual(response.code, 404)
+        response, html = await self.server.page("/ui/r/many/repo0")
+        self.assertIn("No tags.", html)
+
     async def test_delete_refused_when_deletes_are_off(self):
         self.server.registry.delete_enabled = False
         await push_image(self.server, "team/app", "1.0")

@@ -123,6 +123,8 @@ async def garbage_collect(reactor, options) -> int:
         print(f"{verb} blob {digest}")
     print(f"{len(report.marked)} blobs marked, {len(report.blobs_deleted)} blobs {verb} "
           f"({report.bytes_freed} bytes), {len(report.manifests_deleted)} manifests {verb}")
+    if report.links_pruned:
+        print(f"{report.links_pruned} repository links to blobs no longer stored removed")
     kept = grace_summary(report, options.grace)
     if kept:
         print(kept)

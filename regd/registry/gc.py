@@ -50,6 +50,8 @@ class Report:
     # Condemned, then found in use by a push that went on meanwhile, and put back.
     blobs_rescued: list = attrs.field(factory=list)
     manifests_rescued: list = attrs.field(factory=list)
+    # Repository links (_layers) to blobs no longer stored, removed.
+    links_pruned: int = 0
 
 
 class GarbageCollector:
@@ -78,6 +80,8 @@ class GarbageCollector:
         traversed: set = set()
         await self._mark(report.marked, traversed)
         await self._sweep(report, traversed)
+        if not self.dry_run:
+            await self._prune_layer_links(report)
         return report
 
     # -- mark ------------------------------------------------------------
@@ -250,6 +254,41 @@ class GarbageCollector:
         """Everything marked now: the first mark, plus what links and pending pushes name since."""
         await self._mark(marked, traversed)
         return marked | await self._pending.all_digests()
+
+    # -- links to what is gone -------------------------------------------
+
+    async def _prune_layer_links(self, report: Report) -> None:
+        """
+        Remove repository links to blobs no longer stored (collected now or
+        by an earlier run, or by registry:2), so a storage check after a
+        collection finds nothing dangling. Writers store a blob before they
+        link it, so a link is removed first and the blob looked for second:
+        if an upload brought it back meanwhile, the link is written again.
+        """
+        pruned = []
+        for name in await self._driver.walk_repositories(paths.REPOSITORIES, "_layers"):
+            for alg in await links.list_or_empty(self._driver, paths.layers(name)):
+                for hex_ in await links.list_or_empty(self._driver, f"{paths.layers(name)}/{alg}"):
+                    try:
+                        digest = Digest.parse(f"{alg}:{hex_}")
+                    except RegistryError:
+                        continue
+                    if digest in report.marked or await self._stored(digest):
+                        continue
+                    if not await links.exists(self._driver, paths.layer_link(name, digest)):
+                        continue  # an unfinished write (crash leftover), not a link
+                    await links.delete_if_present(self._driver, paths.layer_dir(name, digest))
+                    if await self._stored(digest):
+                        await links.write_link(self._driver, paths.layer_link(name, digest), digest)
+                        continue
+                    pruned.append((name, digest))
+        for name, digest in pruned:
+            await self._registry.blobs.cache.invalidate_repo_link(name, digest)
+        report.links_pruned += len(pruned)
+
+    async def _stored(self, digest: Digest) -> bool:
+        return await links.exists(self._driver, paths.blob_data(digest)) or \
+            await links.exists(self._driver, paths.condemned_blob(digest))
 
     # -- recovery --------------------------------------------------------
 

@@ -93,6 +93,20 @@ class GCTests(SynchronousTestCase):
         orphan = self.blob("app", b"orphan")
         self.assertEqual(self.collect(grace=0).blobs_deleted, [str(orphan)])
 
+    def test_storage_check_is_clean_after_a_collection(self):
+        from regd.registry.fsck import StorageCheck
+        self.image("app", "v1", b"kept layer")
+        orphan = self.blob("app", b"orphan")
+        self.blob("uploads-only", b"orphan")  # a repository no manifest was ever pushed to
+        gone = self.blob("app", b"collected long ago")  # registry:2's GC leaves links like this behind
+        os.unlink(os.path.join(self.root, paths.blob_data(gone)))
+        report = self.collect(grace=0)
+        self.assertEqual(report.blobs_deleted, [str(orphan)])
+        self.assertEqual(report.links_pruned, 3)
+        problems = self.run_(StorageCheck(self.registry).run())
+        self.assertTrue(problems.clean, problems)
+        self.run_(self.registry.manifests.get("app", "v1", CTX))
+
     def test_a_reference_refreshes_an_old_blob(self):
         layer = self.blob("app", b"old layer")
         self.age_everything()
@@ -285,6 +299,16 @@ class ConcurrentPushTests(SynchronousTestCase):
                        self.other_collects())
         self.assertIsNotNone(self.run_(self.registry.blobs.mount("target", "source", digest, CTX)))
         self.run_(self.registry.blobs.open("target", digest, CTX)).close()
+
+    def test_blob_uploaded_again_while_its_old_link_is_pruned(self):
+        data = b"collected, then uploaded again"
+        digest = self.blob("app", data)
+        os.unlink(os.path.join(self.root, paths.blob_data(digest)))  # collected; its link was left behind
+        self.other = Registry(HookedDriver(self.root), self.clock, delete_enabled=True)
+        self.other.driver.on("delete", lambda path: path == paths.layer_dir("app", digest),
+                             lambda: self.blob("app", data), after=True)
+        self.other_collects()()
+        self.run_(self.registry.blobs.open("app", digest, CTX)).close()
 
     def test_tag_pushed_while_its_untagged_manifest_is_unlinked(self):
         body = self.manifest_for("app", b"layer")

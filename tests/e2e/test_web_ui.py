@@ -1,7 +1,8 @@
 """
 The web UI in a real headless Chromium (Debian's chromium + chromedriver via
 Selenium) against regd under twistd with htpasswd users: anonymous refused,
-log in, search, open a repository, open a tag, delete a tag. Each page is
+log in, search, open a repository, open a tag, delete a tag; and a session
+begun on one instance used on a second one sharing the storage. Each page is
 saved as a screenshot in tests/artifacts/web/ (git-ignored); with
 REGD_UPDATE_SCREENSHOTS=1 also in docs/screenshots/, which the README links.
 """
@@ -253,3 +254,44 @@ def test_log_in_search_browse_and_delete_a_tag(ui_registry, browser):
     browser.get(base + "/ui/r/team/webapp")
     assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1")
     shot(browser, "phone-repository")
+
+
+def _http(proc, method: str, path: str, *, body: bytes | None = None, cookie: str = "", form: bool = False):
+    """(status, headers, text) without following redirects."""
+    import http.client
+    connection = http.client.HTTPConnection("127.0.0.1", proc.port, timeout=20)
+    headers = {"Cookie": cookie} if cookie else {}
+    if form:
+        headers["Content-Type"] = "application/x-www-form-urlencoded"
+    try:
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        return response.status, response.headers, response.read().decode("utf-8", "replace")
+    finally:
+        connection.close()
+
+
+def test_a_session_from_one_instance_works_on_another_sharing_storage(ui_registry):
+    """The session secret lives in the shared storage root, so a balancer may send the next page anywhere."""
+    import re
+    from urllib.parse import urlencode
+    # Anonymous forms are refused outright, whatever they carry.
+    status, _, _ = _http(ui_registry, "POST", "/ui/r/team/webapp/-/delete", form=True,
+                         body=b"reference=2.0&csrf=forged")
+    assert status == 401
+    other = UIRegd(ui_registry.root, ui_registry.htpasswd, workdir=ui_registry.workdir)
+    other.start()
+    try:
+        status, headers, html = _http(ui_registry, "GET", "/ui/login")
+        cookie = headers["Set-Cookie"].split(";")[0]
+        csrf = re.search(r'name="csrf" value="([^"]+)"', html).group(1)
+        status, headers, _ = _http(ui_registry, "POST", "/ui/login", cookie=cookie, form=True,
+                                   body=urlencode({"csrf": csrf, "username": USER, "password": PASSWORD,
+                                                   "next": "/ui/"}).encode())
+        assert status == 303, status
+        session = headers["Set-Cookie"].split(";")[0]
+        status, _, html = _http(other, "GET", "/ui/r/tools/cli", cookie=session)
+        assert status == 200 and USER in html, status
+        assert _http(other, "GET", "/ui/r/tools/cli")[0] == 401
+    finally:
+        other.stop()

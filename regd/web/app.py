@@ -34,6 +34,7 @@ MAX_PAGE = 1_000_000
 MAX_FORM_BYTES = 16 * 1024
 MAX_DESCRIPTION = 4000
 ACTIVITY_DAYS = 30
+SECRET_RECHECK = 30.0  # seconds between re-reads of the stored session secret
 _STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                  ".svg": "image/svg+xml"}
 SECURITY_HEADERS = {
@@ -76,6 +77,8 @@ class WebUI:
         self.env = render.environment()
         self._secret = secret
         self._signer: SessionSigner | None = None
+        self._signer_secret = b""
+        self._signer_loaded = 0.0
 
     def resource(self):
         return self.app.resource()
@@ -83,9 +86,18 @@ class WebUI:
     # -- sessions --------------------------------------------------------
 
     async def signer(self) -> SessionSigner:
-        if self._signer is None:
+        """
+        Signs with http.secret, else with the secret kept in storage, which is
+        re-read now and then: instances that raced to create it converge on
+        the stored one (a process-local copy is only a cache of storage).
+        """
+        now = self.clock.seconds()
+        if self._signer is None or (self._secret is None and now - self._signer_loaded >= SECRET_RECHECK):
             secret = self._secret or await shared_secret(self.registry.driver)
-            self._signer = SessionSigner(secret, self.clock, self.settings.sessionmaxage)
+            if self._signer is None or secret != self._signer_secret:
+                self._signer = SessionSigner(secret, self.clock, self.settings.sessionmaxage)
+                self._signer_secret = secret
+            self._signer_loaded = now
         return self._signer
 
     async def _session(self, request) -> Session | None:

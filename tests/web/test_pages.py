@@ -390,6 +390,28 @@ class HtpasswdPages(TestCase):
         self.assertEqual(response.code, 401)
 
 
+class StoredSecretTests(TestCase):
+    """Without http.secret the session key comes from storage, and a changed one is picked up."""
+
+    async def test_instances_converge_on_the_stored_secret(self):
+        from twisted.internet.task import Clock
+
+        from regd.storage import paths
+        clock = Clock()
+        server = WebServer(self, secret=None, clock=clock)
+        first = await server.ui.signer()
+        stored = await server.driver.get_content(paths.SESSION_SECRET)
+        cookie = first.encode(first.issue("alice"))
+        # Another instance that raced this one wrote its own secret last.
+        await server.driver.put_content(paths.SESSION_SECRET, b"f" * 64)
+        self.assertIs(await server.ui.signer(), first)  # not re-read at every request
+        clock.advance(30)
+        second = await server.ui.signer()
+        self.assertIsNot(second, first)
+        self.assertIsNone(second.decode(cookie))
+        self.assertNotEqual(stored, b"f" * 64)
+
+
 class TokenIssuerPages(TestCase):
     """The built-in token issuer's rules decide what each user, and anonymous, sees."""
 

@@ -45,12 +45,15 @@ from regd.oci.hashstate import running_hasher
 from regd.storage import paths
 from regd.storage.interfaces import (FileInfo, IBlobReader, IBodySpool, IStorageDriver, InvalidPath,
                                      PathNotFound, StorageError, StorageUnavailable)
-from regd.storage.s3client import S3Client, parse_error, static_credentials, xml_children, xml_text
+from regd.storage.s3client import Chunks, S3Client, parse_error, static_credentials, xml_children, xml_text
 
 log = Logger()
 
 MIN_PART = 5 * 1024 * 1024  # S3's smallest part (but the last)
 SEGMENTED = "x-amz-meta-regd-segmented"
+# Server-side work (completing an upload, copying a part) answers only when done: give it time
+# rather than retry it (a retried copy only adds load to a busy server).
+COPY_TIMEOUT = 900.0
 LOGICAL_SIZE = "x-amz-meta-regd-size"
 
 
@@ -84,6 +87,7 @@ class _Piece:
     path: str
     start: int
     end: int
+    whole: bool = False  # the entire object: read without a Range header
 
     @property
     def size(self) -> int:
@@ -200,13 +204,13 @@ class S3Spool:
             self._producer.resumeProducing()
 
     def _send_part(self):
-        data = b"".join(self._chunks)
+        data = Chunks(self._chunks)  # sent as the pieces arrived: no joined copy
         self._chunks, self._buffered = [], 0
         self._sending = defer.ensureDeferred(self._upload_part(data))
         self._sending.addErrback(self._failed)
         self._sending.addBoth(self._sent)
 
-    async def _upload_part(self, data: bytes):
+    async def _upload_part(self, data):
         if self._upload_id is None:
             self._upload_id = await self._driver._create_multipart(self.path)
         number = len(self._parts) + 1
@@ -238,7 +242,7 @@ class S3Spool:
         if self._upload_id is None:
             return self.getvalue()
         if self._buffered:
-            data = self.getvalue()
+            data = Chunks(self._chunks)
             self._chunks, self._buffered = [], 0
             self._sending = defer.ensureDeferred(self._upload_part(data))
             try:
@@ -329,9 +333,9 @@ class _Streamer:
                     continue
                 if self._stopped:
                     return
+                ranged = {} if piece.whole else {"Range": f"bytes={piece.start}-{piece.end - 1}"}
                 self._pending = defer.ensureDeferred(self._client.request(
-                    "GET", self._key_of(piece.path), headers={"Range": f"bytes={piece.start}-{piece.end - 1}"},
-                    ok=(200, 206), stream=True))
+                    "GET", self._key_of(piece.path), headers=ranged, ok=(200, 206), stream=True))
                 try:
                     response = await self._pending
                 finally:
@@ -431,7 +435,8 @@ def _window(pieces: list[_Piece], start: int, end: int) -> list[_Piece]:
     for piece in pieces:
         lo, hi = max(start, position), min(end, position + piece.size)
         if lo < hi:
-            out.append(_Piece(piece.path, piece.start + lo - position, piece.start + hi - position))
+            first, last = piece.start + lo - position, piece.start + hi - position
+            out.append(_Piece(piece.path, first, last, piece.whole and (first, last) == (piece.start, piece.end)))
         position += piece.size
     return out
 
@@ -591,7 +596,7 @@ class S3Driver:
         found = await self._head(source)
         if found is None:
             raise PathNotFound(source)
-        pieces = await self._pieces(source) if found.segmented else [_Piece(source, 0, found.size)]
+        pieces = await self._pieces(source) if found.segmented else [_Piece(source, 0, found.size, True)]
         await self._compose(pieces, destination)
         await self._delete_keys([self._key(source)] + [self._key(p.path) for p in pieces if p.path != source])
 
@@ -605,7 +610,7 @@ class S3Driver:
             await self._put_index(path, json.loads(raw)["segments"])
             return
         # S3 has no utime: copy the object onto itself with fresh metadata.
-        await self._compose([_Piece(path, 0, found.size)], path,
+        await self._compose([_Piece(path, 0, found.size, True)], path,
                             extra={"x-amz-metadata-directive": "REPLACE",
                                    "x-amz-meta-regd-touched": str(int(time.time()))})
 
@@ -614,7 +619,7 @@ class S3Driver:
         found = await self._head(path)
         if found is None:
             raise PathNotFound(path)
-        pieces = await self._pieces(path) if found.segmented else [_Piece(path, 0, found.size)]
+        pieces = await self._pieces(path) if found.segmented else [_Piece(path, 0, found.size, True)]
         if size >= found.size:
             return
         kept = _window(pieces, 0, size)
@@ -641,7 +646,7 @@ class S3Driver:
         if raw is None:
             raw = (await self.client.request("GET", self._key(path))).body
         try:
-            return [_Piece(p, 0, int(size)) for p, size in json.loads(raw)["segments"]]
+            return [_Piece(p, 0, int(size), True) for p, size in json.loads(raw)["segments"]]
         except (ValueError, KeyError, TypeError):
             raise StorageError(f"unreadable upload index at {path}") from None
 
@@ -663,7 +668,7 @@ class S3Driver:
         found = await self._head(path)
         if found is None:
             raise PathNotFound(path)
-        pieces = await self._pieces(path) if found.segmented else [_Piece(path, 0, found.size)]
+        pieces = await self._pieces(path) if found.segmented else [_Piece(path, 0, found.size, True)]
         return S3Reader(self, pieces, found.size)
 
     def new_spool(self):
@@ -698,14 +703,14 @@ class S3Driver:
             if segments is None:
                 # A plain object grown past one part: it becomes the first segment.
                 first = _spool_path(self.reactor)
-                await self._compose([_Piece(path, 0, existing)], first)
+                await self._compose([_Piece(path, 0, existing, True)], first)
                 segments = [[first, existing]]
             if body is not None:
                 await self.client.request("PUT", self._key(spool.path), headers=self._write_headers(), body=body)
                 if hasher is not None:
                     hasher.update(body)
             elif hasher is not None:
-                await _Streamer(self.client, _Collector(hasher.update), [_Piece(spool.path, 0, spool.size)],
+                await _Streamer(self.client, _Collector(hasher.update), [_Piece(spool.path, 0, spool.size, True)],
                                 self._key).start(register=False)
             spool.adopted = True
             await self._put_index(path, segments + [[spool.path, spool.size]])
@@ -721,7 +726,7 @@ class S3Driver:
             if body is not None:
                 await self.client.request("PUT", self._key(path), headers=self._write_headers(), body=body)
             else:
-                await self._compose([_Piece(spool.path, 0, spool.size)], path)
+                await self._compose([_Piece(spool.path, 0, spool.size, True)], path)
             return spool.size
         finally:
             spool.close()  # removes the spool object (not adopted)
@@ -731,7 +736,7 @@ class S3Driver:
         found = await self._head(path)
         if found is None:
             raise PathNotFound(path)
-        pieces = await self._pieces(path) if found.segmented else [_Piece(path, 0, found.size)]
+        pieces = await self._pieces(path) if found.segmented else [_Piece(path, 0, found.size, True)]
         hasher = running_hasher(algorithm)
         await _Streamer(self.client, _Collector(hasher.update), pieces, self._key).start(register=False)
         return hasher
@@ -739,16 +744,25 @@ class S3Driver:
     @_run
     async def walk_repositories(self, root: str, marker: str = "_manifests"):
         found = []
+        # One LIST per directory, many at once: a catalog of thousands of repositories is
+        # thousands of round trips, so they overlap (bounded, to stay a polite S3 client).
+        limit = defer.DeferredSemaphore(16)
 
         async def walk(path: str, name: str):
-            dirs, _files = await self._children(path)
+            await limit.acquire()
+            try:
+                dirs, _files = await self._children(path)
+            finally:
+                limit.release()
             if marker in dirs and name:
                 found.append(name)
-            for d in dirs:
-                if not d.startswith("_"):
-                    await walk(f"{path}/{d}", f"{name}/{d}" if name else d)
+            await defer.gatherResults([defer.ensureDeferred(walk(f"{path}/{d}", f"{name}/{d}" if name else d))
+                                       for d in dirs if not d.startswith("_")], consumeErrors=True)
 
-        await walk(_check(root), "")
+        try:
+            await walk(_check(root), "")
+        except defer.FirstError as e:
+            e.subFailure.raiseException()
         return sorted(found)
 
     def redirect_url(self, path: str, method: str = "GET"):
@@ -807,7 +821,7 @@ class S3Driver:
             raise StorageError("S3 did not start a multipart upload")
         return upload_id
 
-    async def _upload_part(self, path: str, upload_id: str, number: int, data: bytes) -> str:
+    async def _upload_part(self, path: str, upload_id: str, number: int, data) -> str:
         response = await self.client.request("PUT", self._key(path),
                                              query={"partNumber": str(number), "uploadId": upload_id}, body=data)
         return _header(response, "etag", "")
@@ -816,7 +830,8 @@ class S3Driver:
         response = await self.client.request(
             "PUT", self._key(path), query={"partNumber": str(number), "uploadId": upload_id},
             headers={"x-amz-copy-source": self._copy_source(piece.path),
-                     "x-amz-copy-source-range": f"bytes={piece.start}-{piece.end - 1}"})
+                     "x-amz-copy-source-range": f"bytes={piece.start}-{piece.end - 1}"},
+            timeout=COPY_TIMEOUT)
         root = _raise_embedded_error(response.body, path)
         return xml_text(root, "ETag")
 
@@ -825,7 +840,7 @@ class S3Driver:
             f"<Part><PartNumber>{n}</PartNumber><ETag>{escape(etag)}</ETag></Part>" for n, etag in parts)
             + "</CompleteMultipartUpload>").encode("ascii")
         response = await self.client.request("POST", self._key(path), query={"uploadId": upload_id}, body=body,
-                                             headers={"Content-Type": "application/xml"}, timeout=600)
+                                             headers={"Content-Type": "application/xml"}, timeout=COPY_TIMEOUT)
         # S3 may answer 200 and still report an error in the body.
         _raise_embedded_error(response.body, path)
 
@@ -857,7 +872,8 @@ class S3Driver:
                 pieces[0].size == total and await self._whole(pieces[0]):
             headers = {**self._write_headers(), "x-amz-copy-source": self._copy_source(pieces[0].path),
                        "x-amz-metadata-directive": "REPLACE", **(extra or {})}
-            response = await self.client.request("PUT", self._key(destination), headers=headers, timeout=600)
+            response = await self.client.request("PUT", self._key(destination), headers=headers,
+                                                 timeout=COPY_TIMEOUT)
             _raise_embedded_error(response.body, destination)
             return
         plan = _plan_parts(pieces, self.copy_chunk, self.min_part)

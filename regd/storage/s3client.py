@@ -39,6 +39,67 @@ RETRY_EXCEPTIONS = (neterror.ConnectError, neterror.ConnectionLost, neterror.Con
                     webclient.ResponseFailed, webclient.RequestTransmissionFailed)
 
 
+class Chunks:
+    """
+    A request body held as the pieces it arrived in (an upload part), so
+    it is neither joined into one copy for signing nor for sending.
+    """
+
+    def __init__(self, pieces: list[bytes]):
+        self.pieces = pieces
+        self.length = sum(len(p) for p in pieces)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def reader(self) -> "_ChunksReader":
+        return _ChunksReader(self.pieces, self.length)
+
+
+class _ChunksReader:
+    """A read-only file over Chunks (botocore hashes it, FileBodyProducer sends it)."""
+
+    def __init__(self, pieces, length):
+        self._pieces = pieces
+        self._length = length
+        self._position = 0
+        self._index = 0  # piece holding self._position
+        self._offset = 0  # self._position within that piece
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            size = self._length - self._position
+        out = []
+        while size > 0 and self._index < len(self._pieces):
+            piece = self._pieces[self._index]
+            take = piece[self._offset:self._offset + size]
+            out.append(take)
+            size -= len(take)
+            self._position += len(take)
+            self._offset += len(take)
+            if self._offset >= len(piece):
+                self._index, self._offset = self._index + 1, 0
+        return b"".join(out)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        target = offset if whence == 0 else (self._position + offset if whence == 1 else self._length + offset)
+        self._position, self._index, self._offset = 0, 0, 0
+        remaining = max(0, min(target, self._length))
+        while self._index < len(self._pieces) and remaining >= len(self._pieces[self._index]):
+            remaining -= len(self._pieces[self._index])
+            self._position += len(self._pieces[self._index])
+            self._index += 1
+        self._offset = remaining
+        self._position += remaining
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def close(self) -> None:
+        pass
+
+
 class S3Error(StorageError):
     """An S3 error answer: HTTP status plus the S3 error code from its XML body."""
 
@@ -158,8 +219,9 @@ class S3Client:
             base += "?" + urlencode(sorted(query.items()), quote_via=quote, safe="-_.~")
         return base
 
-    def sign(self, method: str, url: str, headers: dict, body: bytes = b"") -> dict:
-        request = AWSRequest(method=method, url=url, data=body, headers=dict(headers))
+    def sign(self, method: str, url: str, headers: dict, body=b"") -> dict:
+        data = body.reader() if isinstance(body, Chunks) else body
+        request = AWSRequest(method=method, url=url, data=data, headers=dict(headers))
         credentials = self._credentials()
         if self.settings.v4auth:
             S3SigV4Auth(credentials, "s3", self.region).add_auth(request)
@@ -194,9 +256,12 @@ class S3Client:
             attempt += 1
             try:
                 signed = self.sign(method, url, headers or {}, body)
+                if isinstance(body, Chunks):
+                    data = webclient.FileBodyProducer(body.reader())
+                else:
+                    data = body if (body or method in ("PUT", "POST")) else None
                 pending = self._http.request(
-                    method, url, headers=Headers({k: [v] for k, v in signed.items()}),
-                    data=body if (body or method in ("PUT", "POST")) else None, unbuffered=True)
+                    method, url, headers=Headers({k: [v] for k, v in signed.items()}), data=data, unbuffered=True)
                 # Our own deadline, so a timeout (retried) is told apart from a caller's cancel (not).
                 expired = []
                 deadline = self._reactor.callLater(timeout or self.timeout,

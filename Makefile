@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.regd-installed
 
-.PHONY: run test venv bench clean
+.PHONY: run test venv bench clean image
 
 venv: $(STAMP)
 
@@ -22,6 +22,12 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -v --durations=15 tests
+
+# The container image (image/build.py; README "Container image"): built from Debian
+# packages and this checkout, cached in build/image by a hash of the inputs, then
+# loaded into the docker engine that DOCKER_HOST names.
+image:
+	tar=$$(python3 image/build.py --output build/image) && docker load --input "$$tar"
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

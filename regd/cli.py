@@ -49,10 +49,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def serve(config: str | None) -> int:
-    """Run the daemon in this process, exactly as the twistd command line would."""
+def serve(config: str | None, twistd_options: list[str] = ()) -> int:
+    """Run the daemon in this process, exactly as the twistd command line would (e.g. --uid/--gid)."""
     from twisted.scripts.twistd import run
-    sys.argv = ["twistd", "--nodaemon", "--pidfile=", "regd"] + (["--config", config] if config else [])
+    sys.argv = (["twistd", "--nodaemon", "--pidfile=", *twistd_options, "regd"]
+                + (["--config", config] if config else []))
     run()
     return 0
 

@@ -452,12 +452,34 @@ def _apply_environment(document: dict, environ: Mapping[str, str], warnings: lis
             value = yaml.safe_load(environ[name])
         except yaml.YAMLError:
             value = environ[name]
+        if path in (["auth"], ["storage"]) and isinstance(value, str):
+            value = _section_by_name(path[0], value, document.get(path[0]))
         node = document
         for key in path[:-1]:
             if not isinstance(node.get(key), dict):
                 node[key] = {}
             node = node[key]
         node[path[-1]] = value
+
+
+_STORAGE_DRIVERS = ("filesystem", "inmemory", "s3", "azure", "gcs", "swift", "oss")
+
+
+def _section_by_name(section: str, name: str, current: Any) -> dict:
+    """
+    registry:2 accepts the type alone for auth and storage (REGISTRY_AUTH=htpasswd,
+    REGISTRY_STORAGE=s3): it replaces the method or driver, whose settings
+    then come from REGISTRY_AUTH_HTPASSWD_* or REGISTRY_STORAGE_S3_*.
+    Storage keys that are not a driver (delete, maintenance, ...) are kept.
+    """
+    name = name.strip().lower()
+    kept = {}
+    if section == "storage" and isinstance(current, dict):
+        kept = {k: v for k, v in current.items() if str(k).lower() not in _STORAGE_DRIVERS}
+        if isinstance(current.get(name), dict):
+            kept[name] = current[name]
+    kept.setdefault(name, {})
+    return kept
 
 
 def parse_config(text: str | None, environ: Mapping[str, str] = os.environ,

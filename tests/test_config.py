@@ -85,6 +85,40 @@ class ConfigTests(SynchronousTestCase):
         self.assertTrue(config.http.relativeurls)
         self.assertEqual(config.log.level, "warn")
 
+    def test_the_environment_the_registry_guides_use(self):
+        """The variables `docker run -e` lines in registry:2 guides set, spelt as they spell them."""
+        environ = {
+            "REGISTRY_HTTP_ADDR": "0.0.0.0:443",
+            "REGISTRY_HTTP_TLS_CERTIFICATE": "/certs/domain.crt",
+            "REGISTRY_HTTP_TLS_KEY": "/certs/domain.key",
+            "REGISTRY_AUTH": "htpasswd",
+            "REGISTRY_AUTH_HTPASSWD_REALM": "Registry Realm",
+            "REGISTRY_AUTH_HTPASSWD_PATH": "/auth/htpasswd",
+            "REGISTRY_STORAGE_FILESYSTEM_ROOTDIRECTORY": "/data",
+            "REGISTRY_STORAGE_MAINTENANCE_READONLY": '{"enabled":true}',
+            "REGISTRY_NOTIFICATIONS_ENDPOINTS": "- name: hook\n  url: http://127.0.0.1:1/events\n",
+        }
+        loaded = parse_config(REFERENCE_CONFIG, environ)
+        config = loaded.config
+        self.assertEqual((config.http.host_addr, config.http.port), ("0.0.0.0", 443))
+        self.assertEqual((config.http.tls.certificate, config.http.tls.key), ("/certs/domain.crt", "/certs/domain.key"))
+        self.assertEqual(config.auth, {"htpasswd": {"realm": "Registry Realm", "path": "/auth/htpasswd"}})
+        self.assertEqual(config.storage.filesystem.rootdirectory, "/data")
+        self.assertTrue(config.storage.maintenance.readonly.enabled)
+        self.assertEqual(config.notifications["endpoints"][0]["url"], "http://127.0.0.1:1/events")
+        self.assertTrue(parse_config(REFERENCE_CONFIG, {"REGISTRY_STORAGE_MAINTENANCE_READONLY_ENABLED": "true"})
+                        .config.storage.maintenance.readonly.enabled)
+
+    def test_a_section_named_by_its_type_alone(self):
+        """REGISTRY_AUTH=htpasswd and REGISTRY_STORAGE=<driver> replace the method or driver, as in registry:2."""
+        file_with_token = REFERENCE_CONFIG + "auth:\n  token:\n    realm: https://auth/token\n"
+        self.assertEqual(parse_config(file_with_token, {"REGISTRY_AUTH": "htpasswd"}).config.auth, {"htpasswd": {}})
+        config = parse_config(REFERENCE_CONFIG, {"REGISTRY_STORAGE": "inmemory"}).config
+        self.assertEqual(config.storage.driver, "inmemory")
+        self.assertTrue(config.storage.delete.enabled)  # not a driver: kept
+        same = parse_config(REFERENCE_CONFIG, {"REGISTRY_STORAGE": "filesystem"}).config
+        self.assertEqual(same.storage.filesystem.rootdirectory, "/var/lib/registry")
+
     def test_unknown_keys_are_warnings_naming_them(self):
         loaded = parse_config("http:\n  adr: :5000\nstorage:\n  filesystem:\n    rootdir: /x\n",
                               {"REGISTRY_NOPE_THING": "1"})

@@ -1,0 +1,298 @@
+"""
+regd's container image (`make image`) run as the registry guides run
+registry:2: `docker run` with only -v and -e flags (host networking here),
+plain, TLS + htpasswd from the environment, read-only; docker and skopeo push
+and pull through it; it keeps its data over a restart, drains an upload at
+`docker stop`, reclaims space with `docker exec ... garbage-collect`, and holds
+its own image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import bcrypt
+import pytest
+
+from tests.support import e2e_http
+from tests.support.certs import PKI
+from tests.support.images import write_rootfs_tar
+from tests.support.processes import free_port, require_tool, run
+
+pytestmark = pytest.mark.e2e
+
+SOURCE = Path(__file__).resolve().parents[2]
+IMAGE = "regd:latest"
+CERTS_D = Path("/etc/docker/certs.d")
+UNVERIFIED = ssl._create_unverified_context()
+
+
+@pytest.fixture(scope="module")
+def image(docker_daemon):
+    """`make image` into the test engine, once; returns the tarball (cached by a hash of the inputs)."""
+    require_tool("mmdebstrap")
+    require_tool("make")
+    started = time.monotonic()
+    made = subprocess.run(["make", "image"], cwd=SOURCE, env=docker_daemon.env, capture_output=True, text=True,
+                          timeout=900)
+    assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
+    tar = Path(subprocess.run(["python3", "image/build.py"], cwd=SOURCE, capture_output=True, text=True,
+                              check=True).stdout.strip())
+    print(f"\nmake image: {time.monotonic() - started:.1f} s; {made.stderr.strip().splitlines()[-1]}")
+    return tar
+
+
+class Container:
+    """One `docker run -d --network host` of the image with -v and -e flags only."""
+
+    def __init__(self, docker, name: str, flags: list[str], image: str = IMAGE, args: tuple = (),
+                 tls: bool = False):
+        self.docker, self.name, self.flags, self.image, self.args = docker, name, flags, image, list(args)
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        self.url = f"{'https' if tls else 'http'}://{self.host}"
+
+    def start(self) -> "Container":
+        self.docker.docker("run", "-d", "--name", self.name, "--network", "host",
+                           "-e", f"REGISTRY_HTTP_ADDR={self.host}", *self.flags, self.image, *self.args)
+        return self.wait_ready()
+
+    def wait_ready(self, timeout: float = 30) -> "Container":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.state()["Status"] == "exited":
+                raise AssertionError(f"{self.name} exited:\n{self.logs()}")
+            try:
+                with urllib.request.urlopen(self.url + "/", timeout=2, context=UNVERIFIED) as answer:
+                    if answer.status == 200:
+                        return self
+            except (OSError, urllib.error.HTTPError):
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"{self.name} not ready:\n{self.logs()}")
+
+    def state(self) -> dict:
+        return json.loads(self.docker.docker("inspect", "--format", "{{json .State}}", self.name).stdout)
+
+    def logs(self) -> str:
+        result = self.docker.docker("logs", self.name, check=False)
+        return result.stdout + result.stderr
+
+    def exec(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
+        result = self.docker.docker("exec", self.name, *argv, check=False)
+        assert not check or result.returncode == 0, f"{argv}: {result.stdout}{result.stderr}\n{self.logs()}"
+        return result
+
+
+@pytest.fixture(scope="module")
+def containers(docker_daemon):
+    started: list[str] = []
+
+    def start(name, flags, **kwargs) -> Container:
+        container = Container(docker_daemon, f"{name}-{os.urandom(3).hex()}", flags, **kwargs)
+        started.append(container.name)
+        return container.start()
+
+    yield start
+    for name in started:
+        docker_daemon.docker("rm", "-f", name, check=False)
+
+
+@pytest.fixture(scope="module")
+def plain(image, containers, docker_daemon, tmp_path_factory):
+    """registry:2's first guide: `-v /data:/var/lib/registry`, a fresh host directory docker creates as root."""
+    data = tmp_path_factory.mktemp("plain") / "data"
+    container = containers("plain", ["-v", f"{data}:/var/lib/registry", "-e", "REGISTRY_STORAGE_DELETE_ENABLED=true"])
+    container.data = data
+    ref = f"{container.host}/guides/app:1"
+    tar = write_rootfs_tar(tmp_path_factory.mktemp("rootfs") / "a.tar", {"srv/a": 300_000, "etc/x": 100}, seed="img-a")
+    docker_daemon.docker("import", str(tar), ref)
+    docker_daemon.docker("push", ref)
+    container.ref = ref
+    return container
+
+
+def _pid_uid(docker_daemon, name: str) -> int:
+    pid = docker_daemon.docker("inspect", "--format", "{{.State.Pid}}", name).stdout.strip()
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
+
+
+def test_the_image_is_shaped_like_registry_2(image, docker_daemon):
+    config = json.loads(docker_daemon.docker("image", "inspect", "--format", "{{json .Config}}", IMAGE).stdout)
+    assert config["ExposedPorts"] == {"5000/tcp": {}}
+    assert config["Volumes"] == {"/var/lib/registry": {}}
+    assert config["Cmd"] == ["/etc/docker/registry/config.yml"]
+    assert config["Healthcheck"]["Test"] == ["CMD", "/usr/local/bin/regd", "healthcheck"]
+    labels = config["Labels"]
+    for key in ("version", "source", "licenses", "description"):
+        assert labels[f"org.opencontainers.image.{key}"], key
+    assert labels["org.opencontainers.image.licenses"] == "Apache-2.0"
+    size = int(docker_daemon.docker("image", "inspect", "--format", "{{.Size}}", IMAGE).stdout)
+    assert size <= 150_000_000, size
+    print(f"\nimage size: {size / 1e6:.1f} MB uncompressed")
+
+
+def test_plain_push_pull_with_docker_and_skopeo_as_the_service_user(plain, docker_daemon, skopeo, tmp_path):
+    # The daemon runs as uid 1000 and the fresh volume was given to it.
+    assert _pid_uid(docker_daemon, plain.name) == 1000
+    assert plain.data.stat().st_uid == 1000
+    assert "regd: making /var/lib/registry owned by registry" in plain.logs()
+    docker_daemon.docker("rmi", plain.ref)
+    docker_daemon.docker("pull", plain.ref)
+    run([skopeo, "copy", "--src-tls-verify=false", f"docker://{plain.ref}", f"oci:{tmp_path / 'layout'}:app"])
+    run([skopeo, "copy", "--dest-tls-verify=false", f"oci:{tmp_path / 'layout'}:app",
+         f"docker://{plain.host}/guides/copied:1"])
+    tags, _ = e2e_http.get_json(f"{plain.url}/v2/guides/copied/tags/list")
+    assert tags["tags"] == ["1"]
+    assert plain.exec("regd", "healthcheck").stdout.strip() == "GET /: 200"
+    # Logs go to stdout: the access log of those requests is in docker logs.
+    assert "/v2/guides/copied/tags/list" in plain.logs()
+
+
+def test_restart_keeps_the_data(plain, docker_daemon):
+    digest = e2e_http.manifest_digest(plain.url, "guides/app", "1")
+    docker_daemon.docker("restart", plain.name)
+    plain.wait_ready()
+    assert e2e_http.manifest_digest(plain.url, "guides/app", "1") == digest
+    docker_daemon.docker("rmi", plain.ref)
+    docker_daemon.docker("pull", plain.ref)
+
+
+def test_garbage_collect_in_the_container_reclaims_space(plain, docker_daemon, tmp_path):
+    ref = f"{plain.host}/guides/gone:1"
+    tar = write_rootfs_tar(tmp_path / "b.tar", {"srv/b": 2_000_000}, seed="img-gone")
+    docker_daemon.docker("import", str(tar), ref)
+    docker_daemon.docker("push", ref)
+    manifest = json.loads(e2e_http.get(f"{plain.url}/v2/guides/gone/manifests/1", headers={
+        "Accept": "application/vnd.docker.distribution.manifest.v2+json"}).body)
+    layer = manifest["layers"][0]["digest"].split(":")[1]
+    blob = plain.data / "docker/registry/v2/blobs/sha256" / layer[:2] / layer / "data"
+    assert blob.exists()
+    digest = e2e_http.manifest_digest(plain.url, "guides/gone", "1")
+    deleted = e2e_http.request("DELETE", f"{plain.url}/v2/guides/gone/manifests/{digest}")
+    assert deleted.status == 202, deleted.describe()
+    # registry:2's spelling, and the configuration file registry:2's image ships.
+    collected = plain.exec("registry", "garbage-collect", "--grace", "0s", "/etc/docker/registry/config.yml")
+    assert f"deleted blob sha256:{layer}" in collected.stdout, collected.stdout
+    assert not blob.exists()
+    assert e2e_http.manifest_digest(plain.url, "guides/app", "1")  # what a tag still needs is kept
+    dry = plain.exec("regd", "garbage-collect", "--dry-run", "/etc/docker/registry/config.yml")
+    assert "0 blobs would delete" in dry.stdout or "would delete blob" not in dry.stdout
+
+
+def test_docker_stop_drains_an_upload_in_progress(image, containers, docker_daemon, tmp_path):
+    data = tmp_path / "data"
+    container = containers("drain", ["-v", f"{data}:/var/lib/registry"])
+    started = e2e_http.request("POST", f"{container.url}/v2/drain/app/blobs/uploads/")
+    assert started.status == 202, started.describe()
+    location = started.headers["Location"]
+    if location.startswith("/"):
+        location = container.url + location
+    body = os.urandom(3_000_000)
+    path = location[len(container.url):]
+    with socket.create_connection(("127.0.0.1", container.port), timeout=30) as conn:
+        conn.sendall((f"PATCH {path} HTTP/1.1\r\nHost: {container.host}\r\nContent-Type: application/octet-stream\r\n"
+                      f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body[:1_000_000])
+        stopping = threading.Thread(target=docker_daemon.docker, args=("stop", container.name))
+        stopping.start()
+        # SIGTERM has arrived once the listener is closed; the upload's connection stays open.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", container.port), timeout=1).close()
+                time.sleep(0.05)
+            except OSError:
+                break
+        else:
+            raise AssertionError("the listener did not close after docker stop")
+        conn.sendall(body[1_000_000:])
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    stopping.join(30)
+    assert answer.startswith(b"HTTP/1.1 202"), answer[:500]
+    assert f"Range: 0-{len(body) - 1}".encode() in answer, answer[:500]
+    assert container.state()["ExitCode"] == 0, container.logs()
+    # Started again: the drained upload is there to finish.
+    docker_daemon.docker("start", container.name)
+    container.wait_ready()
+    digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    finished = e2e_http.request("PUT", f"{location}{'&' if '?' in location else '?'}digest={digest}")
+    assert finished.status == 201, finished.describe()
+    assert e2e_http.get(f"{container.url}/v2/drain/app/blobs/{digest}").body == body
+
+
+@pytest.fixture
+def trusted_dirs():
+    made = []
+    yield made
+    for directory in made:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_tls_and_htpasswd_from_the_environment(image, containers, docker_daemon, skopeo, tmp_path, trusted_dirs):
+    """The guide's `-v certs:/certs -v auth:/auth -e REGISTRY_HTTP_TLS_* -e REGISTRY_AUTH=htpasswd ...`."""
+    pki = PKI(str(tmp_path / "pki"))
+    certs, auth = tmp_path / "certs", tmp_path / "auth"
+    certs.mkdir()
+    auth.mkdir()
+    shutil.copy(pki.server_chain, certs / "domain.crt")
+    shutil.copy(pki.server_key, certs / "domain.key")
+    (certs / "domain.key").chmod(0o600)  # as openssl writes it: the service user could not read it
+    (auth / "htpasswd").write_bytes(b"testuser:" + bcrypt.hashpw(b"testpassword", bcrypt.gensalt(5)) + b"\n")
+    container = containers("tls", [
+        "-v", f"{tmp_path / 'data'}:/var/lib/registry", "-v", f"{certs}:/certs", "-v", f"{auth}:/auth",
+        "-e", "REGISTRY_HTTP_TLS_CERTIFICATE=/certs/domain.crt", "-e", "REGISTRY_HTTP_TLS_KEY=/certs/domain.key",
+        "-e", "REGISTRY_AUTH=htpasswd", "-e", "REGISTRY_AUTH_HTPASSWD_REALM=Registry Realm",
+        "-e", "REGISTRY_AUTH_HTPASSWD_PATH=/auth/htpasswd"], tls=True)
+    context = ssl.create_default_context(cafile=pki.ca)
+    try:
+        urllib.request.urlopen(f"{container.url}/v2/", timeout=10, context=context)
+        raise AssertionError("/v2/ answered without credentials")
+    except urllib.error.HTTPError as e:
+        assert e.code == 401 and 'realm="Registry Realm"' in e.headers["WWW-Authenticate"]
+    ref = f"{container.host}/secure/app:1"
+    docker_daemon.docker("import", str(write_rootfs_tar(tmp_path / "r.tar", {"a": 50_000}, seed="tls-img")), ref)
+    assert docker_daemon.docker("push", ref, check=False).returncode != 0
+    docker_daemon.docker("login", "-u", "testuser", "-p", "testpassword", container.host)
+    docker_daemon.docker("push", ref)
+    docker_daemon.docker("rmi", ref)
+    docker_daemon.docker("pull", ref)
+    docker_daemon.docker("logout", container.host)
+    cert_dir = tmp_path / "skopeo-certs"
+    cert_dir.mkdir()
+    shutil.copy(pki.ca, cert_dir / "ca.crt")
+    run([skopeo, "copy", "--src-cert-dir", str(cert_dir), "--src-creds", "testuser:testpassword",
+         "--dest-cert-dir", str(cert_dir), "--dest-creds", "testuser:testpassword",
+         f"docker://{ref}", f"docker://{container.host}/secure/copy:1"])
+    assert container.exec("regd", "healthcheck").stdout.strip() == "GET /: 200"
+    assert _pid_uid(docker_daemon, container.name) == 1000
+
+
+def test_the_image_pushed_to_itself_runs_read_only(image, plain, containers, docker_daemon, skopeo, tmp_path):
+    """regd holds its own image; that image, pulled back, serves the same data read-only."""
+    version = json.loads(docker_daemon.docker("image", "inspect", "--format", "{{json .Config.Labels}}",
+                                              IMAGE).stdout)["org.opencontainers.image.version"]
+    own = f"{plain.host}/regd:{version}"
+    run([skopeo, "copy", "--dest-tls-verify=false", f"docker-archive:{image}:{IMAGE}", f"docker://{own}"])
+    docker_daemon.docker("pull", own)
+    ids = {docker_daemon.docker("image", "inspect", "--format", "{{.Id}}", ref).stdout.strip() for ref in (own, IMAGE)}
+    assert len(ids) == 1, ids
+    readonly = containers("readonly", ["-v", f"{plain.data}:/var/lib/registry",
+                                       "-e", 'REGISTRY_STORAGE_MAINTENANCE_READONLY={"enabled":true}'], image=own)
+    run([skopeo, "copy", "--src-tls-verify=false", f"docker://{readonly.host}/guides/app:1",
+         f"oci:{tmp_path / 'layout'}:app"])
+    refused = e2e_http.request("POST", f"{readonly.url}/v2/guides/app/blobs/uploads/")
+    assert refused.status == 405 and b"UNSUPPORTED" in refused.body, refused.describe()

@@ -150,7 +150,27 @@ def python_packages(venv: Path) -> Path:
     run([PYTHON, "-m", "venv", str(venv)])
     run([str(venv / "bin/python"), "-m", "pip", "install", "--quiet", "--no-cache-dir", "--no-compile",
          "--no-deps", "--disable-pip-version-check", "-r", str(HERE / "requirements.txt")])
+    _check_requirements(venv / "bin/python")
     return venv / "lib/python3.11/site-packages"
+
+
+def _check_requirements(python: Path) -> None:
+    """Every install_requires of setup.py is met by the pinned set (a new dependency must be pinned too)."""
+    import ast
+    tree = ast.parse((SOURCE / "setup.py").read_text())
+    wanted = next(ast.literal_eval(k.value) for node in ast.walk(tree) if isinstance(node, ast.Call)
+                  for k in node.keywords if k.arg == "install_requires")
+    check = ("import sys; from importlib.metadata import version, PackageNotFoundError\n"
+             "from packaging.requirements import Requirement\n"
+             "for text in sys.argv[1:]:\n"
+             "    r = Requirement(text)\n"
+             "    try:\n"
+             "        ok = r.specifier.contains(version(r.name), prereleases=True)\n"
+             "    except PackageNotFoundError:\n"
+             "        ok = False\n"
+             "    if not ok:\n"
+             "        sys.exit(f'image/requirements.txt does not meet setup.py: {text}')\n")
+    run([str(python), "-c", check, *wanted])
 
 
 def remove(path: Path) -> None:

@@ -189,7 +189,7 @@ def test_garbage_collect_in_the_container_reclaims_space(plain, docker_daemon, t
     assert not blob.exists()
     assert e2e_http.manifest_digest(plain.url, "guides/app", "1")  # what a tag still needs is kept
     dry = plain.exec("regd", "garbage-collect", "--dry-run", "/etc/docker/registry/config.yml")
-    assert "0 blobs would delete" in dry.stdout or "would delete blob" not in dry.stdout
+    assert "would delete blob" not in dry.stdout, dry.stdout  # nothing left to collect
 
 
 def test_docker_stop_drains_an_upload_in_progress(image, containers, docker_daemon, tmp_path):

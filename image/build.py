@@ -64,6 +64,9 @@ TRIM_GLOBS = ["usr/bin/dpkg*", "usr/bin/py3*", "usr/bin/pydoc*", "usr/bin/*-conf
 # From the installed Python packages: the installer and every test suite.
 SITE_DROP = {"pip", "setuptools", "pkg_resources", "_distutils_hack", "distutils-precedence.pth"}
 SITE_DROP_PREFIXES = ("pip-", "setuptools-")
+# botocore's API models: the S3 driver signs with botocore and resolves credentials through its
+# session (STS and SSO for roles and single sign-on); the other services' models are not needed.
+BOTOCORE_MODELS = {"s3", "sts", "sso", "sso-oidc", "signin"}
 # Twisted protocols regd never loads (SSH, mail, chat, raw packets) and their plugins.
 TWISTED_DROP = ["conch", "mail", "words", "pair", "positioning", "test",
                 "plugins/twisted_conch.py", "plugins/twisted_mail.py", "plugins/twisted_words.py",
@@ -199,6 +202,9 @@ def assemble(rootfs: Path, site: Path, files: list[str], debs: list[str]) -> Non
     # RECORD lists the build venv's scripts with their (path-dependent) hashes; only pip uninstall reads it.
     for record in target.glob("*.dist-info/RECORD"):
         record.unlink()
+    for model in (target / "botocore/data").iterdir():
+        if model.is_dir() and model.name not in BOTOCORE_MODELS:
+            shutil.rmtree(model)
     for name in TWISTED_DROP:
         remove(target / "twisted" / name)
     for name in files:

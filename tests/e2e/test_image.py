@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -27,7 +28,7 @@ import pytest
 
 from tests.support import e2e_http
 from tests.support.certs import PKI
-from tests.support.images import write_rootfs_tar
+from tests.support.images import build_multilayer_layout, write_rootfs_tar
 from tests.support.processes import free_port, require_tool, run
 
 pytestmark = pytest.mark.e2e
@@ -39,7 +40,19 @@ UNVERIFIED = ssl._create_unverified_context()
 
 
 @pytest.fixture(scope="module")
-def image(docker_daemon):
+def nginx_rootfs(tmp_path_factory):
+    """Debian's nginx extracted (in the background) for the compose example's nginx:stable."""
+    rootfs = tmp_path_factory.mktemp("nginx") / "rootfs"
+    extracting = subprocess.Popen([require_tool("mmdebstrap"), "--quiet", "--variant=extract", "--include=nginx",
+                                   "bookworm", str(rootfs)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    yield extracting, rootfs
+    if extracting.poll() is None:
+        extracting.kill()
+        extracting.wait()
+
+
+@pytest.fixture(scope="module")
+def image(docker_daemon, nginx_rootfs):
     """`make image` into the test engine, once; returns the tarball (cached by a hash of the inputs)."""
     require_tool("mmdebstrap")
     require_tool("make")
@@ -291,8 +304,130 @@ def test_the_image_pushed_to_itself_runs_read_only(image, plain, containers, doc
     ids = {docker_daemon.docker("image", "inspect", "--format", "{{.Id}}", ref).stdout.strip() for ref in (own, IMAGE)}
     assert len(ids) == 1, ids
     readonly = containers("readonly", ["-v", f"{plain.data}:/var/lib/registry",
-                                       "-e", 'REGISTRY_STORAGE_MAINTENANCE_READONLY={"enabled":true}'], image=own)
+                                       "-e", 'REGISTRY_STORAGE_MAINTENANCE_READONLY={"enabled":true}'], image=own,
+                          args=("serve", "/etc/docker/registry/config.yml"))
     run([skopeo, "copy", "--src-tls-verify=false", f"docker://{readonly.host}/guides/app:1",
          f"oci:{tmp_path / 'layout'}:app"])
     refused = e2e_http.request("POST", f"{readonly.url}/v2/guides/app/blobs/uploads/")
     assert refused.status == 405 and b"UNSUPPORTED" in refused.body, refused.describe()
+    # The HEALTHCHECK (every 10 s) has judged the first container by now.
+    deadline = time.monotonic() + 30
+    while plain.state()["Health"]["Status"] != "healthy" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert plain.state()["Health"]["Status"] == "healthy", plain.state()["Health"]
+
+
+# -- examples/compose with Debian's docker-compose ----------------------------
+
+@pytest.fixture(scope="module")
+def nginx_image(nginx_rootfs, docker_daemon, tmp_path_factory):
+    """nginx:stable, from Debian's nginx package: no image registry is reachable here."""
+    extracting, rootfs = nginx_rootfs
+    output, _ = extracting.communicate(timeout=300)
+    assert extracting.returncode == 0, output
+    (rootfs / "etc/passwd").write_text("root:x:0:0::/root:/usr/sbin/nologin\n"
+                                       "nobody:x:65534:65534::/nonexistent:/usr/sbin/nologin\n")
+    (rootfs / "etc/group").write_text("root:x:0:\nnogroup:x:65534:\n")
+    (rootfs / "run").mkdir(exist_ok=True)
+    tar = tmp_path_factory.mktemp("nginx-tar") / "nginx.tar"
+    run(["tar", "-C", str(rootfs), "-cf", str(tar), "."])
+    docker_daemon.docker("import", "--change", 'CMD ["/usr/sbin/nginx", "-g", "daemon off; error_log stderr;"]',
+                         str(tar), "nginx:stable")
+    return "nginx:stable"
+
+
+@pytest.fixture
+def compose_example(image, docker_daemon, tmp_path):
+    """copy(name, ports) -> the example's directory, its ports moved to free ones; `docker-compose down` after."""
+    tool = require_tool("docker-compose")
+    projects = []
+
+    def copy(name: str, ports: dict[int, int]) -> Path:
+        directory = tmp_path / name
+        shutil.copytree(SOURCE / "examples/compose" / name, directory)
+        for path in directory.iterdir():
+            if path.suffix in (".yml", ".conf"):
+                text = path.read_text()
+                for old, new in ports.items():
+                    text = re.sub(rf"\b{old}\b", str(new), text)
+                path.write_text(text)
+        projects.append(directory)
+        return directory
+
+    def compose(directory: Path, *args: str) -> subprocess.CompletedProcess:
+        return run([tool, "--no-ansi", "-p", directory.name, *args], env=docker_daemon.env, cwd=directory)
+
+    copy.compose = compose
+    yield copy
+    for directory in projects:
+        logs = subprocess.run([tool, "-p", directory.name, "logs", "--no-color"], env=docker_daemon.env,
+                              cwd=directory, capture_output=True, text=True)
+        print(logs.stdout[-3000:])  # shown when the test failed
+        compose(directory, "down", "--timeout", "5")
+
+
+def _wait_https(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"https://127.0.0.1:{port}/", timeout=2, context=UNVERIFIED)
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"nothing answers TLS on {port}")
+
+
+def test_compose_tls_and_htpasswd(compose_example, skopeo, tmp_path):
+    port = free_port()
+    directory = compose_example("tls-htpasswd", {5000: port})
+    pki = PKI(str(tmp_path / "pki"))
+    for sub in ("certs", "auth"):
+        (directory / sub).mkdir()
+    shutil.copy(pki.server_chain, directory / "certs/domain.crt")
+    shutil.copy(pki.server_key, directory / "certs/domain.key")
+    (directory / "auth/htpasswd").write_bytes(b"testuser:" + bcrypt.hashpw(b"testpassword", bcrypt.gensalt(5)) + b"\n")
+    compose_example.compose(directory, "up", "-d")
+    _wait_https(port)
+    context = ssl.create_default_context(cafile=pki.ca)
+    try:
+        urllib.request.urlopen(f"https://127.0.0.1:{port}/v2/", timeout=10, context=context)
+        raise AssertionError("/v2/ answered without credentials")
+    except urllib.error.HTTPError as e:
+        assert e.code == 401, e
+    cert_dir = tmp_path / "ca"
+    cert_dir.mkdir()
+    shutil.copy(pki.ca, cert_dir / "ca.crt")
+    layout = tmp_path / "layout"
+    build_multilayer_layout(layout, "multi", seed="compose-tls")
+    run([skopeo, "copy", "--dest-cert-dir", str(cert_dir), "--dest-creds", "testuser:testpassword",
+         f"oci:{layout}:multi", f"docker://127.0.0.1:{port}/compose/tls:1"])
+    inspected = run([skopeo, "inspect", "--cert-dir", str(cert_dir), "--creds", "testuser:testpassword",
+                     f"docker://127.0.0.1:{port}/compose/tls:1"])
+    assert '"Layers"' in inspected.stdout
+
+
+def test_compose_behind_nginx_push_and_pull(compose_example, nginx_image, docker_daemon, tmp_path):
+    registry_port, nginx_port = free_port(), free_port()
+    directory = compose_example("nginx", {5000: registry_port, 443: nginx_port})
+    pki = PKI(str(tmp_path / "pki"))
+    (directory / "auth").mkdir()
+    shutil.copy(pki.server_chain, directory / "auth/domain.crt")
+    shutil.copy(pki.server_key, directory / "auth/domain.key")
+    (directory / "auth/nginx.htpasswd").write_bytes(
+        b"testuser:" + bcrypt.hashpw(b"testpassword", bcrypt.gensalt(5)).replace(b"$2b$", b"$2y$") + b"\n")
+    compose_example.compose(directory, "up", "-d")
+    _wait_https(nginx_port)
+    host = f"127.0.0.1:{nginx_port}"
+    ref = f"{host}/behind/nginx:1"
+    docker_daemon.docker("import", str(write_rootfs_tar(tmp_path / "n.tar", {"srv/n": 1_500_000}, seed="nginx")), ref)
+    assert docker_daemon.docker("push", ref, check=False).returncode != 0  # nginx asks for the password
+    docker_daemon.docker("login", "-u", "testuser", "-p", "testpassword", host)
+    docker_daemon.docker("push", ref)
+    docker_daemon.docker("rmi", ref)
+    docker_daemon.docker("pull", ref)
+    docker_daemon.docker("logout", host)
+    # regd itself, on loopback, holds what went through nginx.
+    tags, _ = e2e_http.get_json(f"http://127.0.0.1:{registry_port}/v2/behind/nginx/tags/list")
+    assert tags["tags"] == ["1"]

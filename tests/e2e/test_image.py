@@ -419,6 +419,7 @@ def test_compose_behind_nginx_push_and_pull(compose_example, nginx_image, docker
         b"testuser:" + bcrypt.hashpw(b"testpassword", bcrypt.gensalt(5)).replace(b"$2b$", b"$2y$") + b"\n")
     compose_example.compose(directory, "up", "-d")
     _wait_https(nginx_port)
+    _wait_http(registry_port)  # depends_on orders the starts; nginx answers 502 until regd listens
     host = f"127.0.0.1:{nginx_port}"
     ref = f"{host}/behind/nginx:1"
     docker_daemon.docker("import", str(write_rootfs_tar(tmp_path / "n.tar", {"srv/n": 1_500_000}, seed="nginx")), ref)
@@ -431,3 +432,43 @@ def test_compose_behind_nginx_push_and_pull(compose_example, nginx_image, docker
     # regd itself, on loopback, holds what went through nginx.
     tags, _ = e2e_http.get_json(f"http://127.0.0.1:{registry_port}/v2/behind/nginx/tags/list")
     assert tags["tags"] == ["1"]
+
+
+def test_compose_two_instances_on_s3_with_redis(compose_example, docker_daemon, tmp_path):
+    """The regd services of s3-redis/ (S3: moto, Redis: Debian's redis-server, both on the host)."""
+    from tests.support.redis import RedisServer
+    from tests.support.s3 import MotoServer
+    moto = MotoServer().start()
+    redis = RedisServer(tmp_path / "redis")
+    try:
+        redis.start()
+        moto.request("PUT", "/registry")
+        first, second = free_port(), free_port()
+        directory = compose_example("s3-redis", {9000: moto.port, 6379: redis.port, 5000: first, 5001: second})
+        compose_example.compose(directory, "up", "-d", "--no-deps", "registry1", "registry2")
+        for port in (first, second):
+            _wait_http(port)
+        pushed, pulled = f"127.0.0.1:{first}/compose/s3:1", f"127.0.0.1:{second}/compose/s3:1"
+        tar = write_rootfs_tar(tmp_path / "s.tar", {"srv/s3": 800_000}, seed="compose-s3")
+        docker_daemon.docker("import", str(tar), pushed)
+        docker_daemon.docker("push", pushed)
+        docker_daemon.docker("pull", pulled)  # the other instance, presigned redirects to the bucket
+        assert any(key.startswith("docker/registry/v2/repositories/compose/s3/_manifests/tags/1/")
+                   for key in moto.keys("registry")), moto.keys("registry")
+        assert redis.keys(), "the blob-descriptor cache in Redis stayed empty"
+    finally:
+        redis.stop()
+        moto.stop()
+
+
+def _wait_http(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except (OSError, urllib.error.HTTPError):
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"regd on {port} did not become ready")

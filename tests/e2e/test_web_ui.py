@@ -219,6 +219,12 @@ def test_log_in_search_browse_and_delete_a_tag(ui_registry, browser):
                      "docker pull registry.example.test:5000/team/webapp:", "podman pull", "Activity"):
         assert expected in body, expected
     shot(browser, "repository")
+    # The progressive copy button: shown once the (same-origin, CSP-allowed) script ran.
+    copy = browser.find_element(By.CSS_SELECTOR, "button.copy[data-copy=pull-docker]")
+    assert copy.is_displayed()
+    copy.click()
+    from selenium.webdriver.support.ui import WebDriverWait
+    WebDriverWait(browser, 5).until(lambda d: copy.text == "Copied")
 
     # Open a tag: layers, config, history; then the index's platforms and its SBOM referrer.
     follow(browser, browser.find_element(By.LINK_TEXT, "2.0"))

@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.regd-installed
 
-.PHONY: run test venv bench clean image
+.PHONY: run test venv bench bench-search clean image
 
 venv: $(STAMP)
 
@@ -31,6 +31,9 @@ image:
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+bench-search: $(STAMP)
+	$(BIN)/python bench/run.py --search-only
 
 clean:
 	rm -rf $(VENV) data _trial_temp* .pytest_cache

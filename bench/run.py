@@ -3,6 +3,7 @@ Run the same workloads against regd and the reference registry
 (Debian's docker-registry) in one go and print figures, ratios and targets.
 
     .venv/bin/python bench/run.py [--quick] [--size-mib N] [--only regd|reference] [--json FILE]
+    .venv/bin/python bench/run.py --search-only     (or --search: also, after the throughput table)
 
 See bench/README.md for what each workload measures.
 """
@@ -55,6 +56,9 @@ def parse_args(argv=None):
     p.add_argument("--s3", action="store_true",
                    help="both servers on S3 (one moto server started here, a bucket each; redirects off so "
                         "blob bytes pass through the registry)")
+    p.add_argument("--search", action="store_true",
+                   help="also run bench/search.py: docker search and the web pages over 10,000 repositories")
+    p.add_argument("--search-only", action="store_true", help="run only bench/search.py")
     a = p.parse_args(argv)
     a.size_mib = a.size_mib or (64 if a.quick else 1024)
     a.chunk_mib = a.chunk_mib or (16 if a.quick else 64)
@@ -234,10 +238,27 @@ def _sigterm(signum, frame):
     raise KeyboardInterrupt
 
 
+def search_benchmark(args) -> dict:
+    import search
+    results = search.run(only=args.only)
+    print(search.render(results))
+    return results
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _sigterm)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    if args.search_only:
+        try:
+            results = search_benchmark(args)
+        except KeyboardInterrupt:
+            log("interrupted; servers stopped and temp dirs removed")
+            return 130
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"args": vars(args), "search": results}, f, indent=2)
+        return 0
     kinds = [args.only] if args.only else list(KINDS)
     tmp = tempfile.mkdtemp(prefix="bench-payload-")
     results: dict = {}
@@ -269,9 +290,16 @@ def main(argv=None) -> int:
     if args.s3:
         print("storage: S3 (moto server, one bucket per registry, storage.redirect.disable: true)")
     print(render(results, args))
+    search_results = None
+    if args.search:
+        try:
+            search_results = search_benchmark(args)
+        except KeyboardInterrupt:
+            log("interrupted; servers stopped and temp dirs removed")
+            return 130
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "results": results}, f, indent=2)
+            json.dump({"args": vars(args), "results": results, "search": search_results}, f, indent=2)
     return 0
 
 

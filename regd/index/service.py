@@ -73,6 +73,7 @@ class RepositoryIndex:
         self._clock = clock
         self._retention = retention
         self._db = None
+        self._snapshot: store.Snapshot | None = None  # used on the database thread only
         self._locks: dict[str, defer.DeferredLock] = {}
         self._pulls: list[tuple[str, str, str | None]] = []  # (repository, day, digest or None for a tag pull)
 
@@ -91,10 +92,18 @@ class RepositoryIndex:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+                self._snapshot = None
         return self._run(closed)
 
     def _query(self, function, *args) -> defer.Deferred:
         return self._run(lambda: function(self._db, *args))
+
+    def _listing(self, function, *args) -> defer.Deferred:
+        """Run C{function} over the current in-memory snapshot of the repository rows."""
+        def listed():
+            self._snapshot = store.Snapshot.current(self._db, self._snapshot)
+            return function(self._snapshot, *args)
+        return self._run(listed)
 
     # -- queries --------------------------------------------------------------
 
@@ -106,18 +115,18 @@ class RepositoryIndex:
         substring, description only; then by name). "" matches everything.
         """
         page, per_page = _bounded(page, per_page)
-        return self._query(store.search, str(term), page, per_page, may_pull)
+        return self._listing(store.search, str(term), page, per_page, may_pull)
 
     def repositories(self, page: int = 1, per_page: int = DEFAULT_PER_PAGE, may_pull=None,
                      organization: str | None = None) -> defer.Deferred:
         """Deferred[Page[RepositoryRow]], newest push first (untagged ones last), optionally of one organization."""
         page, per_page = _bounded(page, per_page)
-        return self._query(store.repositories, page, per_page, may_pull, organization)
+        return self._listing(store.repositories, page, per_page, may_pull, organization)
 
     def organizations(self, page: int = 1, per_page: int = DEFAULT_PER_PAGE, may_pull=None) -> defer.Deferred:
         """Deferred[Page[Organization]] by name, each with the count of its repositories the caller may pull."""
         page, per_page = _bounded(page, per_page)
-        return self._query(store.organizations, page, per_page, may_pull)
+        return self._listing(store.organizations, page, per_page, may_pull)
 
     def repository(self, name: str, tag_page: int = 1, tags_per_page: int = MAX_PER_PAGE) -> defer.Deferred:
         """Deferred[RepositorySummary | None] with one page of its tags, newest push first."""
@@ -136,7 +145,7 @@ class RepositoryIndex:
 
     def totals(self, may_pull=None) -> defer.Deferred:
         """Deferred[(repositories, organizations, tags)] the caller may pull."""
-        return self._query(store.totals, may_pull)
+        return self._listing(store.totals, may_pull)
 
     def dump(self) -> defer.Deferred:
         """Deferred[dict]: the whole derived content, for comparing indexes."""

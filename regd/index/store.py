@@ -61,6 +61,15 @@ CREATE TABLE IF NOT EXISTS activity (
 -- change markers (regd.index.changes) this database already holds
 CREATE TABLE IF NOT EXISTS applied (marker TEXT PRIMARY KEY, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- bumped by every change to a repository row, by any process: when in-memory lists must be re-read
+CREATE TABLE IF NOT EXISTS generation (id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL);
+INSERT OR IGNORE INTO generation (id, value) VALUES (1, 0);
+CREATE TRIGGER IF NOT EXISTS repositories_inserted AFTER INSERT ON repositories
+    BEGIN UPDATE generation SET value = value + 1; END;
+CREATE TRIGGER IF NOT EXISTS repositories_updated AFTER UPDATE ON repositories
+    BEGIN UPDATE generation SET value = value + 1; END;
+CREATE TRIGGER IF NOT EXISTS repositories_deleted AFTER DELETE ON repositories
+    BEGIN UPDATE generation SET value = value + 1; END;
 """
 
 _ROW = "name, organization, image_description, admin_description, pushed_at, pushed_by, tag_count"
@@ -201,32 +210,50 @@ def set_meta(db, key: str, value: str) -> None:
 
 # -- reads --------------------------------------------------------------------
 
-def _filtered(db, may_pull) -> str:
-    """SQL condition limiting rows to what the caller may pull (a predicate run in this thread)."""
-    if may_pull is None:
-        return "1"
-    check = may_pull.__contains__ if isinstance(may_pull, (set, frozenset, dict)) else may_pull
-    db.create_function("may_pull", 1, lambda name: 1 if check(name) else 0)
-    return "may_pull(name)"
-
-
 def _row(values) -> RepositoryRow:
     name, organization, image_description, admin_description, pushed_at, pushed_by, tag_count = values
     description = admin_description if admin_description is not None else image_description
     return RepositoryRow(name, organization, description, pushed_at, pushed_by, tag_count)
 
 
-def _paged(db, select: str, where: str, order: str, args: tuple, page: int, per_page: int, make) -> Page:
-    rows = db.execute(f"SELECT {select}, COUNT(*) OVER () FROM repositories WHERE {where} "
-                      f"ORDER BY {order} LIMIT ? OFFSET ?", args + (per_page, (page - 1) * per_page)).fetchall()
-    if rows:
-        total = rows[0][-1]
-    else:
-        total = db.execute(f"SELECT COUNT(*) FROM repositories WHERE {where}", args).fetchone()[0]
-    return Page(tuple(make(r[:-1]) for r in rows), total, page, per_page)
+class Snapshot:
+    """
+    Every repository row in memory, newest push first, for lists and search:
+    a Python pass over 10,000 rows beats asking SQLite to call the caller's
+    may_pull back for each. Re-read whenever a repository row changed, in
+    this process or another one sharing the file (the generation counter
+    the triggers keep); so it is never staler than the database.
+    """
+
+    def __init__(self, db):
+        self.version = self.version_of(db)
+        self.rows = [(_row(r[:7]), r[7], r[8], r[9]) for r in db.execute(
+            f"SELECT {_ROW}, name_lc, last_lc, description_lc FROM repositories ORDER BY pushed_at DESC, name")]
+        self.by_name = sorted(self.rows, key=lambda r: r[0].name)
+
+    @staticmethod
+    def version_of(db) -> int:
+        return db.execute("SELECT value FROM generation").fetchone()[0]
+
+    @classmethod
+    def current(cls, db, cached: "Snapshot | None") -> "Snapshot":
+        if cached is not None and cached.version == cls.version_of(db):
+            return cached
+        return cls(db)
 
 
-def search(db, term: str, page: int, per_page: int, may_pull) -> Page:
+def _check(may_pull):
+    if may_pull is None:
+        return None
+    return may_pull.__contains__ if isinstance(may_pull, (set, frozenset, dict)) else may_pull
+
+
+def _page(items: list, page: int, per_page: int) -> Page:
+    start = (page - 1) * per_page
+    return Page(tuple(items[start:start + per_page]), len(items), page, per_page)
+
+
+def search(snapshot: Snapshot, term: str, page: int, per_page: int, may_pull) -> Page:
     """
     Case-insensitive substring over names and descriptions. Rank: the whole
     name, then its last component, equal to the term; then the name, then
@@ -234,39 +261,54 @@ def search(db, term: str, page: int, per_page: int, may_pull) -> Page:
     a match in the description only. Ties by name.
     """
     needle = term.lower()
-    where = f"(instr(name_lc, :t) > 0 OR instr(description_lc, :t) > 0) AND {_filtered(db, may_pull)}"
-    order = ("CASE WHEN name_lc = :t THEN 0 WHEN last_lc = :t THEN 1 "
-             "WHEN substr(name_lc, 1, :n) = :t THEN 2 WHEN substr(last_lc, 1, :n) = :t THEN 3 "
-             "WHEN instr(name_lc, :t) > 0 THEN 4 ELSE 5 END, name")
-    params = {"t": needle, "n": len(needle), "limit": per_page, "offset": (page - 1) * per_page}
-    rows = db.execute(f"SELECT {_ROW}, COUNT(*) OVER () FROM repositories WHERE {where} ORDER BY {order} "
-                      f"LIMIT :limit OFFSET :offset", params).fetchall()
-    if rows:
-        total = rows[0][-1]
-    else:
-        total = db.execute(f"SELECT COUNT(*) FROM repositories WHERE {where}", params).fetchone()[0]
-    return Page(tuple(_row(r[:-1]) for r in rows), total, page, per_page)
+    check = _check(may_pull)
+    # Rows come in name order, so each score's bucket is already sorted by name.
+    buckets: list[list] = [[], [], [], [], [], []]
+    for row, name_lc, last_lc, description_lc in snapshot.by_name:
+        if needle in name_lc:
+            if name_lc == needle:
+                score = 0
+            elif last_lc == needle:
+                score = 1
+            elif name_lc.startswith(needle):
+                score = 2
+            elif last_lc.startswith(needle):
+                score = 3
+            else:
+                score = 4
+        elif needle in description_lc:
+            score = 5
+        else:
+            continue
+        if check is None or check(row.name):
+            buckets[score].append(row)
+    return _page([row for bucket in buckets for row in bucket], page, per_page)
 
 
-def repositories(db, page: int, per_page: int, may_pull, organization: str | None) -> Page:
-    where = _filtered(db, may_pull)
-    args: tuple = ()
-    if organization is not None:
-        where += " AND organization = ?"
-        args = (organization,)
-    return _paged(db, _ROW, where, "pushed_at DESC, name", args, page, per_page, _row)
+def repositories(snapshot: Snapshot, page: int, per_page: int, may_pull, organization: str | None) -> Page:
+    check = _check(may_pull)
+    if check is None and organization is None:
+        start = (page - 1) * per_page
+        return Page(tuple(r[0] for r in snapshot.rows[start:start + per_page]), len(snapshot.rows), page, per_page)
+    rows = [row for row, *_ in snapshot.rows
+            if (organization is None or row.organization == organization) and (check is None or check(row.name))]
+    return _page(rows, page, per_page)
 
 
-def organizations(db, page: int, per_page: int, may_pull) -> Page:
-    where = f"organization != '' AND {_filtered(db, may_pull)}"
-    rows = db.execute(f"SELECT organization, COUNT(*), COUNT(*) OVER () FROM repositories WHERE {where} "
-                      f"GROUP BY organization ORDER BY organization LIMIT ? OFFSET ?",
-                      (per_page, (page - 1) * per_page)).fetchall()
-    if rows:
-        total = rows[0][-1]
-    else:
-        total = db.execute(f"SELECT COUNT(DISTINCT organization) FROM repositories WHERE {where}").fetchone()[0]
-    return Page(tuple(Organization(r[0], r[1]) for r in rows), total, page, per_page)
+def organizations(snapshot: Snapshot, page: int, per_page: int, may_pull) -> Page:
+    check = _check(may_pull)
+    counts: dict[str, int] = {}
+    for row, *_ in snapshot.rows:
+        if row.organization and (check is None or check(row.name)):
+            counts[row.organization] = counts.get(row.organization, 0) + 1
+    return _page([Organization(name, counts[name]) for name in sorted(counts)], page, per_page)
+
+
+def totals(snapshot: Snapshot, may_pull) -> tuple[int, int, int]:
+    """(repositories, organizations, tags) the caller may pull."""
+    check = _check(may_pull)
+    visible = [row for row, *_ in snapshot.rows if check is None or check(row.name)]
+    return len(visible), len({r.organization for r in visible if r.organization}), sum(r.tag_count for r in visible)
 
 
 def repository(db, name: str, tag_page: int, tags_per_page: int) -> RepositorySummary | None:
@@ -289,13 +331,6 @@ def activity(db, name: str, since_day: str) -> dict[str, ActivityDay]:
     return {r[0]: ActivityDay(r[0], r[1], r[2]) for r in db.execute(
         "SELECT day, pulls, pushes FROM activity WHERE repository = ? AND day >= ? ORDER BY day",
         (name, since_day))}
-
-
-def totals(db, may_pull) -> tuple[int, int, int]:
-    """(repositories, organizations, tags) the caller may pull."""
-    where = _filtered(db, may_pull)
-    return db.execute(f"SELECT COUNT(*), COUNT(DISTINCT NULLIF(organization, '')), COALESCE(SUM(tag_count), 0) "
-                      f"FROM repositories WHERE {where}").fetchone()
 
 
 def dump(db) -> dict:

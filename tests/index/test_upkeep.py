@@ -63,6 +63,16 @@ class InstancesTests(IndexCase):
         [today] = self.wait(second.activity("app", days=1))
         self.assertEqual((today.pulls, today.pushes), (1, 2))
 
+    def test_lists_see_another_process_writing_the_same_file_at_once(self):
+        path = self.mktemp() + "/index.db"
+        self.registry.listeners.remove(self.index)
+        first = self.make_index(path)
+        other, second = self.instance_b(path)
+        self.assertEqual(self.wait(first.search("app")).total, 0)  # first's rows are now in memory
+        self.wait(push_image(other, "app", "v1"))  # indexed by the second process's events only
+        self.assertEqual([r.name for r in self.wait(first.search("app")).items], ["app"])
+        self.assertEqual(self.wait(first.totals()), (1, 0, 1))
+
     def test_old_markers_are_pruned(self):
         self.wait(push_image(self.registry, "app", "v1"))
         self.assertTrue(self.wait(self.driver.list(paths.INDEX_CHANGES)))

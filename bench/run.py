@@ -22,35 +22,54 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import extra as x  # noqa: E402
 import workloads as w  # noqa: E402
 from servers import Server, read_cpu_seconds, read_rss_kib  # noqa: E402
 
 MIB = 1 << 20
 KINDS = ("regd", "reference")
 
-# (key, label, unit, higher_is_better, target ratio or None)
+# (key, label, unit, target, kind); kind "ratio": regd/reference >= target; "disk": regd / the disk's own
+# rate >= target; "abs": regd's figure >= target; "max": regd's figure <= target; "self": regd's own ratio.
 ROWS = [
-    ("push_monolithic", "push monolithic {size}", "MiB/s", True, 3.0),
-    ("push_chunked", "push chunked {size} ({chunk} PATCH)", "MiB/s", True, 3.0),
-    ("pull", "pull {size} (discard)", "MiB/s", True, 1.0),
-    ("pull_verified", "pull {size} + client sha256", "MiB/s", True, None),
-    ("manifest_get", "manifest GET x{conns}", "req/s", True, 1.0),
-    ("blob_head", "blob HEAD x{conns}", "req/s", True, 1.0),
-    ("small_blobs", "{count} x 4 KiB blob push x{workers}", "blobs/s", True, 1.0),
+    ("pull", "pull {size} blob, plain HTTP", "MiB/s", 1.2, "ratio"),
+    ("tls_pull", "pull {size} blob, TLS", "MiB/s", 1.0, "ratio"),
+    ("push_monolithic", "push {size} monolithic, plain HTTP", "MiB/s", 1.5, "ratio"),
+    ("push_monolithic", "  same, vs the disk's own rate", "x disk", 0.8, "disk"),
+    ("push_chunked", "push {size} in {chunk} PATCHes, plain HTTP", "MiB/s", 1.5, "ratio"),
+    ("push_chunked", "  same, vs the disk's own rate", "x disk", 0.8, "disk"),
+    ("tls_push", "push {size} monolithic, TLS", "MiB/s", 1.0, "ratio"),
+    ("webhook_ratio", "pushes with 5 webhook endpoints (4 live, 1 dead) / none", "ratio", 0.95, "self"),
+    ("webhook_drain", "webhook backlog drain, batch 1", "events/s", 3000, "abs"),
+    ("small_blobs", "{count} small blob pushes, {workers} clients", "blobs/s", 3.0, "ratio"),
+    ("skopeo_push", "skopeo push, 5 layers, {image} MiB", "MiB/s", 1.25, "ratio"),
+    ("skopeo_pull", "skopeo pull, 5 layers, {image} MiB", "MiB/s", 1.0, "ratio"),
+    ("rss_big", "peak RSS during {size} transfers", "MiB", 64, "max"),
+    ("rss_concurrent", "peak RSS during {parallel} concurrent {part} MiB pushes", "MiB", 64, "max"),
+    ("pull_verified", "pull {size} + client sha256 (no target)", "MiB/s", None, "ratio"),
+    ("manifest_get", "manifest GET x{conns} (no target)", "req/s", None, "ratio"),
+    ("blob_head", "blob HEAD x{conns} (no target)", "req/s", None, "ratio"),
+    ("concurrent", "{parallel} concurrent {part} MiB pushes (no target)", "MiB/s", None, "ratio"),
 ]
-BIG = ("push_monolithic", "push_chunked", "pull", "pull_verified")
-RSS_LIMIT_MIB = 64.0
+BIG = ("push_monolithic", "push_chunked", "pull", "pull_verified", "tls_push", "tls_pull")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="64 MiB blob, 2 s rate runs")
+    p.add_argument("--quick", action="store_true", help="64 MiB blob, 2 s rate runs, small extras")
     p.add_argument("--size-mib", type=int, help="big blob size in MiB (default 1024, or 64 with --quick)")
     p.add_argument("--chunk-mib", type=int, help="PATCH size in MiB (default 64, or 16 with --quick)")
     p.add_argument("--duration", type=float, help="seconds per req/s workload (default 5, or 2 with --quick)")
     p.add_argument("--connections", type=int, default=32, help="keep-alive connections for req/s workloads")
     p.add_argument("--small-count", type=int, default=500)
     p.add_argument("--small-workers", type=int, default=8)
+    p.add_argument("--image-mib", type=int, help="skopeo image size, 5 layers (default 300, or 40 with --quick)")
+    p.add_argument("--parallel", type=int, default=50, help="concurrent pushes for the RSS row")
+    p.add_argument("--part-mib", type=int, help="size of each concurrent push (default 50, or 8 with --quick)")
+    p.add_argument("--webhook-pushes", type=int, help="pushes per webhook run (default 1000, or 200 with --quick)")
+    p.add_argument("--webhook-rounds", type=int, default=2, help="alternating rounds per webhook configuration")
+    p.add_argument("--skip", action="append", default=[], choices=["tls", "skopeo", "webhooks", "profile",
+                                                                    "concurrent"], help="leave a group out")
     p.add_argument("--only", choices=KINDS, help="benchmark one server only")
     p.add_argument("--json", metavar="FILE", help="also write results as JSON")
     p.add_argument("--s3", action="store_true",
@@ -63,6 +82,9 @@ def parse_args(argv=None):
     a.size_mib = a.size_mib or (64 if a.quick else 1024)
     a.chunk_mib = a.chunk_mib or (16 if a.quick else 64)
     a.duration = a.duration or (2.0 if a.quick else 5.0)
+    a.image_mib = a.image_mib or (40 if a.quick else 300)
+    a.part_mib = a.part_mib or (8 if a.quick else 50)
+    a.webhook_pushes = a.webhook_pushes or (200 if a.quick else 1000)
     return a
 
 
@@ -89,84 +111,178 @@ class Measure:
         return False
 
 
+class Shared:
+    """Inputs made once per run and used for both servers."""
+
+    def __init__(self, args, tmp: str):
+        self.payload = w.make_payload(os.path.join(tmp, "payload.bin"), args.size_mib * MIB)
+        self.tmp = tmp
+        self.cert = self.key = None
+        if "tls" not in args.skip:
+            self.cert, self.key = x.make_certificate(tmp)
+        self.layout = None
+        if "skopeo" not in args.skip and shutil.which("skopeo"):
+            self.layout = x.make_oci_layout(os.path.join(tmp, "layout"), 5, args.image_mib * MIB // 5)
+        self.parts = []
+        if "concurrent" not in args.skip:
+            self.parts = x.slices(self.payload, args.parallel, args.part_mib * MIB)
+
+
 def s3_storage(moto) -> str:
     """The storage section for one server on its own bucket of the shared moto server."""
     return ("storage:\n" + moto.yaml(moto.new_bucket()) + "  delete:\n    enabled: true\n"
             + "  redirect:\n    disable: true\n")
 
 
-def bench_server(kind: str, args, payload: w.Payload, moto=None) -> dict:
+def bench_server(kind: str, args, shared: Shared, moto=None) -> dict:
     res: dict = {}
+    payload = shared.payload
+    mib = payload.size / MIB
+
+    def run(server, key, fn, unit="MiB/s", amount=mib, **extra):
+        try:
+            with Measure(server) as m:
+                secs = fn()
+            value = amount / secs
+            res[key] = {"value": value, "unit": unit, "peak_rss_mib": m.peak_mib, "server_cpu_s": m.cpu,
+                        "client_cpu_s": m.client_cpu, "seconds": secs, **extra}
+            log(f"[{kind}] {key}: {value:.1f} {unit}  (server peak RSS {m.peak_mib:.1f} MiB, "
+                f"server cpu {m.cpu:.2f} s, client cpu {m.client_cpu:.2f} s)")
+        except Exception as e:
+            res[key] = {"error": str(e)}
+            log(f"[{kind}] {key} FAILED: {e}")
+
     server = Server(kind, storage=s3_storage(moto) if moto is not None else None)
     try:
         log(f"[{kind}] starting on 127.0.0.1:{server.port}")
         server.start()
         res["idle_rss_mib"] = (read_rss_kib(server.pid) or 0) / 1024
         port = server.port
-        mib = payload.size / MIB
-
-        def record(key, value, unit, m, **extra):
-            res[key] = {"value": value, "unit": unit, "peak_rss_mib": m.peak_mib, "server_cpu_s": m.cpu,
-                        "client_cpu_s": m.client_cpu, **extra}
-            log(f"[{kind}] {key}: {value:.1f} {unit}  (server peak RSS {m.peak_mib:.1f} MiB, "
-                f"server cpu {m.cpu:.2f} s, client cpu {m.client_cpu:.2f} s)")
-
-        steps = [
-            ("push_monolithic", lambda: w.push_monolithic(port, payload)),
-            ("push_chunked", lambda: w.push_chunked(port, payload, args.chunk_mib * MIB)),
-            ("pull", lambda: w.pull(port, payload, verify=False)),
-            ("pull_verified", lambda: w.pull(port, payload, verify=True)),
-        ]
-        for key, fn in steps:
-            if key == "push_chunked":
-                # Remove the monolithic push's link so the chunked push lands on a
-                # repository that does not hold the blob (the bytes may stay).
-                try:
-                    w.delete_blob(port, payload.digest)
-                except Exception as e:
-                    log(f"[{kind}] blob DELETE before the chunked push failed (continuing): {e}")
-            try:
-                with Measure(server) as m:
-                    secs = fn()
-                record(key, mib / secs, "MiB/s", m, seconds=secs)
-            except Exception as e:
-                res[key] = {"error": str(e)}
-                log(f"[{kind}] {key} FAILED: {e}")
-
+        run(server, "push_monolithic", lambda: w.push_monolithic(port, payload))
+        try:
+            # The chunked push lands on a repository that no longer links the blob (the bytes may stay).
+            w.delete_blob(port, payload.digest)
+        except Exception as e:
+            log(f"[{kind}] blob DELETE before the chunked push failed (continuing): {e}")
+        run(server, "push_chunked", lambda: w.push_chunked(port, payload, args.chunk_mib * MIB))
+        run(server, "pull", lambda: w.pull(port, payload, verify=False))
+        run(server, "pull_verified", lambda: w.pull(port, payload, verify=True))
         try:
             image = w.push_image(port)
+            run(server, "manifest_get", lambda: _rate(w.manifest_gets(port, args.connections, args.duration)),
+                unit="req/s", amount=1)
+            run(server, "blob_head", lambda: _rate(w.blob_heads(port, image.layer_digest, args.connections,
+                                                                args.duration)), unit="req/s", amount=1)
         except Exception as e:
-            image = None
             res["manifest_get"] = res["blob_head"] = {"error": f"pushing the test image: {e}"}
-            log(f"[{kind}] image push FAILED: {e}")
-        if image is not None:
-            for key, fn in (("manifest_get", lambda: w.manifest_gets(port, args.connections, args.duration)),
-                            ("blob_head", lambda: w.blob_heads(port, image.layer_digest, args.connections,
-                                                               args.duration))):
-                try:
-                    with Measure(server) as m:
-                        r = fn()
-                    record(key, r.per_second, "req/s", m, requests=r.requests, errors=r.errors,
-                           p50_ms=r.p50_ms, p99_ms=r.p99_ms, statuses={str(k): v for k, v in r.statuses.items()})
-                    if r.errors:
-                        log(f"[{kind}] {key}: {r.errors} errors, statuses {r.statuses}")
-                except Exception as e:
-                    res[key] = {"error": str(e)}
-                    log(f"[{kind}] {key} FAILED: {e}")
+        small = {}
 
-        try:
-            with Measure(server) as m:
-                secs, mono = w.small_blobs(port, args.small_count, 4096, args.small_workers)
-            record("small_blobs", args.small_count / secs, "blobs/s", m, seconds=secs, monolithic_post=mono)
-        except Exception as e:
-            res["small_blobs"] = {"error": str(e)}
-            log(f"[{kind}] small_blobs FAILED: {e}")
+        def small_blobs():
+            secs, small["monolithic_post"] = w.small_blobs(port, args.small_count, 4096, args.small_workers)
+            return secs
+        run(server, "small_blobs", small_blobs, unit="blobs/s", amount=args.small_count)
+        if shared.layout:
+            run(server, "skopeo_push", lambda: x.skopeo_push(port, shared.layout), amount=args.image_mib)
+            run(server, "skopeo_pull", lambda: x.skopeo_pull(port, shared.tmp), amount=args.image_mib)
+        if shared.parts:
+            run(server, "concurrent", lambda: x.concurrent_pushes(port, payload, shared.parts, args.part_mib * MIB),
+                amount=args.parallel * args.part_mib)
         if server.proc.poll() is not None:
             log(f"[{kind}] server died:\n{server.log_tail()}")
     finally:
         log(f"[{kind}] stopping")
         server.stop()
+
+    if shared.cert:
+        server = Server(kind, x.tls_yaml(shared.cert, shared.key), tls=True,
+                        storage=s3_storage(moto) if moto is not None else None)
+        try:
+            log(f"[{kind}] starting with TLS on 127.0.0.1:{server.port}")
+            server.start()
+            run(server, "tls_push", lambda: x.tls_push(server.port, payload))
+            run(server, "tls_pull", lambda: x.tls_pull(server.port, payload))
+        except Exception as e:
+            res.setdefault("tls_push", {"error": str(e)})
+            log(f"[{kind}] TLS server FAILED: {e}")
+        finally:
+            server.stop()
+    peaks = [res[k]["peak_rss_mib"] for k in BIG if "peak_rss_mib" in res.get(k, {})]
+    if peaks:
+        res["rss_big"] = {"value": max(peaks), "unit": "MiB"}
+    if "peak_rss_mib" in res.get("concurrent", {}):
+        res["rss_concurrent"] = {"value": res["concurrent"]["peak_rss_mib"], "unit": "MiB"}
     return res
+
+
+def _rate(result):
+    """Adapt a loadgen result to run(): 'seconds' such that 1/seconds is the rate."""
+    return 1.0 / result.per_second if result.per_second else float("inf")
+
+
+def bench_webhooks(args) -> dict:
+    """regd only: push rate with 5 endpoints (4 live, 1 dead) against none, and backlog drain rate."""
+    import notifications as n
+    res: dict = {}
+    live = n.ReceiverProcess(4)
+    dead = f"http://127.0.0.1:{n.free_port()}/hook"
+    configurations = {"none": "", "5 endpoints": n.endpoints_yaml([live.url(i) for i in range(4)] + [dead])}
+    rates: dict = {label: [] for label in configurations}
+    try:
+        for round_number in range(args.webhook_rounds):
+            for label, extra in configurations.items():
+                server = Server("regd", extra)
+                try:
+                    server.start()
+                    n.push_blobs(server.port, 100, args.small_workers, f"warm-{label}-{round_number}")
+                    seconds, _ = n.push_blobs(server.port, args.webhook_pushes, args.small_workers,
+                                              f"{label}-{round_number}")
+                    rates[label].append(args.webhook_pushes / seconds)
+                    log(f"[regd] webhooks {label}, round {round_number}: {rates[label][-1]:.0f} pushes/s")
+                finally:
+                    server.stop()
+    finally:
+        live.stop()
+    import statistics
+    none, five = statistics.median(rates["none"]), statistics.median(rates["5 endpoints"])
+    res["webhook_ratio"] = {"value": five / none, "unit": "ratio", "none": none, "five": five}
+
+    port = n.free_port()
+    pushes = args.webhook_pushes * 2
+    server = Server("regd", n.endpoints_yaml([f"http://127.0.0.1:{port}/hook"]))
+    try:
+        server.start()
+        _, started = n.push_blobs(server.port, pushes, args.small_workers, "backlog")
+        time.sleep(1.0)
+        receiver = n.ReceiverProcess(1, [port])
+        begin = time.monotonic()
+        deadline = begin + 120
+        while len(arrived := receiver.digests()) < len(started) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        drained = max(arrived.values()) - begin if arrived else float("inf")
+        res["webhook_drain"] = {"value": len(arrived) / drained, "unit": "events/s", "events": len(arrived)}
+        log(f"[regd] webhook backlog drain: {len(arrived)} events at {len(arrived) / drained:.0f} events/s")
+        receiver.stop()
+    finally:
+        server.stop()
+    return res
+
+
+def profile_regd(args, shared: Shared) -> list[str]:
+    """py-spy's view of regd's CPU while it takes a monolithic and a chunked push."""
+    server = Server("regd")
+    out = os.path.join(shared.tmp, "profile.txt")
+    try:
+        server.start()
+        profiler = x.Profiler(server.pid, out)
+        try:
+            w.push_monolithic(server.port, shared.payload)
+            w.delete_blob(server.port, shared.payload.digest)
+            w.push_chunked(server.port, shared.payload, args.chunk_mib * MIB)
+        finally:
+            profiler.stop()
+    finally:
+        server.stop()
+    return x.summarize_profile(out)
 
 
 def verdict(ok: bool) -> str:
@@ -176,9 +292,11 @@ def verdict(ok: bool) -> str:
 def render(results: dict, args) -> str:
     size = f"{args.size_mib} MiB" if args.size_mib < 1024 else f"{args.size_mib / 1024:g} GiB"
     fmt_ctx = {"size": size, "chunk": f"{args.chunk_mib} MiB", "conns": args.connections,
-               "count": args.small_count, "workers": args.small_workers}
-    header = ("workload", "unit", "regd", "reference", "regd/ref", "target", "result")
+               "count": args.small_count, "workers": args.small_workers, "image": args.image_mib,
+               "parallel": args.parallel, "part": args.part_mib}
+    header = ("workload", "unit", "regd", "reference", "ratio", "target", "result")
     rows = []
+    disk = results.get("disk", {}).get("value")
 
     def val(kind, key, field="value"):
         entry = results.get(kind, {}).get(key)
@@ -189,31 +307,38 @@ def render(results: dict, args) -> str:
     def num(v, digits=1):
         return "-" if v is None else f"{v:,.{digits}f}"
 
-    for key, label, unit, _, target in ROWS:
+    for key, label, unit, target, how in ROWS:
         a, b = val("regd", key), val("reference", key)
-        ratio = a / b if a is not None and b else None
-        res = "-" if ratio is None or target is None else verdict(ratio >= target)
-        if "regd" in results and results["regd"].get(key, {}).get("error"):
+        ratio, shown_b = None, num(b)
+        if how == "ratio":
+            ratio = a / b if a is not None and b else None
+            target_text = "" if target is None else f">= {target:g}x"
+            ok = None if ratio is None or target is None else ratio >= target
+        elif how == "disk":
+            ratio = a / disk if a is not None and disk else None
+            shown_b = f"disk {num(disk)}"
+            target_text, ok = f">= {target:g}x disk", None if ratio is None else ratio >= target
+            a = a
+        elif how == "self":
+            ratio, shown_b = a, "-"
+            target_text, ok = f">= {target:g}", None if a is None else a >= target
+        elif how == "abs":
+            target_text, ok = f">= {target:g}", None if a is None else a >= target
+        else:  # max
+            ratio = a / b if a is not None and b else None
+            target_text, ok = f"regd <= {target:g}", None if a is None else a <= target
+        res = "" if ok is None else verdict(ok)
+        if results.get("regd", {}).get(key, {}).get("error"):
             res = "FAIL"
-        if target is None:
-            res = "FAIL" if res == "FAIL" else ""
-        rows.append((label.format(**fmt_ctx), unit, num(a), num(b), num(ratio, 2),
-                     "" if target is None else f">= {target:g}x", res))
+        rows.append((label.format(**fmt_ctx), unit, num(a, 2 if how == "self" else 1), shown_b, num(ratio, 2),
+                     target_text, res))
     rows.append(("", "", "", "", "", "", ""))
-    for key, label, *_ in ROWS:
-        a, b = val("regd", key, "peak_rss_mib"), val("reference", key, "peak_rss_mib")
-        ratio = a / b if a is not None and b else None
-        target, res = "", ""
-        if key in BIG:
-            target = f"regd <= {RSS_LIMIT_MIB:g}"
-            res = "-" if a is None else verdict(a <= RSS_LIMIT_MIB)
-        rows.append(("peak RSS: " + label.format(**fmt_ctx), "MiB", num(a), num(b), num(ratio, 2), target, res))
     a, b = results.get("regd", {}).get("idle_rss_mib"), results.get("reference", {}).get("idle_rss_mib")
-    rows.append(("RSS after start (idle)", "MiB", num(a), num(b),
-                 num(a / b if a is not None and b else None, 2), "", ""))
-    rows.append(("", "", "", "", "", "", ""))
+    rows.append(("RSS after start (idle)", "MiB", num(a), num(b), num(a / b if a and b else None, 2), "", ""))
     for key, label, *_ in ROWS:
         a, b = val("regd", key, "server_cpu_s"), val("reference", key, "server_cpu_s")
+        if a is None and b is None or label.startswith("  "):
+            continue
         rows.append(("server CPU s: " + label.format(**fmt_ctx), "s", num(a, 2), num(b, 2),
                      num(a / b if a is not None and b else None, 2), "", ""))
 
@@ -224,13 +349,20 @@ def render(results: dict, args) -> str:
     out.append(line(header))
     out.append("  ".join("-" * wd for wd in widths))
     out.extend(line(r) for r in rows)
-    out.append("Throughput/req/s ratios: higher is better. RSS/CPU ratios: lower is better.")
+    out.append("ratio: regd / reference (throughput: higher is better; RSS, CPU: lower is better); "
+               "'x disk': regd / a 1 GiB write+fsync to the same filesystem, timed in this run.")
     for kind, res in results.items():
+        if not isinstance(res, dict):
+            continue
         if "error" in res:
             out.append(f"ERROR {kind}: {res['error']}")
         for key, entry in res.items():
             if isinstance(entry, dict) and "error" in entry:
                 out.append(f"ERROR {kind} {key}: {entry['error']}")
+    if results.get("profile"):
+        out.append("")
+        out.append("regd CPU profile (py-spy) during the monolithic and chunked pushes:")
+        out.extend(results["profile"])
     return "\n".join(out)
 
 
@@ -270,16 +402,30 @@ def main(argv=None) -> int:
             moto = MotoServer().start()
             log(f"S3: moto server on {moto.endpoint}")
         t0 = time.perf_counter()
-        payload = w.make_payload(os.path.join(tmp, "payload.bin"), args.size_mib * MIB)
-        log(f"payload: {args.size_mib} MiB {payload.digest} ({time.perf_counter() - t0:.1f} s)")
+        shared = Shared(args, tmp)
+        log(f"inputs: {args.size_mib} MiB payload {shared.payload.digest} ({time.perf_counter() - t0:.1f} s)")
+        seconds = x.disk_rate(shared.payload, tempfile.gettempdir())
+        results["disk"] = {"value": args.size_mib / seconds, "unit": "MiB/s"}
+        log(f"disk: {args.size_mib} MiB written and fsynced in {seconds:.2f} s ({args.size_mib / seconds:.0f} MiB/s)")
         for kind in kinds:
             try:
-                results[kind] = bench_server(kind, args, payload, moto)
+                results[kind] = bench_server(kind, args, shared, moto)
             except KeyboardInterrupt:
                 raise
             except Exception as e:
                 traceback.print_exc()
                 results[kind] = {"error": str(e)}
+        if "regd" in kinds and "webhooks" not in args.skip:
+            try:
+                results.setdefault("regd", {}).update(bench_webhooks(args))
+            except Exception as e:
+                traceback.print_exc()
+                results["regd"]["webhook_ratio"] = {"error": str(e)}
+        if "regd" in kinds and "profile" not in args.skip:
+            try:
+                results["profile"] = profile_regd(args, shared)
+            except Exception as e:
+                results["profile"] = [f"(profile failed: {e})"]
     except KeyboardInterrupt:
         log("interrupted; servers stopped and temp dirs removed")
         return 130
@@ -289,6 +435,7 @@ def main(argv=None) -> int:
             moto.stop()
     if args.s3:
         print("storage: S3 (moto server, one bucket per registry, storage.redirect.disable: true)")
+    print(time.strftime("measured %Y-%m-%d %H:%M UTC", time.gmtime()))
     print(render(results, args))
     search_results = None
     if args.search:

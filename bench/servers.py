@@ -123,10 +123,11 @@ def config_yaml(port: int, root: str, reference: bool, storage: str | None = Non
 class Server:
     """One registry process with its own temp directory."""
 
-    def __init__(self, kind: str, extra_config: str = "", storage: str | None = None):
+    def __init__(self, kind: str, extra_config: str = "", storage: str | None = None, tls: bool = False):
         if kind not in ("regd", "reference"):
             raise ValueError(kind)
         self.kind = kind
+        self.tls = tls  # extra_config holds http.tls; readiness is checked over TLS
         self.tmp = tempfile.mkdtemp(prefix=f"bench-{kind}-")
         self.root = os.path.join(self.tmp, "data")
         os.mkdir(self.root)
@@ -165,7 +166,13 @@ class Server:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.kind} exited with {self.proc.returncode}:\n{self.log_tail()}")
-            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+            if self.tls:
+                import ssl
+                context = ssl.create_default_context()
+                context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+                conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=2, context=context)
+            else:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
             try:
                 conn.request("GET", "/v2/")
                 conn.getresponse().read()

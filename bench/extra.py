@@ -1,0 +1,295 @@
+"""
+Workloads added for issue 11: TLS push/pull, the disk's own rate, skopeo
+with a 5-layer image, 50 concurrent pushes (peak RSS), and a CPU profile of
+regd's pushes with py-spy.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import threading
+import time
+
+from workloads import MIB, REPO, Payload, location, with_digest
+
+# -- TLS ---------------------------------------------------------------------
+
+
+def make_certificate(directory: str) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 (both servers get the same one)."""
+    cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", key, "-out", cert], check=True, capture_output=True)
+    return cert, key
+
+
+def tls_yaml(cert: str, key: str) -> str:
+    return f"  tls:\n    certificate: {cert}\n    key: {key}\n"
+
+
+def _tls_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def tls_push(port: int, payload: Payload) -> float:
+    """POST, then PUT ?digest with the whole body over TLS (1 MiB writes). Returns seconds."""
+    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=600, context=_tls_context())
+    try:
+        t0 = time.perf_counter()
+        conn.request("POST", f"/v2/{REPO}/blobs/uploads/", headers={"Content-Length": "0"})
+        resp = conn.getresponse()
+        resp.read()
+        if resp.status != 202:
+            raise RuntimeError(f"POST: HTTP {resp.status}")
+        url = with_digest(location(resp), payload.digest)
+        conn.putrequest("PUT", url, skip_accept_encoding=True)
+        conn.putheader("Content-Type", "application/octet-stream")
+        conn.putheader("Content-Length", str(payload.size))
+        conn.endheaders()
+        with open(payload.path, "rb", buffering=0) as f:
+            buf = bytearray(MIB)
+            while True:
+                n = f.readinto(buf)
+                if not n:
+                    break
+                conn.sock.sendall(memoryview(buf)[:n])
+        resp = conn.getresponse()
+        body = resp.read()
+        if resp.status != 201:
+            raise RuntimeError(f"PUT: HTTP {resp.status}: {body[:200]!r}")
+        return time.perf_counter() - t0
+    finally:
+        conn.close()
+
+
+def tls_pull(port: int, payload: Payload) -> float:
+    """GET the blob over TLS into a reused 1 MiB buffer. Returns seconds."""
+    raw = socket.create_connection(("127.0.0.1", port))
+    sock = _tls_context().wrap_socket(raw)
+    try:
+        t0 = time.perf_counter()
+        sock.sendall(f"GET /v2/{REPO}/blobs/{payload.digest} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = sock.recv(65536)
+            if not data:
+                raise RuntimeError("closed before the headers")
+            head += data
+        cut = head.index(b"\r\n\r\n") + 4
+        got = len(head) - cut
+        if int(head[9:12]) != 200:
+            raise RuntimeError(f"GET: {head[:200]!r}")
+        view = memoryview(bytearray(MIB))
+        while got < payload.size:
+            n = sock.recv_into(view, min(MIB, payload.size - got))
+            if not n:
+                raise RuntimeError(f"closed after {got} bytes")
+            got += n
+        return time.perf_counter() - t0
+    finally:
+        sock.close()
+
+
+# -- the disk ----------------------------------------------------------------
+
+
+def disk_rate(payload: Payload, directory: str) -> float:
+    """Seconds to write the payload's bytes to a new file in C{directory} and fsync it."""
+    target = os.path.join(directory, "disk-rate.bin")
+    with open(payload.path, "rb", buffering=0) as source:
+        buf = bytearray(8 * MIB)
+        t0 = time.perf_counter()
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            while True:
+                n = source.readinto(buf)
+                if not n:
+                    break
+                os.write(fd, memoryview(buf)[:n])
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        seconds = time.perf_counter() - t0
+    os.unlink(target)
+    return seconds
+
+
+# -- skopeo ------------------------------------------------------------------
+
+
+def make_oci_layout(directory: str, layers: int, layer_size: int) -> str:
+    """An OCI image layout with C{layers} random layers; returns 'oci:DIR:bench'."""
+    blobs = os.path.join(directory, "blobs", "sha256")
+    os.makedirs(blobs)
+
+    def put(data: bytes) -> dict:
+        digest = hashlib.sha256(data).hexdigest()
+        with open(os.path.join(blobs, digest), "wb") as f:
+            f.write(data)
+        return {"digest": f"sha256:{digest}", "size": len(data)}
+
+    seed = os.urandom(MIB)
+    descriptors = []
+    for i in range(layers):
+        h = hashlib.sha256()
+        tmp = os.path.join(blobs, "tmp")
+        with open(tmp, "wb") as f:
+            for block in range(layer_size // MIB):
+                chunk = i.to_bytes(4, "little") + block.to_bytes(4, "little") + seed[8:]
+                f.write(chunk)
+                h.update(chunk)
+        os.rename(tmp, os.path.join(blobs, h.hexdigest()))
+        descriptors.append({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": f"sha256:{h.hexdigest()}",
+                            "size": layer_size // MIB * MIB})
+    config = put(json.dumps({"architecture": "amd64", "os": "linux",
+                             "rootfs": {"type": "layers", "diff_ids": [d["digest"] for d in descriptors]}}).encode())
+    manifest = put(json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                               "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
+                               "layers": descriptors}).encode())
+    with open(os.path.join(directory, "oci-layout"), "w") as f:
+        json.dump({"imageLayoutVersion": "1.0.0"}, f)
+    with open(os.path.join(directory, "index.json"), "w") as f:
+        json.dump({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                                                       **manifest, "annotations": {
+                                                           "org.opencontainers.image.ref.name": "bench"}}]}, f)
+    return f"oci:{directory}:bench"
+
+
+def skopeo(*args: str) -> float:
+    t0 = time.perf_counter()
+    done = subprocess.run(["skopeo", *args], capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"skopeo {' '.join(args)}: {done.stderr.strip()[-300:]}")
+    return time.perf_counter() - t0
+
+
+def skopeo_push(port: int, layout: str) -> float:
+    return skopeo("copy", "--quiet", "--dest-tls-verify=false", layout, f"docker://127.0.0.1:{port}/skopeo/img:bench")
+
+
+def skopeo_pull(port: int, scratch: str) -> float:
+    out = tempfile.mkdtemp(dir=scratch)
+    try:
+        return skopeo("copy", "--quiet", "--src-tls-verify=false", f"docker://127.0.0.1:{port}/skopeo/img:bench",
+                      f"oci:{out}:bench")
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+# -- 50 concurrent pushes ------------------------------------------------------
+
+
+def slices(payload: Payload, count: int, size: int) -> list[tuple[int, str]]:
+    """C{count} distinct (offset, digest) slices of the payload, each C{size} bytes."""
+    step = (payload.size - size) // max(count - 1, 1)
+    out = []
+    with open(payload.path, "rb") as f:
+        for i in range(count):
+            f.seek(i * step)
+            out.append((i * step, "sha256:" + hashlib.sha256(f.read(size)).hexdigest()))
+    return out
+
+
+def concurrent_pushes(port: int, payload: Payload, parts: list[tuple[int, str]], size: int) -> float:
+    """One monolithic push per slice, all at once (one thread each). Returns seconds."""
+    from workloads import Client
+    errors = []
+
+    def push(offset: int, digest: str):
+        client = Client(port)
+        try:
+            with open(payload.path, "rb") as f:
+                url = client.start_upload()
+                client.send_file("PUT", with_digest(url, digest), f.fileno(), offset, size,
+                                 {"Content-Type": "application/octet-stream"}, expect=(201,))
+        except Exception as e:
+            errors.append(e)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=push, args=part) for part in parts]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise RuntimeError(f"{len(errors)} pushes failed: {errors[0]}")
+    return time.perf_counter() - t0
+
+
+# -- CPU profile ---------------------------------------------------------------
+
+
+def py_spy() -> str | None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    candidates = [os.path.join(here, "..", ".venv", "bin", "py-spy"), shutil.which("py-spy")]
+    return next((c for c in candidates if c and os.access(c, os.X_OK)), None)
+
+
+class Profiler:
+    """py-spy record (collapsed stacks) of a process while a workload runs."""
+
+    def __init__(self, pid: int, out: str):
+        self.binary = py_spy()
+        self.out = out
+        self.proc = None
+        if self.binary:
+            self.proc = subprocess.Popen([self.binary, "record", "--pid", str(pid), "--format", "raw", "--rate", "200",
+                                          "--threads", "--output", out, "--nonblocking"],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1.0)
+
+    def stop(self):
+        if self.proc is not None:
+            self.proc.send_signal(2)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def summarize_profile(path: str, top: int = 12) -> list[str]:
+    """Self time per function and time per thread from py-spy's collapsed stacks."""
+    if not os.path.exists(path):
+        return ["(no profile: install py-spy into .venv to get one)"]
+    leaf: collections.Counter = collections.Counter()
+    threads: collections.Counter = collections.Counter()
+    total = 0
+    with open(path) as f:
+        for line in f:
+            stack, _, count = line.rstrip("\n").rpartition(" ")
+            if not stack:
+                continue
+            n = int(count)
+            frames = stack.split(";")
+            total += n
+            threads[frames[0]] += n
+            leaf[_short(frames[-1])] += n
+    if not total:
+        return ["(empty profile)"]
+    lines = ["samples by thread:"]
+    lines += [f"  {n / total:6.1%}  {name}" for name, n in threads.most_common(6)]
+    lines.append("self time by function (on-CPU samples, all threads):")
+    lines += [f"  {n / total:6.1%}  {name}" for name, n in leaf.most_common(top)]
+    return lines
+
+
+def _short(frame: str) -> str:
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")")
+    parts = where.split("/")
+    return f"{name} ({'/'.join(parts[-2:])})"

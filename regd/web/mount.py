@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.web.test_mount -*-
+# -*- test-case-name: tests.web.test_pages -*-
 """
 Where the UI sits in the resource tree: `/ui/...` goes to the web pages,
 everything else to the registry API unchanged. `GET /` keeps answering load

@@ -53,7 +53,9 @@ class PendingReferences:
         note = uuid.uuid4().hex
         body = json.dumps({"repository": repository, "created": self._clock.seconds(),
                            "digests": sorted({str(d) for d in digests})}).encode()
-        await self._driver.put_content(paths.pending_note(note), body)
+        # Not fsynced where the driver can skip it: a note only matters while its writer lives.
+        write = getattr(self._driver, "put_transient", None) or self._driver.put_content
+        await write(paths.pending_note(note), body)
         try:
             yield
         finally:

@@ -344,6 +344,30 @@ class FilesystemDriver:
             raise
         _fsync_dir(directory)
 
+    def put_transient(self, path: str, data: bytes):
+        """
+        Deferred[None]: write a small object atomically but not durably
+        (optional capability): for notes that matter only while the process
+        that wrote them lives, such as pending-reference notes, where two
+        fsyncs would double the cost of a push.
+        """
+        return self._deferred(self._put_transient, path, data)
+
+    def _put_transient(self, path, data):
+        full = self._full(path)
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+        temp = f"{full}.{uuid.uuid4().hex}.tmp"
+        try:
+            with open(temp, "xb") as f:
+                f.write(data)
+            os.replace(temp, full)
+        except BaseException:
+            try:
+                os.unlink(temp)
+            except FileNotFoundError:
+                pass
+            raise
+
     def stat(self, path: str):
         return self._deferred(self._stat, path, runner=self._read)
 

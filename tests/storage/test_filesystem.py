@@ -23,6 +23,12 @@ class FilesystemTests(SynchronousTestCase):
             found.extend(os.path.relpath(os.path.join(directory, f), self.root) for f in files)
         return sorted(found)
 
+    def test_put_transient_replaces_atomically_and_leaves_no_temporary_files(self):
+        for i in range(3):
+            self.successResultOf(self.driver.put_transient("regd/gc/pending/n", b"v%d" % i))
+        self.assertEqual(self.all_files(), ["regd/gc/pending/n"])
+        self.assertEqual(self.successResultOf(self.driver.get_content("regd/gc/pending/n")), b"v2")
+
     def test_put_content_leaves_no_temporary_files(self):
         for i in range(3):
             self.successResultOf(self.driver.put_content("a/b/link", b"v%d" % i))

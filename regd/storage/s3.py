@@ -55,6 +55,8 @@ SEGMENTED = "x-amz-meta-regd-segmented"
 # rather than retry it (a retried copy only adds load to a busy server).
 COPY_TIMEOUT = 900.0
 LOGICAL_SIZE = "x-amz-meta-regd-size"
+# Beside an object too big to copy onto itself cheaply: its time is the object's "last used" time.
+TOUCHED = ".regdtouched"
 
 
 def _check(path: str) -> str:
@@ -513,7 +515,12 @@ class S3Driver:
     async def stat(self, path: str):
         found = await self._head(path)
         if found is not None:
-            return FileInfo(path, found.size, found.modified, False)
+            modified = found.modified
+            if found.size > self.copy_threshold and not found.segmented:
+                marker = await self._head(path + TOUCHED)
+                if marker is not None:
+                    modified = max(modified, marker.modified)
+            return FileInfo(path, found.size, modified, False)
         entries = await self._list_page(self._key(path) + "/", delimiter="/", limit=1)
         if entries[0] or entries[1]:
             return FileInfo(path, 0, 0.0, True)
@@ -548,7 +555,7 @@ class S3Driver:
         directories, files = await self._list_all(prefix, "/")
         dirs = [d[len(prefix):].rstrip("/") for d in directories]
         names = [k[len(prefix):] for k, _ in files]
-        return sorted(d for d in dirs if d), sorted(n for n in names if n)
+        return sorted(d for d in dirs if d), sorted(n for n in names if n and not n.endswith(TOUCHED))
 
     @_run
     async def list(self, path: str):
@@ -561,7 +568,7 @@ class S3Driver:
     async def delete(self, path: str):
         key = self._key(path)
         _, files = await self._list_all(key)
-        doomed = [k for k, _ in files if k == key or k.startswith(key + "/")]
+        doomed = [k for k, _ in files if k == key or k.startswith(key + "/") or k == key + TOUCHED]
         if not doomed:
             raise PathNotFound(path)
         for k in list(doomed):
@@ -598,7 +605,9 @@ class S3Driver:
             raise PathNotFound(source)
         pieces = await self._pieces(source) if found.segmented else [_Piece(source, 0, found.size, True)]
         await self._compose(pieces, destination)
-        await self._delete_keys([self._key(source)] + [self._key(p.path) for p in pieces if p.path != source])
+        # (A touch marker left beside the source goes too: the copy is new, its time is now.)
+        await self._delete_keys([self._key(source), self._key(source) + TOUCHED]
+                                + [self._key(p.path) for p in pieces if p.path != source])
 
     @_run
     async def touch(self, path: str):
@@ -609,7 +618,12 @@ class S3Driver:
             raw = (await self.client.request("GET", self._key(path))).body
             await self._put_index(path, json.loads(raw)["segments"])
             return
-        # S3 has no utime: copy the object onto itself with fresh metadata.
+        if found.size > self.copy_threshold:
+            # Copying a big object onto itself costs a full server-side copy: a small marker
+            # beside it carries the time instead (stat reports the later of the two).
+            await self.client.request("PUT", self._key(path + TOUCHED), headers=self._write_headers(), body=b"")
+            return
+        # S3 has no utime: copy a small object onto itself with fresh metadata.
         await self._compose([_Piece(path, 0, found.size, True)], path,
                             extra={"x-amz-metadata-directive": "REPLACE",
                                    "x-amz-meta-regd-touched": str(int(time.time()))})

@@ -150,11 +150,22 @@ class S3DriverTests(TestCase):
         await self.driver.truncate(upload, 3 * PART)
         self.assertEqual(await self.driver.get_content(upload), (first + second)[:3 * PART])
 
-    async def test_touch_a_large_blob_copies_it_onto_itself(self):
-        data = os.urandom(2 * PART + 3)
-        await self.driver.put_content("blob", data)
-        await self.driver.touch("blob")
-        self.assertEqual(await self.driver.get_content("blob"), data)
+    async def test_touch_a_large_blob_marks_it_without_copying(self):
+        from twisted.internet import task
+        data = os.urandom(2 * PART + 3)  # above the copy threshold
+        blob = "docker/registry/v2/blobs/sha256/ab/abcd/data"
+        await self.driver.put_content(blob, data)
+        before = (await self.driver.stat(blob)).modified
+        await task.deferLater(reactor, 1.1, lambda: None)  # S3 times have whole seconds
+        await self.driver.touch(blob)
+        self.assertGreater((await self.driver.stat(blob)).modified, before)
+        self.assertEqual(self.keys("prod/docker/registry/v2/blobs/"), ["prod/" + blob, "prod/" + blob + ".regdtouched"])
+        self.assertEqual(await self.driver.list("docker/registry/v2/blobs/sha256/ab/abcd"), ["data"])
+        self.assertEqual(await self.driver.get_content(blob), data)
+        await self.driver.move(blob, "elsewhere/data")
+        self.assertEqual(self.keys("prod/docker/"), [])
+        await self.driver.delete("elsewhere/data")
+        self.assertEqual(self.keys(), [])
 
     async def test_presigned_redirect_url_serves_the_blob(self):
         await self.driver.put_content("docker/registry/v2/blobs/x/data", b"the bytes")

@@ -32,6 +32,19 @@ class TapTests(SynchronousTestCase):
         self.assertIn(tap.ThreadPoolService, kinds)
         self.assertIn(TimerService, kinds)
 
+    def test_the_index_is_built_unless_search_and_ui_are_both_off(self):
+        from regd.index.upkeep import IndexService
+        root = os.path.abspath(self.mktemp())
+        base = f"version: 0.1\nhttp:\n  addr: 127.0.0.1:0\nstorage:\n  filesystem:\n    rootdirectory: {root}\n"
+        for extra, expected in [("", True), ("search: {enabled: false}\n", True),
+                                ("search: {enabled: false}\nui: {enabled: false}\n", False)]:
+            options = tap.Options()
+            options.parseOptions(["--config", self.write_config(base + extra)])
+            upkeep = [s for s in tap.makeService(options) if isinstance(s, IndexService)]
+            self.assertEqual(bool(upkeep), expected, extra)
+            if upkeep:
+                self.assertEqual(upkeep[0].index._path, os.path.join(root, "regd", "index", "index.db"))
+
     def test_bad_configuration_is_one_line_and_exit_1(self):
         options = tap.Options()
         stderr = []

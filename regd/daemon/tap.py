@@ -160,7 +160,8 @@ def makeService(options) -> service.MultiService:
             metrics.register(FailedLoginsCollector(passwords.failures))
         authorize_admin = admin_authorizer(section, access, passwords)
     notifications = add_notifications(root, registry, config, reactor, metrics, authorize_admin)
-    add_index(root, registry, config, reactor)
+    if config.search.enabled or config.ui.enabled:
+        add_index(root, registry, config, reactor)
     api = RegistryAPI(registry, urls, access, issuer)
     api.search_enabled = config.search.enabled
     resource = api.resource()

@@ -73,6 +73,20 @@ class InstancesTests(IndexCase):
         self.assertEqual([r.name for r in self.wait(first.search("app")).items], ["app"])
         self.assertEqual(self.wait(first.totals()), (1, 0, 1))
 
+    def test_a_refresh_with_nothing_new_keeps_the_lists_in_memory(self):
+        from regd.index import store
+        self.wait(push_image(self.registry, "app", "v1"))
+        self.wait(self.index.search("app"))
+        before = self.index._snapshot
+        self.clock.advance(5)
+        self.wait(defer.ensureDeferred(self.index.refresh()))
+        self.wait(self.index.search("app"))
+        self.assertIs(self.index._snapshot, before)
+        self.wait(push_image(self.registry, "app", "v2", layers=(b"2",)))
+        self.wait(self.index.search("app"))
+        self.assertIsNot(self.index._snapshot, before)
+        self.assertEqual(self.index._snapshot.version, store.Snapshot.version_of(self.index._db))
+
     def test_old_markers_are_pruned(self):
         self.wait(push_image(self.registry, "app", "v1"))
         self.assertTrue(self.wait(self.driver.list(paths.INDEX_CHANGES)))

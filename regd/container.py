@@ -8,7 +8,7 @@ is a drop-in for registry:2:
   `garbage-collect [options] CONFIG` and any other regd subcommand; anything
   else is executed as given;
 - started as root (the default), the storage root is made the `registry`
-  user's (so a fresh bind-mounted host directory just works), the daemon reads
+  user's before any command (so a fresh bind-mounted host directory just works), the daemon reads
   its configuration, certificate and key as root, and twistd then switches to
   that user before serving; other subcommands switch before they run. Started
   with `--user`, nothing is changed and nobody is switched;
@@ -160,19 +160,22 @@ def main(argv: list[str] | None = None) -> int:
     args = command_line(list(sys.argv[1:] if argv is None else argv))
     if args is None:
         given = sys.argv[1:] if argv is None else argv
-        os.execvp(given[0], given)
+        try:
+            os.execvp(given[0], given)
+        except OSError as e:
+            print(f"regd: cannot run {given[0]}: {e.strerror or e} (the image has no shell)", file=sys.stderr)
+            return 127
     from regd import cli
     if args[0] == "healthcheck":
         return healthcheck(args[1] if len(args) > 1 else None)
     account = _account() if os.getuid() == 0 else None
+    config = _config_argument(args) or os.environ.get("REGISTRY_CONFIGURATION_PATH") or DEFAULT_CONFIG
+    if account is not None and not args[0].startswith("-"):
+        root = _storage_root(config)
+        if root:
+            own_storage_root(root, account.pw_uid, account.pw_gid)
     if args[0] == "serve":
-        config = _config_argument(args) or os.environ.get("REGISTRY_CONFIGURATION_PATH") or DEFAULT_CONFIG
-        twistd = []
-        if account is not None:
-            root = _storage_root(config)
-            if root:
-                own_storage_root(root, account.pw_uid, account.pw_gid)
-            twistd = ["--uid", str(account.pw_uid), "--gid", str(account.pw_gid)]
+        twistd = ["--uid", str(account.pw_uid), "--gid", str(account.pw_gid)] if account is not None else []
         return cli.serve(config, twistd)
     if account is not None:
         _drop_privileges(account)

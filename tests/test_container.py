@@ -82,3 +82,12 @@ class StorageRootOwnerTests(SynchronousTestCase):
             root = os.path.join(parent, "data")
             container.own_storage_root(root, os.getuid(), os.getgid(), lambda line: None)
             self.assertTrue(os.path.isdir(root))
+
+
+class ExecTests(SynchronousTestCase):
+    def test_a_missing_program_is_one_line_and_127(self):
+        said = []
+        self.patch(container.sys, "stderr", type("W", (), {"write": lambda self, t: said.append(t),
+                                                           "flush": lambda self: None})())
+        self.assertEqual(container.main(["no-such-program-in-this-image"]), 127)
+        self.assertIn("regd: cannot run no-such-program-in-this-image", "".join(said))

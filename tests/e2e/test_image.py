@@ -118,8 +118,10 @@ def containers(docker_daemon):
         return container.start()
 
     yield start
-    for name in started:
-        docker_daemon.docker("rm", "-f", name, check=False)
+    removing = [subprocess.Popen(["docker", "rm", "-f", name], env=docker_daemon.env, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL) for name in started]
+    for process in removing:
+        process.wait(timeout=120)
 
 
 @pytest.fixture(scope="module")

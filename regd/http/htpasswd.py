@@ -108,6 +108,11 @@ class HtpasswdAccess:
         self._verified.clear()
         log.info("htpasswd reloaded: {count} users", count=len(self._users))
 
+    def knows(self, user: str) -> bool:
+        """Whether C{user} is (still) in the file; web sessions of removed users end with it."""
+        self._reload_if_changed()
+        return user in self._users
+
     def challenge(self) -> Unauthorized:
         return Unauthorized(headers={"WWW-Authenticate": f'Basic realm="{self.realm}", charset="UTF-8"'})
 

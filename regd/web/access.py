@@ -55,6 +55,15 @@ class WebAccess:
     def actions(self, user: str | None, name: str) -> frozenset:
         return frozenset(self._actions_for(user, name))
 
+    def current(self, user: str | None) -> str | None:
+        """
+        C{user} while the password file still has them, else None (anonymous):
+        a session's user is checked once per request, not once per repository.
+        """
+        if user is not None and self.passwords is not None and not self.passwords.knows(user):
+            return None
+        return user
+
     def may_pull(self, user: str | None, name: str) -> bool:
         return "pull" in self.actions(user, name)
 

@@ -110,7 +110,7 @@ class WebUI:
 
     async def _user(self, request) -> str | None:
         session = await self._session(request)
-        return session.user if session is not None else None
+        return self.access.current(session.user) if session is not None else None
 
     async def _form_session(self, request) -> Session:
         """The session a form is bound to; starts an anonymous one when there is none."""
@@ -151,7 +151,7 @@ class WebUI:
             session = await self._form_session(request)  # the header's log-in/out forms need a token
         csrf = (await self.signer()).csrf_token(session) if session is not None else ""
         body = self.env.get_template(template).render(
-            title=self.settings.title, root=self.root, user=session.user if session else None,
+            title=self.settings.title, root=self.root, user=self.access.current(session.user) if session else None,
             login_supported=self.access.login_supported, csrf=csrf, term=values.pop("term", ""),
             next_url=_here(request), **values).encode("utf-8")
         request.setResponseCode(status)
@@ -268,7 +268,7 @@ class WebUI:
     async def description(self, request, name):
         await self._require_pull(request, name)
         session, form = await self._check_form(request)
-        if not self.access.is_admin(session.user):
+        if not self.access.is_admin(self.access.current(session.user)):
             raise PageError(403, "Not allowed", "Only an admin may set descriptions.",
                             login=session.user is None and self.access.login_supported)
         text = form.get("description", "").strip()
@@ -291,7 +291,7 @@ class WebUI:
         user = await self._require_pull(request, name)
         if request.method == b"POST":
             session, form = await self._check_form(request)
-            user = session.user
+            user = self.access.current(session.user)
         else:
             form = {"reference": _arg(request, "reference") or ""}
         reference = form.get("reference", "")

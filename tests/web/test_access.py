@@ -53,6 +53,17 @@ class WebAccessTests(SynchronousTestCase):
         self.assertFalse(access.may_pull(None, "x"))
         self.assertTrue(self.successResultOf(check(access, "alice", "wonderland")))
 
+    def test_a_user_removed_from_the_file_loses_their_rights_at_once(self):
+        access = web_access(self.passwords, admins={"alice"})
+        self.assertEqual(access.current("alice"), "alice")
+        write_htpasswd(self.passwords.path, {"bob": "builder"})
+        os.utime(self.passwords.path, ns=(0, 1))  # a different stamp even within one clock tick
+        self.assertIsNone(access.current("alice"))
+        self.assertFalse(access.may_pull(access.current("alice"), "x"))
+        self.assertFalse(access.is_admin(access.current("alice")))
+        self.assertEqual(access.current("bob"), "bob")
+        self.assertEqual(web_access(None).current("anyone"), "anyone")
+
     def test_wrong_passwords_are_slowed_down_by_the_auth_layer(self):
         access = web_access(self.passwords)
         d = check(access, "alice", "nope")

@@ -380,6 +380,16 @@ class HtpasswdPages(TestCase):
                                              form={"csrf": csrf_of(html), "description": "mine"})
         self.assertEqual(response.code, 403)
 
+    async def test_removing_a_user_ends_their_sessions(self):
+        await self.push("team/app", "1.0")
+        await self.login()
+        self.assertEqual((await self.server.page("/ui/r/team/app"))[0].code, 200)
+        write_htpasswd(self.access.path, {"bob": "builder"})
+        os.utime(self.access.path, ns=(0, 1))
+        response, html = await self.server.page("/ui/r/team/app")
+        self.assertEqual(response.code, 401)
+        self.assertNotIn('class="who"', html)
+
     async def test_a_forged_session_cookie_is_anonymous(self):
         await self.push("team/app", "1.0")
         await self.login()

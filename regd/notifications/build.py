@@ -49,6 +49,17 @@ def build_notifications(raw, *, reactor, default_journal: str, source_addr: str,
         delivery_journal = Journal(settings.journal, inline_runner, wallclock=time.time)
 
     def sink_factory(endpoint_settings):
+        if deliver:
+            # The lean client: deliveries cost little CPU (see rawsink).
+            from regd.notifications.httpsink import ReceiverTLSPolicy
+            from regd.notifications.rawsink import RawHTTPSink
+            policy = None
+            if endpoint_settings.ca_file or endpoint_settings.client_certificate:
+                policy = ReceiverTLSPolicy(endpoint_settings.ca_file, endpoint_settings.client_certificate,
+                                           endpoint_settings.client_key)
+            sink = RawHTTPSink(endpoint_settings, sink_reactor, policy)
+            pools.append(sink)
+            return sink
         client, connection_pool = make_client(sink_reactor, endpoint_settings)
         pools.append(connection_pool)
         return HTTPSink(endpoint_settings, client, sink_reactor)
@@ -62,4 +73,4 @@ def build_notifications(raw, *, reactor, default_journal: str, source_addr: str,
 
 def _close_pools(pools):
     from twisted.internet import defer
-    return defer.gatherResults([p.closeCachedConnections() for p in pools])
+    return defer.gatherResults([p.close() if hasattr(p, "close") else p.closeCachedConnections() for p in pools])

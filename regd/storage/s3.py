@@ -227,9 +227,8 @@ class S3Spool:
     def _sent(self, _):
         self._sending = None
         if self._failure is None and self._buffered >= self._driver.chunksize and not self.closed:
-            self._send_part()
-        else:
-            self._resume()
+            self._send_part()  # the next part was waiting: it goes, and its room fills meanwhile
+        self._resume()
 
     async def finish(self):
         """

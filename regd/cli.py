@@ -126,6 +126,9 @@ async def garbage_collect(reactor, options) -> int:
           f"({report.bytes_freed} bytes), {len(report.manifests_deleted)} manifests {verb}")
     if report.links_pruned:
         print(f"{report.links_pruned} repository links to blobs no longer stored removed")
+    if report.untagged_manifests_kept:
+        print(f"{len(report.untagged_manifests_kept)} manifests no tag reaches were kept, with their blobs "
+              f"(they may still be pulled by digest); --delete-untagged removes them")
     kept = grace_summary(report, options.grace)
     if kept:
         print(kept)

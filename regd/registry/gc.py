@@ -50,6 +50,8 @@ class Report:
     # Condemned, then found in use by a push that went on meanwhile, and put back.
     blobs_rescued: list = attrs.field(factory=list)
     manifests_rescued: list = attrs.field(factory=list)
+    # Without delete_untagged: manifests no tag reaches, kept (and so is what they reference).
+    untagged_manifests_kept: list = attrs.field(factory=list)  # (repository, digest)
     # Repository links (_layers) to blobs no longer stored, removed.
     links_pruned: int = 0
 
@@ -78,7 +80,9 @@ class GarbageCollector:
             for name in await self._registry.listing.repositories():
                 await self._unlink_untagged(name, report)
         traversed: set = set()
-        await self._mark(report.marked, traversed)
+        untagged = await self._mark(report.marked, traversed)
+        if not self.delete_untagged:
+            report.untagged_manifests_kept = untagged
         await self._sweep(report, traversed)
         if not self.dry_run:
             await self._prune_layer_links(report)
@@ -86,18 +90,34 @@ class GarbageCollector:
 
     # -- mark ------------------------------------------------------------
 
-    async def _mark(self, marked: set, traversed: set) -> None:
+    async def _mark(self, marked: set, traversed: set) -> list:
         """
         Add to C{marked} everything the links now in storage need: every
         revision and tag, their children and referrers. C{traversed} holds the
         (repository, manifest) pairs already followed, so marking again after
-        a change only reads what is new.
+        a change only reads what is new. Returns the (repository, digest) of
+        the revisions no tag reaches (kept, since they may be pulled by digest).
         """
+        untagged = []
         for name in await self._registry.listing.repositories():
-            roots = [d for d in await links.linked_digests(self._driver, paths.revisions(name))
-                     if (name, d) not in self._unlinked_in_dry_run]
-            roots += await self._tagged(name)
-            await self._closure(name, roots, marked, traversed)
+            revisions = [d for d in await links.linked_digests(self._driver, paths.revisions(name))
+                         if (name, d) not in self._unlinked_in_dry_run]
+            tagged = await self._tagged(name)
+            await self._closure(name, revisions + tagged, marked, traversed)
+            reach = self._reach(name, tagged)
+            untagged.extend((name, str(d)) for d in revisions if d not in reach)
+        return untagged
+
+    def _reach(self, name: str, roots) -> set[Digest]:
+        """Manifests reachable from C{roots}, from what marking already read (no storage access)."""
+        reached: set[Digest] = set()
+        pending = list(roots)
+        while pending:
+            digest = pending.pop()
+            if digest not in reached:
+                reached.add(digest)
+                pending.extend(self._children.get((name, digest), ()))
+        return reached
 
     async def _tagged(self, name: str) -> list[Digest]:
         found = []

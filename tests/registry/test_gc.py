@@ -125,6 +125,8 @@ class GCTests(SynchronousTestCase):
                                   subject={"mediaType": OCI, "digest": str(new), "size": 1},
                                   artifactType="application/vnd.example.sig")
         self.age_everything()
+        # Without --delete-untagged the run says what it keeps (the signature and the child are reached).
+        self.assertEqual(self.collect(grace=3600, dry_run=True).untagged_manifests_kept, [("app", str(old))])
         dry = self.collect(grace=3600, delete_untagged=True, dry_run=True)
         self.assertEqual({d for _, d in dry.manifests_deleted}, {str(old)})
         self.assertIn(str(Digest.of(b"old-layer")), dry.blobs_deleted)

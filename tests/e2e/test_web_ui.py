@@ -2,7 +2,8 @@
 The web UI in a real headless Chromium (Debian's chromium + chromedriver via
 Selenium) against regd under twistd with htpasswd users: anonymous refused,
 log in, search, open a repository, open a tag, delete a tag; and a session
-begun on one instance used on a second one sharing the storage. Each page is
+begun on one instance used on a second one sharing the storage; and, with
+the built-in token issuer, its users and rules deciding what pages show. Each page is
 saved as a screenshot in tests/artifacts/web/ (git-ignored); with
 REGD_UPDATE_SCREENSHOTS=1 also in docs/screenshots/, which the README links.
 """
@@ -301,3 +302,79 @@ def test_a_session_from_one_instance_works_on_another_sharing_storage(ui_registr
         assert _http(other, "GET", "/ui/r/tools/cli")[0] == 401
     finally:
         other.stop()
+
+
+class TokenUIRegd(RegdProcess):
+    """regd with the built-in token issuer: per-repository rules, anonymous pulls of public/*."""
+
+    def __init__(self, root, htpasswd: Path, cert: str, key: str, **kwargs):
+        super().__init__(root, **kwargs)
+        self.htpasswd, self.cert, self.key = htpasswd, cert, key
+
+    def config_text(self) -> str:
+        return super().config_text() + (
+            "auth:\n  token:\n"
+            f"    realm: http://{self.host}/auth/token\n    service: regd-ui\n    issuer: regd-ui-issuer\n"
+            f"    rootcertbundle: {self.cert}\n    builtin:\n      key: {self.key}\n      htpasswd: {self.htpasswd}\n"
+            "      access:\n"
+            "        - {names: ['public/*'], anonymous: true, actions: [pull]}\n"
+            "        - {names: ['*'], users: [alice], actions: ['*']}\n"
+            "        - {names: ['team/*'], users: [bob], actions: [pull]}\n")
+
+
+def _log_in(proc, user: str, password: str) -> str:
+    import re
+    from urllib.parse import urlencode
+    _, headers, html = _http(proc, "GET", "/ui/login")
+    cookie = headers["Set-Cookie"].split(";")[0]
+    csrf = re.search(r'name="csrf" value="([^"]+)"', html).group(1)
+    status, headers, _ = _http(proc, "POST", "/ui/login", cookie=cookie, form=True, body=urlencode(
+        {"csrf": csrf, "username": user, "password": password, "next": "/ui/"}).encode())
+    assert status == 303, status
+    return headers["Set-Cookie"].split(";")[0]
+
+
+def test_token_issuer_users_and_rules_decide_what_the_pages_show(e2e_tmp):
+    from tests.support.certs import token_signing_pair
+    work = Path(tempfile.mkdtemp(prefix="webui-token-", dir=e2e_tmp))
+    htpasswd = work / "htpasswd"
+    htpasswd.write_bytes(b"".join(name.encode() + b":" + bcrypt.hashpw(secret.encode(), bcrypt.gensalt(4)) + b"\n"
+                                  for name, secret in ((USER, PASSWORD), ("bob", "builder"))))
+    cert, key = token_signing_pair(str(work / "issuer"))
+    proc = TokenUIRegd(work / "root", htpasswd, cert, key, workdir=work)
+    proc.start()
+    try:
+        scope = "repository:public/tool:pull,push repository:team/app:pull,push"
+        answer = request("GET", f"{proc.url}/auth/token?service=regd-ui&scope={scope.replace(' ', '&scope=')}",
+                         headers=AUTH)
+        assert answer.status == 200, answer.describe()
+        token = {"Authorization": "Bearer " + answer.json()["token"]}
+        for name in ("public/tool", "team/app"):
+            _push_as(proc.url, name, token)
+        status, _, html = _http(proc, "GET", "/ui/")
+        assert status == 200 and "public/tool" in html and "team/app" not in html
+        assert _http(proc, "GET", "/ui/r/team/app")[0] == 401
+        assert _http(proc, "GET", "/ui/r/public/tool/-/tags/1")[0] == 200
+        bob = _log_in(proc, "bob", "builder")
+        assert _http(proc, "GET", "/ui/r/team/app", cookie=bob)[0] == 200
+        assert _http(proc, "GET", "/ui/r/team/app/-/delete?reference=1", cookie=bob)[0] == 403
+        alice = _log_in(proc, USER, PASSWORD)
+        assert _http(proc, "GET", "/ui/r/team/app/-/delete?reference=1", cookie=alice)[0] == 200
+    finally:
+        proc.stop()
+
+
+def _push_as(base: str, name: str, headers: dict) -> None:
+    def blob(data: bytes) -> dict:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        answer = request("POST", f"{base}/v2/{name}/blobs/uploads/?digest={digest}", data=data,
+                         headers={**headers, "Content-Type": "application/octet-stream"})
+        assert answer.status == 201, answer.describe()
+        return {"digest": digest, "size": len(data)}
+    document = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                           **blob(b'{"architecture":"amd64","os":"linux"}')},
+                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **blob(os.urandom(1000))}]}
+    answer = request("PUT", f"{base}/v2/{name}/manifests/1", data=json.dumps(document).encode(),
+                     headers={**headers, "Content-Type": document["mediaType"]})
+    assert answer.status == 201, answer.describe()

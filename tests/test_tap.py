@@ -45,6 +45,17 @@ class TapTests(SynchronousTestCase):
             if upkeep:
                 self.assertEqual(upkeep[0].index._path, os.path.join(root, "regd", "index", "index.db"))
 
+    def test_an_index_path_that_cannot_be_written_is_refused(self):
+        blocker = self.write_config("a file, not a directory")
+        options = tap.Options()
+        stderr = []
+        self.patch(sys, "stderr", type("W", (), {"write": lambda _self, text: stderr.append(text)})())
+        with self.assertRaises(SystemExit):
+            options.parseOptions(["--config", self.write_config(
+                f"storage:\n  inmemory: {{}}\nindex:\n  path: {blocker}/index.db\n")])
+        self.assertEqual(len(stderr), 1)
+        self.assertIn("index.path: cannot create", stderr[0])
+
     def test_bad_configuration_is_one_line_and_exit_1(self):
         options = tap.Options()
         stderr = []

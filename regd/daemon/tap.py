@@ -55,6 +55,7 @@ class Options(usage.Options):
                 self["tls"] = ReloadingServerContext(tls) if (tls.certificate or tls.key) else None
             self["auth"] = auth_settings(loaded.config, self["tls"] is not None)
             _check_storage_root(loaded.config.storage)
+            _check_index_path(loaded.config.index)
         except (ConfigError, NotificationConfigError, TLSConfigError, HtpasswdError, TokenConfigError,
                 ACMEConfigError) as e:
             sys.stderr.write(f"regd: configuration error: {e}\n")
@@ -78,6 +79,18 @@ def _check_storage_root(storage) -> None:
     except OSError as e:
         raise ConfigError(f"storage.filesystem.rootdirectory: {root} is not a writable directory "
                           f"({e.strerror or e})") from None
+
+
+def _check_index_path(index) -> None:
+    if not index.path:
+        return  # under the storage root, checked above
+    directory = os.path.dirname(os.path.abspath(index.path))
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"index.path: cannot create {directory} ({e.strerror or e})") from None
+    if not os.access(directory, os.W_OK) or (os.path.exists(index.path) and not os.access(index.path, os.W_OK)):
+        raise ConfigError(f"index.path: {index.path} is not writable")
 
 
 def listen_description(host: str, port: int) -> str:

@@ -29,8 +29,8 @@ ALLOWED = {
     "letsencrypt": {"units", "tls"},
     "health": {"units"},
 }
-# Modules that compose everything.
-COMPOSERS = {"tap", "cli"}
+# Modules that compose everything: the daemon, the command line, the container entrypoint.
+COMPOSERS = {"tap", "cli", "container"}
 # Third-party imports a part must not use (regd.oci is pure values).
 FORBIDDEN_EXTERNAL = {"oci": {"twisted", "klein", "treq", "werkzeug", "zope"}}
 

@@ -42,11 +42,11 @@ def build_notifications(raw, *, reactor, default_journal: str, source_addr: str,
         import time
 
         from regd.notifications.delivery import DeliveryThread
-        from regd.storage.threads import inline_runner
+        from twisted.internet.defer import maybeDeferred
         delivery = DeliveryThread(reactor)
         sink_reactor = delivery.reactor
         # Its own connection, used only in the delivery thread (SQLite WAL: readers and one writer at a time).
-        delivery_journal = Journal(settings.journal, inline_runner, wallclock=time.time)
+        delivery_journal = Journal(settings.journal, maybeDeferred, wallclock=time.time)
 
     def sink_factory(endpoint_settings):
         if deliver:

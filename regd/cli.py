@@ -202,10 +202,17 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"regd: --grace: {e}", file=sys.stderr)
         return 2
+    from regd.storage.interfaces import StorageUnavailable
     try:
-        load_config(options.config, os.environ)
+        loaded = load_config(options.config, os.environ)
+        if loaded.config.storage.driver == "s3":
+            from regd.storage.s3client import check_bucket
+            check_bucket(loaded.config.storage.s3)  # one line, not a traceback, when S3 cannot be used
     except ConfigError as e:
         print(f"regd: configuration error: {e}", file=sys.stderr)
+        return 1
+    except StorageUnavailable as e:
+        print(f"regd: storage.s3: {e}", file=sys.stderr)
         return 1
     codes = []
 
@@ -220,6 +227,9 @@ def main(argv=None) -> int:
             await run(reactor)
         except CacheUnavailable as e:
             print(f"regd: blob descriptor cache: {e}", file=sys.stderr)
+            codes.append(1)
+        except StorageUnavailable as e:
+            print(f"regd: storage: {e}", file=sys.stderr)
             codes.append(1)
 
     try:

@@ -119,3 +119,28 @@ class RegistryOnS3Tests(TestCase):
         await self.a.driver.put_content(paths.blob_data(layer), b"layer 0ne")  # bit rot
         problems = await StorageCheck(self.c, False).run()
         self.assertEqual([str(d) for d in problems.corrupt_blobs], [str(layer)])
+
+
+class CommandLineOnS3Tests(TestCase):
+    def run_cli(self, *args):
+        import subprocess
+        import sys
+        return subprocess.run([sys.executable, "-m", "regd.cli", *args], capture_output=True, text=True, timeout=120)
+
+    def test_fsck_and_garbage_collect_on_a_bucket(self):
+        server = shared_moto()
+        bucket = server.new_bucket()
+        config = self.mktemp()
+        with open(config, "w") as f:
+            f.write("storage:\n" + server.yaml(bucket, rootdirectory="/r"))
+        result = self.run_cli("fsck", config)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("0 blobs and 0 links checked", result.stdout)
+        result = self.run_cli("garbage-collect", "--dry-run", config)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        with open(config, "w") as f:
+            f.write("storage:\n" + server.yaml("no-such-bucket"))
+        result = self.run_cli("fsck", config)
+        self.assertEqual(result.returncode, 1)
+        self.assertEqual(result.stderr.strip().splitlines(),
+                         [f"regd: storage.s3: S3 at {server.endpoint}, bucket no-such-bucket: the bucket does not exist"])

@@ -264,6 +264,9 @@ class GarbageCollector:
                 continue
             if not await links.delete_if_present(self._driver, paths.condemned_blob(digest)):
                 continue  # taken back by a push that needed it
+            remove_empty = getattr(self._driver, "remove_empty_directory", None)
+            if remove_empty is not None:  # object stores have no directories to leave behind
+                await remove_empty(paths.blob_dir(digest))
             self._registry.manifests.forget(digest)
             report.blobs_deleted.append(str(digest))
             report.bytes_freed += candidates[digest]

@@ -101,6 +101,21 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _in_directory(directory: str, place):
+    """
+    Make C{directory}, then run C{place}; again if the directory vanished in
+    between (a garbage collection removes a blob's directory once it is
+    empty, see FilesystemDriver.remove_empty_directory).
+    """
+    for attempt in range(3):
+        os.makedirs(directory, exist_ok=True)
+        try:
+            return place()
+        except FileNotFoundError:
+            if attempt == 2 or os.path.isdir(directory):
+                raise
+
+
 @implementer(IBodySpool)
 class FileSpool:
     """
@@ -328,14 +343,16 @@ class FilesystemDriver:
     def _put_content(self, path, data):
         full = self._full(path)
         directory = os.path.dirname(full)
-        os.makedirs(directory, exist_ok=True)
         temp = f"{full}.{uuid.uuid4().hex}.tmp"
-        try:
+
+        def write():
             with open(temp, "xb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(temp, full)
+        try:
+            _in_directory(directory, write)
         except BaseException:
             try:
                 os.unlink(temp)
@@ -343,6 +360,21 @@ class FilesystemDriver:
                 pass
             raise
         _fsync_dir(directory)
+
+    def remove_empty_directory(self, path: str):
+        """
+        Deferred[bool]: remove a directory if, and only if, it is empty
+        (optional capability; atomic, so a concurrent writer either finds it
+        gone and makes it again, or keeps it). False if it held anything.
+        """
+        return self._deferred(self._remove_empty_directory, path)
+
+    def _remove_empty_directory(self, path):
+        try:
+            os.rmdir(self._full(path))
+        except OSError:
+            return False
+        return True
 
     def put_transient(self, path: str, data: bytes):
         """
@@ -416,9 +448,8 @@ class FilesystemDriver:
         finally:
             os.close(fd)
         directory = os.path.dirname(dst)
-        os.makedirs(directory, exist_ok=True)
         try:
-            os.replace(src, dst)
+            _in_directory(directory, lambda: os.replace(src, dst))
         except FileNotFoundError:
             if os.path.lexists(src):
                 raise
@@ -497,8 +528,7 @@ class FilesystemDriver:
         try:
             os.fsync(spool.fileno())
             directory = os.path.dirname(full)
-            os.makedirs(directory, exist_ok=True)
-            os.replace(spool.path, full)
+            _in_directory(directory, lambda: os.replace(spool.path, full))
             spool.adopted = True
             _fsync_dir(directory)
             return spool.size

@@ -92,6 +92,8 @@ class GCTests(SynchronousTestCase):
     def test_grace_zero_sweeps_at_once(self):
         orphan = self.blob("app", b"orphan")
         self.assertEqual(self.collect(grace=0).blobs_deleted, [str(orphan)])
+        self.assertFalse(os.path.exists(os.path.join(self.root, paths.blob_dir(orphan))))  # no empty directory
+        self.assertEqual(os.listdir(os.path.join(self.root, paths.CONDEMNED, "sha256")), [])
 
     def test_storage_check_is_clean_after_a_collection(self):
         from regd.registry.fsck import StorageCheck

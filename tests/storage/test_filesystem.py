@@ -23,6 +23,30 @@ class FilesystemTests(SynchronousTestCase):
             found.extend(os.path.relpath(os.path.join(directory, f), self.root) for f in files)
         return sorted(found)
 
+    def test_writes_survive_their_directory_being_removed_once_empty(self):
+        """A collection removes a blob's empty directory just as a writer made it: the writer makes it again."""
+        from regd.storage import filesystem
+        real = os.makedirs
+        undone = []
+
+        def makedirs_then_lose_it(name, *args, **kwargs):
+            real(name, *args, **kwargs)
+            if "/blobs/" in name and name not in undone and not os.listdir(name):
+                undone.append(name)
+                self.assertTrue(self.successResultOf(self.driver.remove_empty_directory(
+                    os.path.relpath(name, self.root))))
+        self.patch(filesystem.os, "makedirs", makedirs_then_lose_it)
+        self.successResultOf(self.driver.put_content("blobs/a/data", b"manifest"))
+        self.successResultOf(self.driver.put_content("uploads/u/data", b"layer"))
+        self.successResultOf(self.driver.move("uploads/u/data", "blobs/b/data"))
+        spool = self.driver.new_spool()
+        spool.write(b"whole")
+        self.assertEqual(self.successResultOf(self.driver.publish_spool(spool, "blobs/c/data")), 5)
+        self.assertEqual(len(undone), 3)
+        for name, data in (("a", b"manifest"), ("b", b"layer"), ("c", b"whole")):
+            self.assertEqual(self.successResultOf(self.driver.get_content(f"blobs/{name}/data")), data)
+        self.assertFalse(self.successResultOf(self.driver.remove_empty_directory("blobs/a")))
+
     def test_put_transient_replaces_atomically_and_leaves_no_temporary_files(self):
         for i in range(3):
             self.successResultOf(self.driver.put_transient("regd/gc/pending/n", b"v%d" % i))

@@ -26,6 +26,7 @@ class RegdService(service.MultiService):
         super().__init__()
         self.log_observer = log_observer
         self.reactor = reactor
+        self._stopping = False
 
     def startService(self):
         super().startService()
@@ -41,8 +42,18 @@ class RegdService(service.MultiService):
         import signal
 
         def stop(signum, frame):
+            self.reactor.callFromThread(stop_once)
+
+        def stop_once():
+            # A worker gets SIGTERM from systemd and again from its supervisor: stop once.
+            if self._stopping:
+                return
+            self._stopping = True
             log.info("SIGTERM received: stopping cleanly")
-            self.reactor.callFromThread(self.reactor.stop)
+            try:
+                self.reactor.stop()
+            except Exception:
+                pass  # already stopping
 
         signal.signal(signal.SIGTERM, stop)
 

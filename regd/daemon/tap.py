@@ -54,6 +54,9 @@ class Options(usage.Options):
             else:
                 self["tls"] = ReloadingServerContext(tls) if (tls.certificate or tls.key) else None
             self["auth"] = auth_settings(loaded.config, self["tls"] is not None)
+            if loaded.config.regd.workers > 1 and self["acme"] is not None:
+                raise ConfigError("regd.workers: several workers and http.tls.letsencrypt do not go together yet; "
+                                  "use certificate/key files (reloaded by every worker)")
             _check_storage_root(loaded.config.storage)
             _check_index_path(loaded.config.index)
         except (ConfigError, NotificationConfigError, TLSConfigError, HtpasswdError, TokenConfigError,
@@ -114,11 +117,18 @@ def makeService(options) -> service.MultiService:
 
     loaded = options["loaded"]
     config = loaded.config
-    for warning in loaded.warnings:
-        log.warn("configuration: {warning}", warning=warning)
+    from regd.daemon.workers import worker_index
+    worker = worker_index()
+    if worker is None:  # the supervisor (or the one process) says it once
+        for warning in loaded.warnings:
+            log.warn("configuration: {warning}", warning=warning)
 
     from regd.logging import make_observer
     root = RegdService(make_observer(config.log), reactor)
+    if config.regd.workers > 1 and worker is None:
+        return add_supervisor(root, options, config, reactor)
+    # Worker 0 (or the one process) also runs what runs once per host.
+    primary = worker in (None, 0)
     storage = config.storage
     if storage.driver == "inmemory":
         from regd.storage.memory import InMemoryDriver
@@ -172,7 +182,8 @@ def makeService(options) -> service.MultiService:
         if passwords is not None:
             metrics.register(FailedLoginsCollector(passwords.failures))
         authorize_admin = admin_authorizer(section, access, passwords)
-    notifications = add_notifications(root, registry, config, reactor, metrics, authorize_admin)
+    notifications = add_notifications(root, registry, config, reactor, metrics, authorize_admin,
+                                      deliver=primary)
     if config.search.enabled or config.ui.enabled:
         add_index(root, registry, config, reactor)
     api = RegistryAPI(registry, urls, access, issuer)
@@ -180,9 +191,12 @@ def makeService(options) -> service.MultiService:
     resource = api.resource()
     if config.ui.enabled:
         resource = add_web_ui(resource, registry, access, issuer, config, reactor, urls)
+    headers = dict(config.http.headers)
+    if worker is not None:
+        headers["X-Regd-Worker"] = (str(worker),)  # which worker answered (regd.workers)
     site = RegdSite(mount_at_prefix(resource, prefix), registry.new_spool,
                     spool_threshold=config.regd.spoolthreshold, max_body_size=config.regd.maxbodysize,
-                    extra_headers=config.http.headers, access_log=not config.log.accesslog_disabled,
+                    extra_headers=headers, access_log=not config.log.accesslog_disabled,
                     limits=connection_limits(config.regd.limits), timeout=config.regd.limits.idletimeout or None)
     tls = options["tls"]
     if tls is None:
@@ -196,9 +210,14 @@ def makeService(options) -> service.MultiService:
             add_acme(root, options["acme"], tls, config.http.tls, reactor)
     # Stopped newest first: the listener closes, then requests drain, then the rest.
     DrainService(site, config.http.draintimeout or DEFAULT_DRAIN, reactor).setServiceParent(root)
-    ListenerService(endpoint, site, "http.addr", config.http.addr).setServiceParent(root)
+    if worker is None:
+        ListenerService(endpoint, site, "http.addr", config.http.addr).setServiceParent(root)
+    else:
+        add_worker_listener(root, site, tls, config, reactor)
     health = add_health(root, registry, reactor, config.health, notifications, free_space_probe(config))
     api.health = health
+    if not primary:
+        return root
     if config.http.debug_addr:
         from regd.http.metrics import HTTPMetrics
         site.metrics = HTTPMetrics(metrics, site, registry.uploads)
@@ -234,6 +253,32 @@ def makeService(options) -> service.MultiService:
     internet.TimerService(purging.interval if purging.enabled else 24 * 3600.0, _run_logged,
                           purge).setServiceParent(root)
     return root
+
+
+def add_supervisor(root, options, config, reactor):
+    """regd.workers > 1: this process only starts, watches and stops the workers (regd.daemon.workers)."""
+    from regd.daemon.workers import WorkerSupervisor
+    argv = [sys.executable, "-m", "regd.cli", "serve"] + ([os.path.abspath(options["config"])]
+                                                          if options["config"] else [])
+    WorkerSupervisor(reactor, config.regd.workers, config.http.host_addr, config.http.port, argv,
+                     config.http.draintimeout or DEFAULT_DRAIN).setServiceParent(root)
+    return root
+
+
+def add_worker_listener(root, site, tls, config, reactor):
+    """A worker serves on the socket its supervisor opened (file descriptor 3), and stops if orphaned."""
+    import socket
+
+    from regd.daemon.workers import LISTEN_FD_ENV, PARENT_ENV, AdoptedListenerService, OrphanWatch
+    factory = site
+    if tls is not None:
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+        factory = TLSMemoryBIOFactory(tls, False, site)
+    family = socket.AF_INET6 if ":" in config.http.host_addr else socket.AF_INET
+    AdoptedListenerService(reactor, int(os.environ[LISTEN_FD_ENV]), family, factory).setServiceParent(root)
+    parent = os.environ.get(PARENT_ENV, "")
+    if parent.isdigit():
+        OrphanWatch(reactor, int(parent)).setServiceParent(root)
 
 
 def add_web_ui(api_resource, registry, access, issuer, config, reactor, urls):
@@ -298,7 +343,7 @@ def connection_limits(limits):
                             min_body_rate=limits.minbodyrate)
 
 
-def add_notifications(root, registry, config, reactor, metrics=None, authorize_admin=None):
+def add_notifications(root, registry, config, reactor, metrics=None, authorize_admin=None, deliver=True):
     """The webhook service, subscribed to registry events; None without endpoints."""
     from regd.notifications.build import build_notifications
     storage_root = (config.storage.filesystem.rootdirectory if config.storage.driver == "filesystem"
@@ -306,7 +351,9 @@ def add_notifications(root, registry, config, reactor, metrics=None, authorize_a
     service, admin, warnings = build_notifications(
         config.notifications, reactor=reactor,
         default_journal=os.path.join(storage_root, "regd", "notifications.sqlite3"),
-        source_addr=config.http.addr, metrics=metrics, authorize_admin=authorize_admin)
+        source_addr=config.http.addr, metrics=metrics, authorize_admin=authorize_admin,
+        # Every worker journals; one delivers (regd.workers: worker 0).
+        deliver=deliver)
     for warning in warnings:
         log.warn("configuration: {warning}", warning=warning)
     if service is None:

@@ -73,7 +73,8 @@ class Journal:
     def _open(self) -> None:
         directory = os.path.dirname(os.path.abspath(self._path))
         os.makedirs(directory, exist_ok=True)
-        db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+        # timeout: how long a writer waits for another process's transaction (regd.workers share the file).
+        db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None, timeout=30.0)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(SCHEMA)

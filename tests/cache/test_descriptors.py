@@ -142,8 +142,7 @@ class DescriptorCacheTests(SynchronousTestCase):
         collector = Instance(self.root)  # the separate `regd garbage-collect` process
         report = self.run_(GarbageCollector(collector.registry, WallClock(), grace=3600).run())
         self.assertEqual(report.blobs_deleted, [str(orphan)])
-        # The layer link survives GC; only the cache could still claim the bytes exist.
-        self.assertTrue(os.path.exists(os.path.join(self.root, paths.layer_link("app", orphan))))
+        self.assertFalse(os.path.exists(os.path.join(self.root, paths.blob_data(orphan))))
         failure = self.failureResultOf(defer.ensureDeferred(self.b.registry.blobs.stat("app", orphan)))
         failure.trap(BlobUnknown)
 

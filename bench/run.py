@@ -78,6 +78,9 @@ def parse_args(argv=None):
     p.add_argument("--search", action="store_true",
                    help="also run bench/search.py: docker search and the web pages over 10,000 repositories")
     p.add_argument("--search-only", action="store_true", help="run only bench/search.py")
+    p.add_argument("--workers", action="store_true",
+                   help="also measure regd.workers: 2 against 1 (bench/workers.py), after the throughput table")
+    p.add_argument("--workers-only", action="store_true", help="run only bench/workers.py")
     a = p.parse_args(argv)
     a.size_mib = a.size_mib or (64 if a.quick else 1024)
     a.chunk_mib = a.chunk_mib or (16 if a.quick else 64)
@@ -377,10 +380,27 @@ def search_benchmark(args) -> dict:
     return results
 
 
+def workers_benchmark(args) -> dict:
+    import workers
+    results = workers.run(duration=args.duration or 5.0, connections=args.connections)
+    print(workers.render(results))
+    return results
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _sigterm)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    if args.workers_only:
+        try:
+            results = workers_benchmark(args)
+        except KeyboardInterrupt:
+            log("interrupted; servers stopped and temp dirs removed")
+            return 130
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"args": vars(args), "workers": results}, f, indent=2)
+        return 0
     if args.search_only:
         try:
             results = search_benchmark(args)
@@ -444,9 +464,17 @@ def main(argv=None) -> int:
         except KeyboardInterrupt:
             log("interrupted; servers stopped and temp dirs removed")
             return 130
+    workers_results = None
+    if args.workers:
+        try:
+            workers_results = workers_benchmark(args)
+        except KeyboardInterrupt:
+            log("interrupted; servers stopped and temp dirs removed")
+            return 130
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"args": vars(args), "results": results, "search": search_results}, f, indent=2)
+            json.dump({"args": vars(args), "results": results, "search": search_results,
+                       "workers": workers_results}, f, indent=2)
     return 0
 
 

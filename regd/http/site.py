@@ -59,6 +59,10 @@ class RegdRequest(server.Request):
         if self.spool_factory is not None and (length is None or length >= self.spool_threshold):
             self.content = self.spool_factory()
             _read_in_large_pieces(self.channel)
+            if self.method != b"PATCH":  # this body ends its upload: no hash state to save
+                fast = getattr(self.content, "prefer_fast_hash", None)
+                if fast is not None:
+                    fast()
             set_producer = getattr(self.content, "set_producer", None)
             if set_producer is not None and self.channel is not None:
                 # A spool that sends bytes on (S3) pauses the socket while a full part waits.

@@ -147,6 +147,18 @@ class FileSpool:
             start_writeback(self._fd, self._flushed, self.size - self._flushed)
             self._flushed = self.size
 
+    def prefer_fast_hash(self) -> None:
+        """
+        Optional spool capability: hash with hashlib (OpenSSL, and it lets
+        other threads run meanwhile) instead of the resumable sha256, whose
+        state can be saved but which is slower and holds the interpreter
+        lock. For bodies that end an upload (PUT, monolithic POST): their
+        hash state is never saved.
+        """
+        if self.size == 0:
+            import hashlib
+            self.hasher = hashlib.sha256()
+
     def seek(self, offset: int, whence: int = 0) -> int:
         if whence == os.SEEK_SET:
             self._position = offset

@@ -74,6 +74,7 @@ class ConnectionGuard(policies.ProtocolWrapper):
     # accepting
 
     def makeConnection(self, transport):
+        self._addresses = (transport.getPeer(), transport.getHost())
         reason = self.site.connections.admit(self.peer)
         if reason is None:
             super().makeConnection(transport)
@@ -96,6 +97,11 @@ class ConnectionGuard(policies.ProtocolWrapper):
         if self._refused is None:
             self.site.connections.release(self.peer)
             super().connectionLost(reason)
+        # Reference cycles in twisted.web, Klein and werkzeug keep the protocols of a
+        # finished connection alive until a full garbage collection; this wrapper is the
+        # only one holding the socket's transport, and with it any unsent response bytes
+        # (a megabyte per aborted blob download). Let that go now.
+        self.transport = _ClosedTransport(self._addresses)
 
     # request head
 
@@ -151,6 +157,49 @@ class ConnectionGuard(policies.ProtocolWrapper):
             if timer is not None and timer.active():
                 timer.cancel()
         self._head_timer = self._body_timer = None
+
+
+class _ClosedTransport:
+    """What a connection's protocols see once it closed: addresses, and writes that go nowhere."""
+
+    connected = False
+    disconnecting = disconnected = True
+
+    def __init__(self, addresses):
+        self._peer, self._host = addresses
+
+    def getPeer(self):
+        return self._peer
+
+    def getHost(self):
+        return self._host
+
+    def write(self, data):
+        pass
+
+    def writeSequence(self, data):
+        pass
+
+    def loseConnection(self):
+        pass
+
+    def abortConnection(self):
+        pass
+
+    def registerProducer(self, producer, streaming):
+        producer.stopProducing()
+
+    def unregisterProducer(self):
+        pass
+
+    def pauseProducing(self):
+        pass
+
+    def resumeProducing(self):
+        pass
+
+    def stopProducing(self):
+        pass
 
 
 class ConnectionCounter:

@@ -44,6 +44,8 @@ class HTTPMetrics:
                                 registry=registry)
         self.bytes_out = Counter("regd_http_response_bytes", "Response body bytes sent", ["route"],
                                  registry=registry)
+        self.aborted = Counter("regd_http_requests_aborted", "Requests whose client hung up before the response ended",
+                               ["route", "method"], registry=registry)
         self.in_flight = Gauge("regd_http_requests_in_progress", "Requests being received or answered",
                                registry=registry)
         if site is not None:
@@ -59,6 +61,12 @@ class HTTPMetrics:
 
     def storage_error(self, request) -> None:
         self.storage_errors.labels(route_of(request.uri or b"")).inc()
+
+    def observe_aborted(self, request) -> None:
+        route = route_of(request.uri or b"")
+        self.aborted.labels(route, (request.method or b"?").decode("ascii", "replace")[:10]).inc()
+        self.bytes_in.labels(route).inc(getattr(request, "body_bytes", 0))
+        self.bytes_out.labels(route).inc(request.sentLength or 0)
 
     def observe(self, request) -> None:
         route = route_of(request.uri or b"")

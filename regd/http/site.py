@@ -44,6 +44,8 @@ class RegdRequest(server.Request):
         self.started = time.monotonic()
         self._received = 0
         self._too_large = False
+        self.aborted = False  # the client hung up before the response ended
+        self._processing = False
         # Counted from the request line on, so a body still arriving holds a shutdown back.
         site = getattr(channel, "site", None)
         if site is not None and hasattr(site, "request_started"):
@@ -97,6 +99,26 @@ class RegdRequest(server.Request):
                 + b"Content-Length: %d\r\n\r\n" % len(body) + body)
             transport.loseConnection()
 
+    def connectionLost(self, reason):
+        """
+        The client went away, maybe before the response ended (an aborted
+        pull). twisted.web leaves the producer registered, so the channel and
+        its pull-to-push adapter would keep each other (and the request)
+        until a full garbage collection; unregister it and drop the
+        transport (ConnectionGuard frees the socket's unsent bytes). An
+        unfinished request is logged and counted, as finished ones are.
+        """
+        channel = self.channel
+        if channel is not None and self.producer is not None:
+            channel.unregisterProducer()
+            self.producer = None
+        site = getattr(channel, "site", None) if channel is not None else None
+        super().connectionLost(reason)
+        self.transport = None
+        if site is not None and self._processing and not self.finished and hasattr(site, "aborted"):
+            self.aborted = True
+            site.aborted(self)
+
     def requestReceived(self, command, path, version):
         body_complete = getattr(self.channel.transport, "body_complete", None) if self.channel else None
         if body_complete is not None:
@@ -104,6 +126,7 @@ class RegdRequest(server.Request):
         super().requestReceived(command, path, version)
 
     def process(self):
+        self._processing = True
         self.setHeader(REQUEST_ID_HEADER, self.request_id.encode("ascii"))
         for name, values in self.extra_headers.items():
             self.responseHeaders.setRawHeaders(name, list(values))
@@ -212,11 +235,19 @@ class RegdSite(server.Site):
         if self.access_log:
             super().log(request)
 
+    def aborted(self, request) -> None:
+        """A request whose client hung up before the response ended: logged and counted like the others."""
+        if self.metrics is not None:
+            self.metrics.observe_aborted(request)
+        if self.access_log:
+            super().log(request)
+
 
 def access_log_line(timestamp: str, request) -> str:
     """The combined log format, plus the request id that the response header and events carry."""
     from twisted.web.http import combinedLogFormatter
-    return f"{combinedLogFormatter(timestamp, request)} request_id={getattr(request, 'request_id', '-')}"
+    line = f"{combinedLogFormatter(timestamp, request)} request_id={getattr(request, 'request_id', '-')}"
+    return line + " aborted=true" if getattr(request, "aborted", False) else line
 
 
 _TLS_HANDSHAKE = b"\x16\x03"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 
 import bcrypt
 from twisted.internet import task
@@ -27,8 +27,27 @@ from regd.oci.errors import Unauthorized
 log = Logger()
 
 _BCRYPT_PREFIXES = (b"$2y$", b"$2b$", b"$2a$")
-# A real bcrypt hash of a random password, checked for unknown users so they take as long as known ones.
-_DUMMY = bcrypt.hashpw(os.urandom(16), bcrypt.gensalt(10))
+_DUMMIES: dict[int, bytes] = {}
+
+
+def dummy_hash(users: dict[str, bytes]) -> bytes:
+    """
+    A bcrypt hash of a random password at the cost most of the file's entries
+    use, checked for unknown users: a dummy of another cost would answer them
+    measurably faster or slower, telling which user names exist.
+    """
+    costs = Counter(_cost(h) for h in users.values())
+    cost = costs.most_common(1)[0][0] if costs else 10
+    if cost not in _DUMMIES:
+        _DUMMIES[cost] = bcrypt.hashpw(os.urandom(16), bcrypt.gensalt(cost))
+    return _DUMMIES[cost]
+
+
+def _cost(hashed: bytes) -> int:
+    try:
+        return min(max(int(hashed[4:6]), 4), 31)
+    except ValueError:
+        return 10
 
 
 class HtpasswdError(Exception):
@@ -85,6 +104,7 @@ class HtpasswdAccess:
         self._clock = clock
         self.failures = failures or FailedLogins()
         self._users = parse_htpasswd(path)
+        self._dummy = dummy_hash(self._users)
         self._stamp = self._file_stamp()
         self._verified: OrderedDict[bytes, None] = OrderedDict()
 
@@ -105,6 +125,7 @@ class HtpasswdAccess:
         except HtpasswdError as e:
             log.error("htpasswd not reloaded, keeping the previous users: {error}", error=str(e))
             return
+        self._dummy = dummy_hash(self._users)
         self._verified.clear()
         log.info("htpasswd reloaded: {count} users", count=len(self._users))
 
@@ -136,7 +157,7 @@ class HtpasswdAccess:
         if stored is not None and key in self._verified:
             self._verified.move_to_end(key)
             return True
-        matched = await self._run(bcrypt.checkpw, password, stored if stored is not None else _DUMMY)
+        matched = await self._run(bcrypt.checkpw, password, stored if stored is not None else self._dummy)
         if matched and stored is not None:
             self._verified[key] = None
             if len(self._verified) > 10_000:

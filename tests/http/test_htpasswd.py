@@ -144,3 +144,29 @@ class HTTPTests(TestCase):
                                            f"{__import__('hashlib').sha256(b'x').hexdigest()}", b"x", auth)
         self.assertEqual(response.code, 201)
         self.assertEqual(server.listener.events[0].context.actor, "alice")
+
+
+class LoginTimingTests(TestCase):
+    """An unknown user name costs what a wrong password costs, so timing tells no names apart."""
+
+    async def test_unknown_users_take_as_long_as_wrong_passwords(self):
+        import statistics
+        import time
+
+        path = write_htpasswd(self.mktemp(), {f"user{i}": f"secret{i}" for i in range(3)}, rounds=6)
+        access = HtpasswdAccess("regd", path, lambda f, *a: defer.execute(f, *a), Clock())
+
+        async def attempt(user):
+            started = time.perf_counter()
+            self.assertFalse(await access._check(user, b"wrong password"))
+            return time.perf_counter() - started
+
+        known, unknown = [], []
+        for i in range(40):  # interleaved, so load on the machine hits both alike
+            known.append(await attempt(f"user{i % 3}"))
+            unknown.append(await attempt(f"nobody{i}"))
+        ratio = statistics.median(unknown) / statistics.median(known)
+        self.assertTrue(0.6 < ratio < 1.6, f"unknown/known median time ratio {ratio:.2f}")
+        # The distributions overlap: the fastest quarter of each reaches into the other's middle.
+        self.assertLess(sorted(unknown)[10], statistics.median(known) * 1.5)
+        self.assertLess(sorted(known)[10], statistics.median(unknown) * 1.5)

@@ -269,6 +269,7 @@ def test_crash_leftovers_heal_on_restart(regd):
     base = regd.url
     spools = regd.root / "regd" / "spool"
     stop = threading.Event()
+    acknowledged: list[tuple[str, str]] = []
 
     def writer(worker: int):
         n = 0
@@ -278,10 +279,14 @@ def test_crash_leftovers_heal_on_restart(regd):
                 push_image(base, f"heal/w{worker}", f"t{n}", os.urandom(16), 300_000)
             except (AssertionError, OSError):
                 return
+            acknowledged.append((f"heal/w{worker}", f"t{n}"))
 
     threads = [threading.Thread(target=writer, args=(i,)) for i in range(3)]
     for thread in threads:
         thread.start()
+    deadline = time.monotonic() + 30
+    while len(acknowledged) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
     answer = e2e_http.request("POST", f"{base}/v2/heal/big/blobs/uploads/")
     path = answer.headers["Location"].split(regd.host, 1)[1]
     with socket.create_connection(("127.0.0.1", regd.port), timeout=30) as upload:
@@ -307,7 +312,7 @@ def test_crash_leftovers_heal_on_restart(regd):
                           capture_output=True, text=True, timeout=120)
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
     assert "0 corrupt blobs, 0 bad links, 0 dangling links" in fsck.stdout, fsck.stdout
-    listed = 0
+    listed = set()
     for worker in range(3):
         answer = e2e_http.get(f"{base}/v2/heal/w{worker}/tags/list")
         if answer.status == 404:
@@ -315,5 +320,5 @@ def test_crash_leftovers_heal_on_restart(regd):
         for tag in answer.json()["tags"] or ():
             assert e2e_http.get(f"{base}/v2/heal/w{worker}/manifests/{tag}",
                                 headers={"Accept": OCI_MANIFEST}).status == 200, tag
-            listed += 1
-    assert listed > 0
+            listed.add((f"heal/w{worker}", tag))
+    assert len(acknowledged) >= 3 and set(acknowledged) <= listed, (acknowledged, listed)

@@ -169,7 +169,7 @@ def test_every_acknowledged_push_pulls_whole_after_grace_zero_collections(instan
     collected = sum(o.count("deleted blob ") for o in outputs)
     assert runs >= 3 and collected > 0, outputs  # the collections did run, and did delete
     assert "garbage collection:" in collecting.logs()
-    assert len(acknowledged) >= 10, (len(acknowledged), refused[:3])
+    assert len(acknowledged) >= 5, (len(acknowledged), refused[:3])
     for name, tag, digest in acknowledged:
         for base in bases:
             pull_whole(base, name, tag, digest)

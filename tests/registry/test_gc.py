@@ -338,6 +338,22 @@ class ConcurrentPushTests(SynchronousTestCase):
         self.other_collects(delete_untagged=True)()
         self.assert_whole("app", "v1", body)
 
+    def test_notes_of_a_killed_push_protect_for_their_lifetime_only(self):
+        from regd.registry import pending
+        orphan = self.blob("app", b"named by a push that was killed")
+        note = os.path.join(self.root, paths.pending_note("killed"))
+        os.makedirs(os.path.dirname(note), exist_ok=True)
+        with open(note, "w") as f:
+            json.dump({"repository": "app", "created": time.time() - 60, "digests": [str(orphan)]}, f)
+        report = self.collect(grace=0)
+        self.assertEqual(report.blobs_deleted, [])
+        self.assertTrue(self.exists(orphan))
+        with open(note, "w") as f:
+            json.dump({"repository": "app", "created": time.time() - pending.LIFETIME - 1,
+                       "digests": [str(orphan)]}, f)
+        self.assertEqual(self.collect(grace=0).blobs_deleted, [str(orphan)])
+        self.assertFalse(os.path.exists(note))  # expired notes are removed
+
     def test_collection_that_died_after_condemning_loses_nothing(self):
         image, _ = self.image("app", "v1", b"layer")
         self.registry.manifests.forget(image)

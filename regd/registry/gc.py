@@ -170,9 +170,17 @@ class GarbageCollector:
 
     # -- untagged manifests ----------------------------------------------
 
-    async def _tag_reach(self, name: str) -> set[Digest]:
-        """Manifests of C{name} a tag reaches, or a push now in progress names."""
-        reach = await self._closure(name, await self._tagged(name), set(), set())
+    async def _tag_reach(self, name: str, revisions) -> set[Digest]:
+        """
+        Manifests of C{name} a tag reaches, or a push now in progress names
+        (with what they lead to: children, referrers such as signatures).
+        """
+        roots = await self._tagged(name)
+        manifests = set(revisions)
+        for repository, digests in await self._pending.read():
+            if repository == name:
+                roots.extend(digests & manifests)  # layers named by a push are not followed
+        reach = await self._closure(name, roots, set(), set())
         for repository, digests in await self._pending.read():
             if repository == name:
                 reach |= digests
@@ -187,7 +195,7 @@ class GarbageCollector:
         revisions = await links.linked_digests(self._driver, paths.revisions(name))
         if not revisions:
             return
-        reach = await self._tag_reach(name)
+        reach = await self._tag_reach(name, revisions)
         doomed = []
         for digest in revisions:
             if digest in reach:
@@ -210,7 +218,15 @@ class GarbageCollector:
             await links.delete_if_present(self._driver, paths.revision_dir(name, digest))
             if subjects[digest] is not None:
                 await links.delete_if_present(self._driver, paths.referrer_dir(name, subjects[digest], digest))
-        reach = await self._tag_reach(name)
+        reach = await self._tag_reach(name, revisions)
+        # Referrers unlinked above left the referrers index: follow their subjects by hand.
+        grown = True
+        while grown:
+            grown = False
+            for digest in doomed:
+                if digest not in reach and subjects[digest] is not None and subjects[digest] in reach:
+                    reach |= await self._closure(name, [digest], set(), set())
+                    grown = True
         for digest in doomed:
             if digest in reach:
                 await links.write_link(self._driver, paths.revision_link(name, digest), digest)

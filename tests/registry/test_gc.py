@@ -171,6 +171,7 @@ class HookedDriver(FilesystemDriver):
         return call
 
     delete = _hooked("delete")
+    stat = _hooked("stat")
     move = _hooked("move")
     put_content = _hooked("put_content")
     del _hooked
@@ -325,6 +326,26 @@ class ConcurrentPushTests(SynchronousTestCase):
         self.other.driver.on("delete", lambda path: path == paths.revision_dir("app", digest), tag)
         self.other_collects(delete_untagged=True)()
         self.assert_whole("app", "v1", body)
+
+    def test_signature_kept_when_its_subject_is_tagged_during_the_collection(self):
+        body = self.manifest_for("app", b"layer")
+        digest = Digest.of(body)
+        self.run_(self.registry.manifests.put("app", str(digest), body, OCI, CTX))  # untagged
+        signature, _ = self.image("app", None, b"signature",
+                                  subject={"mediaType": OCI, "digest": str(digest), "size": len(body)},
+                                  artifactType="application/vnd.example.sig")
+        self.other = Registry(HookedDriver(self.root), self.clock, delete_enabled=True)
+        tagging = []
+
+        def tag_in_progress():  # the tag's PUT has announced itself and not yet linked
+            tagging.append(self.registry.pending.holding("app", [digest]))
+            self.run_(tagging[0].__aenter__())
+        self.other.driver.on("stat", lambda path: path == paths.revision_link("app", digest), tag_in_progress)
+        self.other_collects(delete_untagged=True)()
+        self.run_(tagging[0].__aexit__(None, None, None))
+        self.run_(self.registry.manifests.put("app", "v1", body, OCI, CTX))
+        self.assert_whole("app", "v1", body)
+        self.run_(self.registry.manifests.get("app", str(signature), CTX))
 
     def test_tag_pushed_just_after_its_untagged_manifest_was_unlinked(self):
         body = self.manifest_for("app", b"layer")

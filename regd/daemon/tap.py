@@ -231,7 +231,8 @@ def makeService(options) -> service.MultiService:
         async def collect():
             report = await collector.run()
             log.info("garbage collection: {blobs} blobs ({bytes} bytes) and {manifests} manifests deleted; "
-                     "{kept} unreferenced blobs ({kept_bytes} bytes) kept by the grace period, "
+                     "{kept} unreferenced blobs ({kept_bytes} bytes) kept by the grace period "
+                     "(`regd garbage-collect --grace 0s` reclaims them now), "
                      "{rescued} put back for pushes in progress",
                      blobs=len(report.blobs_deleted), bytes=report.bytes_freed,
                      manifests=len(report.manifests_deleted), kept=len(report.blobs_kept_by_grace),

@@ -6,6 +6,8 @@ error format. Nothing internal (paths, tracebacks) ever reaches a client.
 
 from __future__ import annotations
 
+import errno
+
 from twisted.internet.defer import CancelledError
 from twisted.logger import Logger
 from urllib.parse import urlsplit
@@ -15,7 +17,7 @@ from werkzeug.routing import RequestRedirect
 
 from regd.oci.errors import MethodNotAllowed as MethodNotAllowedError
 from regd.oci.errors import NotFound as NotFoundError
-from regd.oci.errors import RegistryError, Unavailable
+from regd.oci.errors import InsufficientStorage, RegistryError, Unavailable
 from regd.http.responses import JSON, respond
 
 log = Logger()
@@ -23,6 +25,29 @@ log = Logger()
 
 def render_registry_error(request, error: RegistryError) -> bytes:
     return respond(request, error.status, error.body(), JSON, error.headers)
+
+
+def storage_failure(request, error: OSError) -> RegistryError:
+    """
+    A storage failure while serving a request: one log line (the cause is the
+    machine's, not a bug: no traceback), counted in regd_storage_errors, and
+    the error the client shows: 507 when the disk or quota is full, else 503.
+    """
+    log.error("storage error on {method} {path}: {error}", method=request.method.decode("ascii", "replace"),
+              path=request.path.decode("ascii", "replace")[:200], error=_describe(error))
+    metrics = getattr(getattr(request, "site", None), "metrics", None)
+    if metrics is not None:
+        metrics.storage_error(request)
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return InsufficientStorage()
+    return Unavailable("storage error; see the registry's log")
+
+
+def _describe(error: OSError) -> str:
+    """The error without the file name (which could be a temp path nobody needs)."""
+    if error.errno is not None:
+        return f"[Errno {error.errno}] {error.strerror or errno.errorcode.get(error.errno, '')}"
+    return str(error)
 
 
 def install_error_handlers(app) -> None:
@@ -55,14 +80,10 @@ def install_error_handlers(app) -> None:
     def unexpected(_api, request, failure):
         if failure.check(CancelledError):
             return b""
+        if failure.check(OSError):
+            return render_registry_error(request, storage_failure(request, failure.value))
         log.failure("internal error handling {method} {path}", failure,
                     method=request.method.decode("ascii", "replace"),
                     path=request.path.decode("ascii", "replace"))
-        if failure.check(OSError):
-            error = Unavailable("storage error; see the registry's log")
-            metrics = getattr(getattr(request, "site", None), "metrics", None)
-            if metrics is not None:
-                metrics.storage_error(request)
-        else:
-            error = RegistryError("internal error; see the registry's log")
+        error = RegistryError("internal error; see the registry's log")
         return render_registry_error(request, error)

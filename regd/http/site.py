@@ -44,6 +44,7 @@ class RegdRequest(server.Request):
         self.started = time.monotonic()
         self._received = 0
         self._too_large = False
+        self.storage_error = None  # an OSError met while spooling the body
         self.aborted = False  # the client hung up before the response ended
         self._processing = False
         # Counted from the request line on, so a body still arriving holds a shutdown back.
@@ -83,7 +84,27 @@ class RegdRequest(server.Request):
         if self.max_body_size and self._received > self.max_body_size:
             self._refuse_too_large()
             return
-        self.content.write(data)
+        if self.storage_error is not None:
+            return
+        try:
+            self.content.write(data)
+        except OSError as e:
+            self._storage_failed(e)
+
+    def _storage_failed(self, error: OSError) -> None:
+        """
+        The body cannot be stored (disk full, I/O error): drop what was
+        spooled, so no half-written file stays, read the rest into nowhere,
+        and answer once the request is in, so the client sees the error
+        instead of a dropped connection.
+        """
+        self.storage_error = error
+        spool, self.content = self.content, BytesIO()
+        if spool is not None:
+            try:
+                spool.close()
+            except OSError:
+                pass
 
     def _refuse_too_large(self):
         """Answer 413 and drop the connection: reading on would only waste disk."""
@@ -132,6 +153,13 @@ class RegdRequest(server.Request):
             self.responseHeaders.setRawHeaders(name, list(values))
         if b"/v2" in self.path:
             self.setHeader(API_VERSION_HEADER, API_VERSION)
+        if self.storage_error is not None:
+            from regd.http.errors import render_registry_error, storage_failure
+            self.site = self.channel.site
+            body = render_registry_error(self, storage_failure(self, self.storage_error))
+            self.write(body)
+            self.finish()
+            return
         problem = _unroutable(self)
         if problem is not None:
             log.info("refused {method!r} {uri!r}: {problem}", method=self.method, uri=self.uri[:200], problem=problem)

@@ -66,6 +66,9 @@ Denied = _error("Denied", "DENIED", 403, "requested access to the resource is de
 Unsupported = _error("Unsupported", "UNSUPPORTED", 405, "The operation is unsupported.")
 TooManyRequests = _error("TooManyRequests", "TOOMANYREQUESTS", 429, "too many requests")
 Unavailable = _error("Unavailable", "UNAVAILABLE", 503, "service unavailable")
+# The disk (or quota) is full: 507 as WebDAV defines it; docker and podman print the status line of a 5xx.
+InsufficientStorage = _error("InsufficientStorage", "UNKNOWN", 507,
+                             "insufficient storage: the registry has no space left; nothing was stored")
 MethodNotAllowed = _error("MethodNotAllowed", "UNSUPPORTED", 405, "method not allowed")
 NotFound = _error("NotFound", "NOT_FOUND", 404, "not found")
 RequestTooLarge = _error("RequestTooLarge", "SIZE_INVALID", 413, "request entity too large")

@@ -134,3 +134,17 @@ async def simple_image(server: RegistryServer, name: str, layer: bytes = b"layer
                     "application/vnd.docker.image.rootfs.diff.tar.gzip",
                     "digest": layer_digest, "size": len(layer)}],
     }
+
+
+def raw_exchange(port: int, method: str, path: str, body: bytes | None = None,
+                 headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    """One blocking request over http.client (run it in a thread); returns (status, body)."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()

@@ -165,8 +165,8 @@ class LoginTimingTests(TestCase):
         for i in range(40):  # interleaved, so load on the machine hits both alike
             known.append(await attempt(f"user{i % 3}"))
             unknown.append(await attempt(f"nobody{i}"))
-        ratio = statistics.median(unknown) / statistics.median(known)
-        self.assertTrue(0.6 < ratio < 1.6, f"unknown/known median time ratio {ratio:.2f}")
-        # The distributions overlap: the fastest quarter of each reaches into the other's middle.
-        self.assertLess(sorted(unknown)[10], statistics.median(known) * 1.5)
-        self.assertLess(sorted(known)[10], statistics.median(unknown) * 1.5)
+        # Medians and lower quartiles (robust to a loaded machine's outliers) agree; with a
+        # dummy of another cost they differ by 2**(cost difference), 16x for cost 10 against 6.
+        for statistic in (statistics.median, lambda values: sorted(values)[10]):
+            ratio = statistic(unknown) / statistic(known)
+            self.assertTrue(0.4 < ratio < 2.5, f"unknown/known time ratio {ratio:.2f}")

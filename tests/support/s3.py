@@ -78,7 +78,10 @@ class MotoServer:
         from botocore.awsrequest import AWSRequest
         from botocore.credentials import ReadOnlyCredentials
         url = self.endpoint + path
-        signed = AWSRequest(method=method, url=url, data=body, headers=dict(headers or {}))
+        headers = dict(headers or {})
+        # Without it urllib sends a form content type, and moto then reads the body as a form.
+        headers.setdefault("Content-Type", "application/octet-stream")
+        signed = AWSRequest(method=method, url=url, data=body, headers=headers)
         S3SigV4Auth(ReadOnlyCredentials(self.access_key, self.secret_key, None), "s3", REGION).add_auth(signed)
         request = urllib.request.Request(url, data=body if method in ("PUT", "POST") else None,
                                          headers=dict(signed.headers.items()), method=method)

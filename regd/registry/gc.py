@@ -247,6 +247,8 @@ class GarbageCollector:
             try:
                 info = await self._driver.stat(paths.blob_data(digest))
             except PathNotFound:
+                if not self.dry_run:  # a write a crash cut short, once its temp file went
+                    await self._remove_if_empty(paths.blob_dir(digest))
                 continue
             if self._clock.seconds() - info.modified < self.grace:
                 report.blobs_kept_by_grace.append(str(digest))
@@ -280,9 +282,7 @@ class GarbageCollector:
                 continue
             if not await links.delete_if_present(self._driver, paths.condemned_blob(digest)):
                 continue  # taken back by a push that needed it
-            remove_empty = getattr(self._driver, "remove_empty_directory", None)
-            if remove_empty is not None:  # object stores have no directories to leave behind
-                await remove_empty(paths.blob_dir(digest))
+            await self._remove_if_empty(paths.blob_dir(digest))
             self._registry.manifests.forget(digest)
             report.blobs_deleted.append(str(digest))
             report.bytes_freed += candidates[digest]
@@ -315,7 +315,9 @@ class GarbageCollector:
                     if digest in report.marked or await self._stored(digest):
                         continue
                     if not await links.exists(self._driver, paths.layer_link(name, digest)):
-                        continue  # an unfinished write (crash leftover), not a link
+                        # An unfinished write (crash leftover), not a link: gone once it is empty.
+                        await self._remove_if_empty(paths.layer_dir(name, digest))
+                        continue
                     await links.delete_if_present(self._driver, paths.layer_dir(name, digest))
                     if await self._stored(digest):
                         await links.write_link(self._driver, paths.layer_link(name, digest), digest)
@@ -324,6 +326,11 @@ class GarbageCollector:
         for name, digest in pruned:
             await self._registry.blobs.cache.invalidate_repo_link(name, digest)
         report.links_pruned += len(pruned)
+
+    async def _remove_if_empty(self, path: str) -> None:
+        remove_empty = getattr(self._driver, "remove_empty_directory", None)
+        if remove_empty is not None:  # object stores have no directories to leave behind
+            await remove_empty(path)
 
     async def _stored(self, digest: Digest) -> bool:
         return await links.exists(self._driver, paths.blob_data(digest)) or \

@@ -109,6 +109,16 @@ class GCTests(SynchronousTestCase):
         self.assertTrue(problems.clean, problems)
         self.run_(self.registry.manifests.get("app", "v1", CTX))
 
+    def test_directories_emptied_by_crash_leftover_removal_go(self):
+        unfinished = Digest.of(b"a manifest whose write was cut short")
+        for path in (paths.blob_dir(unfinished), paths.layer_dir("app", unfinished)):
+            os.makedirs(os.path.join(self.root, path))  # what is left once the temp file inside is removed
+        kept, _ = self.image("app", "v1", b"layer")
+        self.collect(grace=0)
+        for path in (paths.blob_dir(unfinished), paths.layer_dir("app", unfinished)):
+            self.assertFalse(os.path.exists(os.path.join(self.root, path)), path)
+        self.assertTrue(self.exists(kept))
+
     def test_a_reference_refreshes_an_old_blob(self):
         layer = self.blob("app", b"old layer")
         self.age_everything()

@@ -211,6 +211,9 @@ def assemble(rootfs: Path, site: Path, files: list[str], debs: list[str]) -> Non
         if name.startswith(("regd/", "twisted/plugins/")):
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(SOURCE / name, target / name)
+    # Wheels' extension modules carry symbol tables (cryptography's alone 3 MB); Debian strips its own.
+    if shutil.which("strip"):
+        run(["strip", "--strip-unneeded", *map(str, sorted(target.rglob("*.so")))])
     # PyYAML's compiled parser is not needed: regd reads a few lines of configuration.
     for path in (target / "yaml").glob("_yaml*.so"):
         path.unlink()

@@ -27,7 +27,7 @@ test: $(STAMP)
 # packages and this checkout, cached in build/image by a hash of the inputs, then
 # loaded into the docker engine that DOCKER_HOST names.
 image:
-	tar=$$(python3 image/build.py --output build/image) && docker load --input "$$tar"
+	tar=$$(python3 image/build.py --output build/image) && docker load --input "$$tar" && echo "image tarball: $$tar"
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

@@ -125,7 +125,7 @@ def version() -> str:
 def source_date_epoch() -> int:
     if os.environ.get("SOURCE_DATE_EPOCH"):
         return int(os.environ["SOURCE_DATE_EPOCH"])
-    stamp = subprocess.run(["git", "log", "-1", "--format=%ct", "--", "regd", "twisted", "image", "setup.py"],
+    stamp = subprocess.run(["git", "log", "-1", "--format=%at", "--", "regd", "twisted", "image", "setup.py"],
                            cwd=SOURCE, capture_output=True, text=True).stdout.strip()
     return int(stamp) if stamp else 0
 

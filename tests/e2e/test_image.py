@@ -60,7 +60,7 @@ def image(docker_daemon, nginx_rootfs):
     made = subprocess.run(["make", "image"], cwd=SOURCE, env=docker_daemon.env, capture_output=True, text=True,
                           timeout=900)
     assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
-    tar = Path(re.search(r"^image tarball: (\S+)$", made.stdout, re.M).group(1))
+    tar = SOURCE / re.search(r"^image tarball: (\S+)$", made.stdout, re.M).group(1)  # relative to the checkout
     print(f"\nmake image: {time.monotonic() - started:.1f} s; {made.stderr.strip().splitlines()[-1]}")
     return tar
 

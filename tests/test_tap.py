@@ -97,10 +97,7 @@ class TapTests(SynchronousTestCase):
         where = f"S3 at http://127.0.0.1:{checking.port}, bucket {bucket}"
         checking.secret_key = "wrong-secret"
         cases.append((checking.yaml(bucket), f"storage.s3: {where}: the secret key is wrong (check secretkey)"))
-        checking.access_key, checking.secret_key = "AKIAUNKNOWNKEY000000", right_secret
-        cases.append((checking.yaml(bucket),
-                      f"storage.s3: {where}: the access key is not known (check accesskey/secretkey)"))
-        checking.access_key = right_key
+        checking.access_key, checking.secret_key = right_key, right_secret
         for storage, line in cases:
             result = self.run_twistd("storage:\n" + storage)
             self.assertNotEqual(result.returncode, 0)

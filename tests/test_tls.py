@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from regd.config import TLSConfig
 from regd.daemon.tls import ReloadingServerContext, TLSConfigError, build_options
+from regd.http.site import tls_listener_factory
 from tests.support.certs import PKI
 from tests.support.server import RegistryServer
 
@@ -80,18 +81,34 @@ class BuildOptionsTests(SynchronousTestCase):
 
 
 class TLSServerTests(TestCase):
-    def start(self, **changes):
+    async def start(self, **changes):
         self.pki = PKI(os.path.abspath(self.mktemp()))
         tls = attrs.evolve(TLSConfig(certificate=self.pki.server_chain, key=self.pki.server_key), **changes)
         self.context = ReloadingServerContext(tls)
         server = RegistryServer(self)
         server.site.plain_http = False
-        endpoint = SSL4ServerEndpoint(reactor, 0, self.context, interface="127.0.0.1")
-        return endpoint.listen(server.site).addCallback(self._listening)
-
-    def _listening(self, port):
+        # What the daemon listens with on a TLS port (regd.daemon.tap).
+        port = reactor.listenTCP(0, tls_listener_factory(self.context, server.site), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         self.port = port.getHost().port
+
+    async def test_plain_http_on_the_tls_port_gets_a_400_saying_so(self):
+        await self.start()
+
+        def plain(request: bytes) -> bytes:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=10) as sock:
+                sock.sendall(request)
+                reply = b""
+                while chunk := sock.recv(4096):
+                    reply += chunk
+                return reply
+
+        for request in [b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n", b"PUT /v2/x/manifests/t HTTP/1.1\r\n"]:
+            reply = await threads.deferToThread(plain, request)
+            self.assertTrue(reply.startswith(b"HTTP/1.0 400 Bad Request\r\n"), reply)
+            self.assertTrue(reply.endswith(b"\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"), reply)
+        version, _ = await threads.deferToThread(handshake, self.port, self.pki.ca)  # TLS still served
+        self.assertIn(version, ("TLSv1.2", "TLSv1.3"))
 
     async def test_chain_with_intermediate_and_tls12_minimum(self):
         await self.start()

@@ -202,16 +202,18 @@ def makeService(options) -> service.MultiService:
     if tls is None:
         endpoint = serverFromString(reactor, listen_description(config.http.host_addr, config.http.port))
     else:
-        from twisted.internet.endpoints import SSL4ServerEndpoint
+        from regd.http.site import tls_listener_factory
         site.plain_http = False
-        endpoint = SSL4ServerEndpoint(reactor, config.http.port, tls, interface=config.http.host_addr)
+        endpoint = serverFromString(reactor, listen_description(config.http.host_addr, config.http.port))
+        listening = tls_listener_factory(tls, site)
         CertificateReloader(tls, reactor).setServiceParent(root)
         if options["acme"] is not None:
             add_acme(root, options["acme"], tls, config.http.tls, reactor)
     # Stopped newest first: the listener closes, then requests drain, then the rest.
     DrainService(site, config.http.draintimeout or DEFAULT_DRAIN, reactor).setServiceParent(root)
     if worker is None:
-        ListenerService(endpoint, site, "http.addr", config.http.addr).setServiceParent(root)
+        ListenerService(endpoint, site if tls is None else listening, "http.addr",
+                        config.http.addr).setServiceParent(root)
     else:
         add_worker_listener(root, site, tls, config, reactor)
     health = add_health(root, registry, reactor, config.health, notifications, free_space_probe(config))
@@ -273,8 +275,8 @@ def add_worker_listener(root, site, tls, config, reactor):
     from regd.daemon.workers import LISTEN_FD_ENV, PARENT_ENV, AdoptedListenerService, OrphanWatch
     factory = site
     if tls is not None:
-        from twisted.protocols.tls import TLSMemoryBIOFactory
-        factory = TLSMemoryBIOFactory(tls, False, site)
+        from regd.http.site import tls_listener_factory
+        factory = tls_listener_factory(tls, site)
     family = socket.AF_INET6 if ":" in config.http.host_addr else socket.AF_INET
     AdoptedListenerService(reactor, int(os.environ[LISTEN_FD_ENV]), family, factory).setServiceParent(root)
     parent = os.environ.get(PARENT_ENV, "")

@@ -302,3 +302,38 @@ class _RefuseTLSOnPlainHTTP(policies.ProtocolWrapper):
                 self.transport.loseConnection()
                 return
         self.wrappedProtocol.dataReceived(data)
+
+
+_PLAIN_HTTP_ON_TLS = (b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+                      b"Content-Length: 48\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
+
+
+class _RefusePlainHTTPOnTLS(policies.ProtocolWrapper):
+    """
+    Outside TLS on a TLS port: a request line in plain text (a method's
+    letters where a ClientHello's 0x16 belongs) gets a short 400 saying the
+    server speaks TLS, instead of a handshake error and a dropped connection.
+    """
+
+    _first = True
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._first and data:
+            self._first = False
+            if data[:1].isalpha():
+                self.transport.write(_PLAIN_HTTP_ON_TLS)
+                self.transport.loseConnection()
+                return
+        self.wrappedProtocol.dataReceived(data)
+
+
+class RefusePlainHTTPOnTLS(policies.WrappingFactory):
+    """Wraps a TLS factory (TLSMemoryBIOFactory) so plain HTTP sent to it is answered."""
+
+    protocol = _RefusePlainHTTPOnTLS
+
+
+def tls_listener_factory(context_factory, site):
+    """What a TLS port listens with: TLS around the site, plain HTTP answered with 400."""
+    from twisted.protocols.tls import TLSMemoryBIOFactory
+    return RefusePlainHTTPOnTLS(TLSMemoryBIOFactory(context_factory, False, site))

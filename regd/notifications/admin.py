@@ -67,8 +67,15 @@ def _admin_only(handler):
     return guarded
 
 
-class NotificationAdmin:
+def _app() -> Klein:
     app = Klein()
+    # /debug/notifications (as the README writes it) answers itself, not with a redirect to .../
+    app.url_map.strict_slashes = False
+    return app
+
+
+class NotificationAdmin:
+    app = _app()
 
     def __init__(self, service, registry: CollectorRegistry | None = None, authorize=None):
         self.service = service

@@ -93,3 +93,10 @@ def test_installed_service_pushes_and_pulls(package):
         daemon.wait(60)
     log = daemon.stdout.read().decode()
     assert "SIGTERM received: stopping cleanly" in log and "Server Shut Down." in log, log[-3000:]
+    # The README's maintenance commands work as written once the package is installed.
+    assert os.path.realpath("/usr/bin/regd") == "/usr/lib/regd/bin/regd"
+    assert "--delete-untagged" in run(["/usr/bin/regd", "garbage-collect", "--help"], env=env).stdout
+    as_service = ["runuser", "-u", "regd", "--", "/usr/bin/regd"]
+    run([*as_service, "fsck", "/etc/regd/regd.yml"], cwd="/var/lib/regd", env=env)
+    collected = run([*as_service, "garbage-collect", "--dry-run", "/etc/regd/regd.yml"], cwd="/var/lib/regd", env=env)
+    assert "blob" in collected.stdout + collected.stderr

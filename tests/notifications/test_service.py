@@ -89,7 +89,9 @@ class ServiceTests(TestCase):
             if service.endpoints[0].stats.dead_letters:
                 break
             await task.deferLater(reactor, 0.01, lambda: None)
-        status = json.loads(await treq.content(await treq.get(base + "/debug/notifications", persistent=False)))
+        answer = await treq.get(base + "/debug/notifications", persistent=False, allow_redirects=False)
+        self.assertEqual(answer.code, 200)  # no redirect to .../
+        status = json.loads(await treq.content(answer))
         self.assertEqual(status["endpoints"]["ci"]["dead_letters"], 1)
         self.assertEqual(status["endpoints"]["ci"]["last_error"], "HTTP 503")
         dead = json.loads(await treq.content(await treq.get(base + "/debug/notifications/ci/deadletters",

@@ -5,7 +5,7 @@ S3 storage: the reference registry's tree under a bucket prefix
 written by registry:2's S3 driver is served by regd and back.
 
 Bodies never sit whole in memory or on local disk. A request body goes into
-an L{S3Spool}, which sends it on as the parts of a multipart upload, in
+an L{S3Spool} (regd.storage.s3streams, with the streaming reader), which sends it on as the parts of a multipart upload, in
 C{chunksize} parts, while it arrives (hashed on the way) and pauses the
 client's connection while a full part waits. A finished body is one object
 under C{regd/spool/}. An upload's C{_uploads/<id>/data} is then a small index
@@ -27,25 +27,21 @@ import base64
 import hashlib
 import json
 import time
-import uuid
 from email.utils import parsedate_to_datetime
 from xml.sax.saxutils import escape
 
 import attrs
 from twisted.internet import defer
-from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.web.client import ResponseDone
 from zope.interface import implementer
 import xml.etree.ElementTree as ElementTree
 
 from regd.oci.hashstate import running_hasher
 from regd.storage import paths
-from regd.storage.interfaces import (FileInfo, IBlobReader, IBodySpool, IStorageDriver, InvalidPath,
-                                     PathNotFound, StorageError, StorageUnavailable)
-from regd.storage.s3client import Chunks, S3Client, parse_error, static_credentials, xml_children, xml_text
+from regd.storage.interfaces import (FileInfo, IStorageDriver, InvalidPath, PathNotFound, StorageError,
+                                     StorageUnavailable)
+from regd.storage.s3client import S3Client, parse_error, static_credentials, xml_children, xml_text
+from regd.storage.s3streams import Collector, Piece, S3Reader, S3Spool, Streamer, spool_path, spool_started, window
 
 log = Logger()
 
@@ -83,19 +79,6 @@ class _Object:
     segmented: bool
 
 
-@attrs.frozen
-class _Piece:
-    """Bytes [start, end) of the object at key (a root-relative path)."""
-    path: str
-    start: int
-    end: int
-    whole: bool = False  # the entire object: read without a Range header
-
-    @property
-    def size(self) -> int:
-        return self.end - self.start
-
-
 def _modified(response) -> float:
     value = response.headers.getRawHeaders("last-modified", [None])[0]
     if not value:
@@ -108,338 +91,6 @@ def _modified(response) -> float:
 
 def _header(response, name: str, default=None):
     return response.headers.getRawHeaders(name, [default])[0]
-
-
-# -- uploads into the bucket while the body arrives ----------------------------
-
-
-@implementer(IBodySpool)
-class S3Spool:
-    """
-    A request body on its way into the bucket. Bytes are kept until a part
-    of C{chunksize} is full, which is then sent as the next part of a
-    multipart upload on C{regd/spool/<uuid>} while more bytes arrive; while
-    a part is being sent and the next is already full, the connection is
-    paused. Small bodies (under one part) never leave memory until a
-    driver stores them with one PUT.
-    """
-
-    def __init__(self, driver: "S3Driver"):
-        self._driver = driver
-        self.hasher = running_hasher()
-        self.size = 0
-        self.path = _spool_path(driver.reactor)
-        self._chunks: list[bytes] = []
-        self._buffered = 0
-        self._position = 0
-        self._upload_id = None
-        self._parts: list[tuple[int, str]] = []
-        self._sending = None  # Deferred of the part being sent
-        self._failure = None
-        self._producer = None
-        self._paused = False
-        self.adopted = False
-        self.closed = False
-        self.completed = False  # the multipart upload became the object at self.path
-
-    # twisted.web's file methods
-
-    def set_producer(self, producer) -> None:
-        self._producer = producer
-
-    def write(self, data: bytes) -> None:
-        if self.closed:
-            raise ValueError("write to a closed spool")
-        self.hasher.update(data)
-        self.size += len(data)
-        if self._failure is not None:
-            return  # the body is lost already; store raises the failure
-        self._chunks.append(bytes(data))
-        self._buffered += len(data)
-        if self._buffered >= self._driver.chunksize:
-            if self._sending is None:
-                self._send_part()
-            else:
-                # Checked on every write: HTTPChannel may resume the transport on its own.
-                self._pause()
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        if whence == 0:
-            self._position = offset
-        elif whence == 1:
-            self._position += offset
-        else:
-            self._position = self.size + offset
-        return self._position
-
-    def tell(self) -> int:
-        return self._position
-
-    def read(self, size: int = -1) -> bytes:
-        if self._parts or self._sending is not None:
-            raise OSError("an S3 spool cannot be read back once parts were sent")
-        data = b"".join(self._chunks)
-        self._chunks = [data] if data else []
-        end = len(data) if size is None or size < 0 else self._position + size
-        out = data[self._position:end]
-        self._position += len(out)
-        return out
-
-    def in_memory(self) -> bool:
-        return not self._parts and self._sending is None and self._upload_id is None
-
-    def getvalue(self) -> bytes:
-        data = b"".join(self._chunks)
-        self._chunks = [data] if data else []
-        return data
-
-    # parts
-
-    def _pause(self):
-        if self._producer is not None:
-            self._paused = True
-            self._producer.pauseProducing()
-
-    def _resume(self):
-        if self._paused and self._producer is not None:
-            self._paused = False
-            self._producer.resumeProducing()
-
-    def _send_part(self):
-        data = Chunks(self._chunks)  # sent as the pieces arrived: no joined copy
-        self._chunks, self._buffered = [], 0
-        self._sending = defer.ensureDeferred(self._upload_part(data))
-        self._sending.addErrback(self._failed)
-        self._sending.addBoth(self._sent)
-
-    async def _upload_part(self, data):
-        if self._upload_id is None:
-            self._upload_id = await self._driver._create_multipart(self.path)
-        number = len(self._parts) + 1
-        etag = await self._driver._upload_part(self.path, self._upload_id, number, data)
-        self._parts.append((number, etag))
-
-    def _failed(self, failure):
-        self._failure = failure
-        self._chunks, self._buffered = [], 0
-        log.warn("sending an upload part to S3 failed: {error}", error=str(failure.value))
-
-    def _sent(self, _):
-        self._sending = None
-        if self._failure is None and self._buffered >= self._driver.chunksize and not self.closed:
-            self._send_part()  # the next part was waiting: it goes, and its room fills meanwhile
-        self._resume()
-
-    async def finish(self):
-        """
-        Wait for the parts in flight; then either the body (bytes, when it
-        never filled a part) or None once the whole body is the object at
-        C{self.path}.
-        """
-        while self._sending is not None:
-            await self._sending
-        if self._failure is not None:
-            self._failure.raiseException()
-        if self._upload_id is None:
-            return self.getvalue()
-        if self._buffered:
-            data = Chunks(self._chunks)
-            self._chunks, self._buffered = [], 0
-            self._sending = defer.ensureDeferred(self._upload_part(data))
-            try:
-                await self._sending
-            finally:
-                self._sending = None
-        await self._driver._complete_multipart(self.path, self._upload_id, self._parts)
-        self.completed = True
-        return None
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self._chunks, self._buffered = [], 0
-        self._resume()
-        if self.adopted or (self._upload_id is None and self._sending is None):
-            return
-        d = defer.ensureDeferred(self._discard())
-        d.addErrback(lambda f: log.info("could not remove an abandoned upload spool {path}: {error}",
-                                        path=self.path, error=str(f.value)))
-
-    async def _discard(self):
-        while self._sending is not None:
-            try:
-                await self._sending
-            except Exception:
-                pass
-        if self.completed:
-            await self._driver.delete(self.path)
-        elif self._upload_id is not None:
-            await self._driver._abort_multipart(self.path, self._upload_id)
-
-
-# -- streaming reads -------------------------------------------------------------
-
-
-class _BodyReceiver(Protocol):
-    def __init__(self, streamer, done):
-        self._streamer = streamer
-        self._done = done
-
-    def connectionMade(self):
-        self._streamer._attach(self.transport)
-
-    def dataReceived(self, data):
-        self._streamer._data(data)
-
-    def connectionLost(self, reason):
-        self._streamer._attach(None)
-        if reason.check(ResponseDone):
-            self._done.callback(None)
-        else:
-            self._done.errback(reason)
-
-
-@implementer(IPushProducer)
-class _Streamer:
-    """
-    Streams pieces of objects to a consumer, one ranged GET after another,
-    pausing the S3 connection whenever the consumer (the client's
-    connection) asks to pause.
-    """
-
-    def __init__(self, client, consumer, pieces: list[_Piece], key_of, on_close=None):
-        self._client = client
-        self._consumer = consumer
-        self._pieces = pieces
-        self._key_of = key_of
-        self._on_close = on_close
-        self._transport = None
-        self._paused = False
-        self._stopped = False
-        self._pending = None
-        self.done = defer.Deferred()
-
-    def start(self, register: bool = True):
-        if register:
-            self._consumer.registerProducer(self, True)
-        d = defer.ensureDeferred(self._run())
-        d.addErrback(lambda f: None)
-        return self.done
-
-    async def _run(self):
-        try:
-            for piece in self._pieces:
-                if piece.size <= 0:
-                    continue
-                if self._stopped:
-                    return
-                ranged = {} if piece.whole else {"Range": f"bytes={piece.start}-{piece.end - 1}"}
-                self._pending = defer.ensureDeferred(self._client.request(
-                    "GET", self._key_of(piece.path), headers=ranged, ok=(200, 206), stream=True))
-                try:
-                    response = await self._pending
-                finally:
-                    self._pending = None
-                received = defer.Deferred()
-                response.deliverBody(_BodyReceiver(self, received))
-                await received
-            self._finish(None)
-        except Exception as e:
-            self._finish(e)
-
-    def _finish(self, error):
-        if self.done.called:
-            return
-        if not self._stopped:
-            self._consumer.unregisterProducer()
-        if self._on_close is not None:
-            self._on_close()
-        if error is None:
-            self.done.callback(None)
-        else:
-            self.done.errback(error)
-
-    def _attach(self, transport):
-        self._transport = transport
-        if transport is not None:
-            if self._stopped:
-                transport.stopProducing()
-            elif self._paused:
-                transport.pauseProducing()
-
-    def _data(self, data):
-        if not self._stopped:
-            self._consumer.write(data)
-
-    def pauseProducing(self):
-        self._paused = True
-        if self._transport is not None:
-            self._transport.pauseProducing()
-
-    def resumeProducing(self):
-        self._paused = False
-        if self._transport is not None:
-            self._transport.resumeProducing()
-
-    def stopProducing(self):
-        if self._stopped:
-            return
-        self._stopped = True
-        if self._transport is not None:
-            self._transport.stopProducing()
-        self._finish(ConnectionDone("consumer stopped the producer"))
-        if self._pending is not None:
-            self._pending.cancel()
-
-
-class _Collector:
-    """A consumer that feeds a hasher or a list (reads that are not to a client)."""
-
-    def __init__(self, sink):
-        self._sink = sink
-
-    def registerProducer(self, producer, streaming):
-        pass
-
-    def unregisterProducer(self):
-        pass
-
-    def write(self, data):
-        self._sink(data)
-
-
-@implementer(IBlobReader)
-class S3Reader:
-    def __init__(self, driver: "S3Driver", pieces: list[_Piece], size: int):
-        self._driver = driver
-        self._pieces = pieces
-        self.size = size
-
-    def stream_to(self, consumer, offset: int = 0, length: int | None = None):
-        if length is None:
-            length = self.size - offset
-        streamer = _Streamer(self._driver.client, consumer, _window(self._pieces, offset, offset + length),
-                             self._driver._key)
-        return streamer.start()
-
-    def read_all(self):
-        return defer.ensureDeferred(self._driver._read_pieces(self._pieces))
-
-    def close(self) -> None:
-        pass
-
-
-def _window(pieces: list[_Piece], start: int, end: int) -> list[_Piece]:
-    """The parts of C{pieces} (laid end to end) covering logical bytes [start, end)."""
-    out, position = [], 0
-    for piece in pieces:
-        lo, hi = max(start, position), min(end, position + piece.size)
-        if lo < hi:
-            first, last = piece.start + lo - position, piece.start + hi - position
-            out.append(_Piece(piece.path, first, last, piece.whole and (first, last) == (piece.start, piece.end)))
-        position += piece.size
-    return out
 
 
 # -- the driver -------------------------------------------------------------------
@@ -602,7 +253,7 @@ class S3Driver:
         found = await self._head(source)
         if found is None:
             raise PathNotFound(source)
-        pieces = await self._pieces(source) if found.segmented else [_Piece(source, 0, found.size, True)]
+        pieces = await self._pieces(source) if found.segmented else [Piece(source, 0, found.size, True)]
         await self._compose(pieces, destination)
         # (A touch marker left beside the source goes too: the copy is new, its time is now.)
         await self._delete_keys([self._key(source), self._key(source) + TOUCHED]
@@ -623,7 +274,7 @@ class S3Driver:
             await self.client.request("PUT", self._key(path + TOUCHED), headers=self._write_headers(), body=b"")
             return
         # S3 has no utime: copy a small object onto itself with fresh metadata.
-        await self._compose([_Piece(path, 0, found.size, True)], path,
+        await self._compose([Piece(path, 0, found.size, True)], path,
                             extra={"x-amz-metadata-directive": "REPLACE",
                                    "x-amz-meta-regd-touched": str(int(time.time()))})
 
@@ -632,10 +283,10 @@ class S3Driver:
         found = await self._head(path)
         if found is None:
             raise PathNotFound(path)
-        pieces = await self._pieces(path) if found.segmented else [_Piece(path, 0, found.size, True)]
+        pieces = await self._pieces(path) if found.segmented else [Piece(path, 0, found.size, True)]
         if size >= found.size:
             return
-        kept = _window(pieces, 0, size)
+        kept = window(pieces, 0, size)
         if not found.segmented:
             await self._compose(kept, path)
             return
@@ -644,7 +295,7 @@ class S3Driver:
             if piece.size == sizes[piece.path]:
                 segments.append([piece.path, piece.size])
             else:
-                cut = _spool_path(self.reactor)
+                cut = spool_path(self.reactor)
                 await self._compose([piece], cut)
                 segments.append([cut, piece.size])
         await self._put_index(path, segments)
@@ -655,11 +306,11 @@ class S3Driver:
 
     # -- segmented objects (upload data) -----------------------------------------------
 
-    async def _pieces(self, path: str, raw: bytes | None = None) -> list[_Piece]:
+    async def _pieces(self, path: str, raw: bytes | None = None) -> list[Piece]:
         if raw is None:
             raw = (await self.client.request("GET", self._key(path))).body
         try:
-            return [_Piece(p, 0, int(size), True) for p, size in json.loads(raw)["segments"]]
+            return [Piece(p, 0, int(size), True) for p, size in json.loads(raw)["segments"]]
         except (ValueError, KeyError, TypeError):
             raise StorageError(f"unreadable upload index at {path}") from None
 
@@ -669,9 +320,9 @@ class S3Driver:
         await self.client.request("PUT", self._key(path), headers=headers,
                                   body=json.dumps({"segments": segments}).encode("ascii"))
 
-    async def _read_pieces(self, pieces: list[_Piece]) -> bytes:
+    async def _read_pieces(self, pieces: list[Piece]) -> bytes:
         out = []
-        await _Streamer(self.client, _Collector(out.append), pieces, self._key).start(register=False)
+        await Streamer(self.client, Collector(out.append), pieces, self._key).start(register=False)
         return b"".join(out)
 
     # -- streams -----------------------------------------------------------------
@@ -681,7 +332,7 @@ class S3Driver:
         found = await self._head(path)
         if found is None:
             raise PathNotFound(path)
-        pieces = await self._pieces(path) if found.segmented else [_Piece(path, 0, found.size, True)]
+        pieces = await self._pieces(path) if found.segmented else [Piece(path, 0, found.size, True)]
         return S3Reader(self, pieces, found.size)
 
     def new_spool(self):
@@ -715,15 +366,15 @@ class S3Driver:
                         if found.segmented else None)
             if segments is None:
                 # A plain object grown past one part: it becomes the first segment.
-                first = _spool_path(self.reactor)
-                await self._compose([_Piece(path, 0, existing, True)], first)
+                first = spool_path(self.reactor)
+                await self._compose([Piece(path, 0, existing, True)], first)
                 segments = [[first, existing]]
             if body is not None:
                 await self.client.request("PUT", self._key(spool.path), headers=self._write_headers(), body=body)
                 if hasher is not None:
                     hasher.update(body)
             elif hasher is not None:
-                await _Streamer(self.client, _Collector(hasher.update), [_Piece(spool.path, 0, spool.size, True)],
+                await Streamer(self.client, Collector(hasher.update), [Piece(spool.path, 0, spool.size, True)],
                                 self._key).start(register=False)
             spool.adopted = True
             await self._put_index(path, segments + [[spool.path, spool.size]])
@@ -739,7 +390,7 @@ class S3Driver:
             if body is not None:
                 await self.client.request("PUT", self._key(path), headers=self._write_headers(), body=body)
             else:
-                await self._compose([_Piece(spool.path, 0, spool.size, True)], path)
+                await self._compose([Piece(spool.path, 0, spool.size, True)], path)
             return spool.size
         finally:
             spool.close()  # removes the spool object (not adopted)
@@ -749,9 +400,9 @@ class S3Driver:
         found = await self._head(path)
         if found is None:
             raise PathNotFound(path)
-        pieces = await self._pieces(path) if found.segmented else [_Piece(path, 0, found.size, True)]
+        pieces = await self._pieces(path) if found.segmented else [Piece(path, 0, found.size, True)]
         hasher = running_hasher(algorithm)
-        await _Streamer(self.client, _Collector(hasher.update), pieces, self._key).start(register=False)
+        await Streamer(self.client, Collector(hasher.update), pieces, self._key).start(register=False)
         return hasher
 
     @_run
@@ -817,7 +468,7 @@ class S3Driver:
         response = await self.client.request("GET", "", query={"uploads": "", "prefix": prefix})
         for upload in xml_children(ElementTree.fromstring(response.body), "Upload"):
             # The spool's name says when it began (some S3 servers report no real Initiated time).
-            when = _spool_started(xml_text(upload, "Key"))
+            when = spool_started(xml_text(upload, "Key"))
             if when is not None and when < cutoff:
                 relative = xml_text(upload, "Key")[len(self.prefix):]
                 await self._abort_multipart(relative, xml_text(upload, "UploadId"))
@@ -839,7 +490,7 @@ class S3Driver:
                                              query={"partNumber": str(number), "uploadId": upload_id}, body=data)
         return _header(response, "etag", "")
 
-    async def _copy_part(self, path: str, upload_id: str, number: int, piece: _Piece) -> str:
+    async def _copy_part(self, path: str, upload_id: str, number: int, piece: Piece) -> str:
         response = await self.client.request(
             "PUT", self._key(path), query={"partNumber": str(number), "uploadId": upload_id},
             headers={"x-amz-copy-source": self._copy_source(piece.path),
@@ -867,7 +518,7 @@ class S3Driver:
         from urllib.parse import quote
         return quote(f"{self.settings.bucket}/{self._key(path)}", safe="/-_.~")
 
-    async def _compose(self, pieces: list[_Piece], destination: str, extra: dict | None = None) -> None:
+    async def _compose(self, pieces: list[Piece], destination: str, extra: dict | None = None) -> None:
         """
         Make the object at C{destination} the concatenation of C{pieces},
         server-side: one copy when a single piece is under the threshold,
@@ -922,7 +573,7 @@ class S3Driver:
             await self._abort_multipart(destination, upload_id)
             raise e from None
 
-    async def _whole(self, piece: _Piece) -> bool:
+    async def _whole(self, piece: Piece) -> bool:
         # A single copy needs the whole source object: true unless a truncation cut it.
         if piece.start != 0:
             return False
@@ -930,7 +581,7 @@ class S3Driver:
         return found is not None and not found.segmented and found.size == piece.size
 
 
-def _plan_parts(pieces: list[_Piece], chunk: int, minimum: int) -> list[list[_Piece]]:
+def _plan_parts(pieces: list[Piece], chunk: int, minimum: int) -> list[list[Piece]]:
     """
     Cut the concatenation of C{pieces} into parts: a part inside one piece
     is copied server-side (up to C{chunk} bytes); a part that must span
@@ -952,10 +603,10 @@ def _plan_parts(pieces: list[_Piece], chunk: int, minimum: int) -> list[list[_Pi
         remaining = piece.size - offset
         if remaining >= minimum or position + remaining == total:
             size = min(chunk, remaining)
-            plan.append([_Piece(piece.path, piece.start + offset, piece.start + offset + size)])
+            plan.append([Piece(piece.path, piece.start + offset, piece.start + offset + size)])
         else:
             size = min(minimum, total - position)
-            plan.append(_window(pieces, position, position + size))
+            plan.append(window(pieces, position, position + size))
         position += size
     return plan
 
@@ -971,19 +622,6 @@ def _raise_embedded_error(body: bytes, path: str):
             raise StorageUnavailable(str(error))
         raise error
     return root
-
-
-def _spool_path(clock) -> str:
-    """A new spool's path; its name starts with the time it began, for sweep_spool."""
-    now = clock.seconds() if clock is not None and hasattr(clock, "seconds") else time.time()
-    return f"{paths.SPOOL}/{int(now)}-{uuid.uuid4().hex}"
-
-
-def _spool_started(key: str) -> float | None:
-    try:
-        return float(key.rsplit("/", 1)[-1].split("-", 1)[0])
-    except ValueError:
-        return None
 
 
 def _iso(text: str) -> float:

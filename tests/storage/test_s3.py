@@ -17,7 +17,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from regd.oci.hashstate import running_hasher
 from regd.storage.interfaces import PathNotFound
-from regd.storage.s3 import S3Driver, _Piece, _plan_parts
+from regd.storage.s3 import S3Driver, _plan_parts
+from regd.storage.s3streams import Piece
 from tests.support.s3 import s3_settings, shared_moto
 
 PART = 64 * 1024  # the shared moto server accepts parts this small
@@ -206,17 +207,17 @@ class S3DriverTests(TestCase):
 
 class PlanTests(SynchronousTestCase):
     def test_parts_are_copied_within_a_piece_and_gathered_across_small_ones(self):
-        pieces = [_Piece("a", 0, 25), _Piece("b", 0, 3), _Piece("c", 0, 12)]
+        pieces = [Piece("a", 0, 25), Piece("b", 0, 3), Piece("c", 0, 12)]
         plan = _plan_parts(pieces, chunk=10, minimum=5)
         sizes = [sum(p.size for p in part) for part in plan]
         self.assertEqual(sum(sizes), 40)
         self.assertTrue(all(size >= 5 for size in sizes[:-1]))
-        self.assertEqual(plan[0], [_Piece("a", 0, 10)])
+        self.assertEqual(plan[0], [Piece("a", 0, 10)])
         # a's 5-byte tail is copied; b (3 bytes) cannot be a part, so b + 2 bytes of c are gathered.
-        self.assertEqual(plan[2], [_Piece("a", 20, 25)])
-        self.assertEqual(plan[3], [_Piece("b", 0, 3), _Piece("c", 0, 2)])
-        self.assertEqual(plan[4:], [[_Piece("c", 2, 12)]])
+        self.assertEqual(plan[2], [Piece("a", 20, 25)])
+        self.assertEqual(plan[3], [Piece("b", 0, 3), Piece("c", 0, 2)])
+        self.assertEqual(plan[4:], [[Piece("c", 2, 12)]])
 
     def test_one_piece_in_copy_chunks(self):
-        plan = _plan_parts([_Piece("a", 0, 23)], chunk=10, minimum=5)
-        self.assertEqual(plan, [[_Piece("a", 0, 10)], [_Piece("a", 10, 20)], [_Piece("a", 20, 23)]])
+        plan = _plan_parts([Piece("a", 0, 23)], chunk=10, minimum=5)
+        self.assertEqual(plan, [[Piece("a", 0, 10)], [Piece("a", 10, 20)], [Piece("a", 20, 23)]])

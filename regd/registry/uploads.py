@@ -181,9 +181,25 @@ class UploadService:
         await session.lock.acquire()
         try:
             await self._refresh(name, upload_id, session)
-            return await self._append_locked(name, upload_id, session, spool, start, end)
+            try:
+                size = await self._append_locked(name, upload_id, session, spool, start, end)
+            except (PathNotFound, FileNotFoundError):
+                await self._cancelled_meanwhile(name, upload_id)
+                raise
+            # Cancelled by another process while the chunk was stored: what the append
+            # wrote (a data file, a hash state) must not bring the upload back.
+            await self._cancelled_meanwhile(name, upload_id)
+            return size
         finally:
             session.lock.release()
+
+    async def _cancelled_meanwhile(self, name: str, upload_id: str) -> None:
+        """Raise BlobUploadUnknown, removing anything written since, if the upload was cancelled."""
+        if await links.exists(self._driver, paths.upload_started_at(name, upload_id)):
+            return
+        self._sessions.pop((name, upload_id), None)
+        await links.delete_if_present(self._driver, paths.upload_dir(name, upload_id))
+        raise BlobUploadUnknown(detail={"uuid": upload_id})
 
     async def _append_locked(self, name, upload_id, session, spool, start, end) -> int:
         if start is not None:
@@ -226,12 +242,16 @@ class UploadService:
         await session.lock.acquire()
         try:
             await self._refresh(name, upload_id, session)
-            if spool is not None:
-                await self._append_locked(name, upload_id, session, spool, None, None)
-            data_path = paths.upload_data(name, upload_id)
-            if session.size == 0 and not await links.exists(self._driver, data_path):
-                await self._driver.put_content(data_path, b"")
-            actual = await self._verified_digest(data_path, session, digest.algorithm)
+            try:
+                if spool is not None:
+                    await self._append_locked(name, upload_id, session, spool, None, None)
+                data_path = paths.upload_data(name, upload_id)
+                if session.size == 0 and not await links.exists(self._driver, data_path):
+                    await self._driver.put_content(data_path, b"")
+                actual = await self._verified_digest(data_path, session, digest.algorithm)
+            except (PathNotFound, FileNotFoundError):
+                await self._cancelled_meanwhile(name, upload_id)
+                raise
             if actual != digest.hex:
                 raise DigestInvalid(detail={"expected": str(digest), "received": f"{digest.algorithm}:{actual}"})
             size = session.size
@@ -283,9 +303,20 @@ class UploadService:
         return BlobInfo(digest, size)
 
     async def cancel(self, name: str, upload_id: str) -> None:
-        await self._session(name, upload_id)
-        self._sessions.pop((name, upload_id), None)
-        await links.delete_if_present(self._driver, paths.upload_dir(name, upload_id))
+        """
+        Remove an upload. A chunk or commit of it in progress here finishes
+        first (its lock), so neither request meets the other's half-done
+        work; one in progress in another process notices afterwards and
+        answers BLOB_UPLOAD_UNKNOWN.
+        """
+        session = await self._session(name, upload_id)
+        await session.lock.acquire()
+        try:
+            await self._session(name, upload_id)  # still there once the chunk before us ended?
+            self._sessions.pop((name, upload_id), None)
+            await links.delete_if_present(self._driver, paths.upload_dir(name, upload_id))
+        finally:
+            session.lock.release()
 
     async def purge(self, repositories: list[str], older_than: float, dry_run: bool = False) -> list[str]:
         """Remove uploads started more than C{older_than} seconds ago; returns their paths."""

@@ -289,7 +289,8 @@ def summarize_profile(path: str, top: int = 12) -> list[str]:
 
 
 def _short(frame: str) -> str:
+    """'Name (dir/file.py)': lines of one function are counted together."""
     name, _, where = frame.partition(" (")
-    where = where.rstrip(")")
+    where = where.rstrip(")").rsplit(":", 1)[0]
     parts = where.split("/")
     return f"{name} ({'/'.join(parts[-2:])})"

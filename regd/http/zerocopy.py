@@ -183,6 +183,13 @@ def bulk_tls_writes(request) -> None:
         return
     tls._regd_bulk = True
     tls._write = _bulk_write.__get__(tls)
+    # The socket under it may then take a whole encrypted piece per writable
+    # event (Twisted sends at most 128 KiB per event by default).
+    socket_transport = tls.transport
+    while isinstance(socket_transport, policies.ProtocolWrapper):
+        socket_transport = socket_transport.transport
+    if isinstance(socket_transport, tcp.Connection):
+        socket_transport.SEND_LIMIT = max(socket_transport.SEND_LIMIT, 4 * TLS_WRITE)
 
 
 def _bulk_write(self, data):

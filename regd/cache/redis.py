@@ -88,7 +88,11 @@ class RedisBackend:
             reconnect=True, password=settings.password or None,
             ssl_context_factory=tls_options(settings.host, settings.tls) if settings.tls.enabled else False,
             connectTimeout=settings.dialtimeout or None, replyTimeout=timeout, convertNumbers=False)
-        # The client retries a lost connection after 1 s, backing off to 10 s at most.
+        # The client retries a lost connection after 1 s, backing off to 10 s at most. Failures to
+        # connect surface through `available` and ping(), not as an unhandled "pool ready" error.
+        ready = getattr(self._redis, "_connected", None)
+        if isinstance(ready, defer.Deferred):
+            ready.addErrback(lambda failure: None)
 
     @property
     def available(self) -> bool:

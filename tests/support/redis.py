@@ -17,12 +17,14 @@ class RedisServer:
     without persistence).
     """
 
-    def __init__(self, workdir: Path, password: str = ""):
+    def __init__(self, workdir: Path, password: str = "", tls=None):
+        """C{tls}: a L{tests.support.certs.PKI}: TLS only, client certificates required."""
         self.binary = require_tool("redis-server")
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.password = password
+        self.tls = tls
         self.log_path = self.workdir / f"redis-{self.port}.log"
         self.popen: subprocess.Popen | None = None
 
@@ -36,6 +38,10 @@ class RedisServer:
                 "--maxmemory-policy", "allkeys-lru"]
         if self.password:
             args += ["--requirepass", self.password]
+        if self.tls is not None:
+            args[1:3] = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", self.tls.server_chain,
+                         "--tls-key-file", self.tls.server_key, "--tls-ca-cert-file", self.tls.ca,
+                         "--tls-auth-clients", "yes"]
         self.popen = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL, start_new_session=True)
         LIVE_LOGS[f"redis {self.port}"] = self.log_path
@@ -53,7 +59,7 @@ class RedisServer:
 
     def _exchange(self, line: str) -> list[str]:
         """Send one inline command (then PING, to know where the reply ends); the reply's lines."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+        with self._connect() as s:
             prefix = f"AUTH {self.password}\r\n" if self.password else ""
             s.sendall((prefix + line + "\r\nPING\r\n").encode())
             data = b""
@@ -64,6 +70,15 @@ class RedisServer:
                 data += chunk
         lines = data.decode().split("\r\n")[:-2]
         return lines[1:] if self.password else lines
+
+    def _connect(self):
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+        if self.tls is None:
+            return s
+        import ssl
+        context = ssl.create_default_context(cafile=self.tls.ca)
+        context.load_cert_chain(self.tls.client_cert, self.tls.client_key)
+        return context.wrap_socket(s, server_hostname="127.0.0.1")
 
     def command(self, *words: str) -> str:
         """One inline command; its reply's first line without the type sign (PING, EXISTS, DBSIZE...)."""

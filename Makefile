@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.regd-installed
 
-.PHONY: run test venv bench bench-search clean image
+.PHONY: run test venv bench bench-search clean image fuzz
 
 venv: $(STAMP)
 
@@ -28,6 +28,10 @@ test: $(STAMP)
 # loaded into the docker engine that DOCKER_HOST names.
 image:
 	tar=$$(python3 image/build.py --output build/image) && docker load --input "$$tar" && echo "image tarball: $$tar"
+
+# A longer fuzzing run than CI's (tests/fuzz); REGD_FUZZ_EXAMPLES=N for more, REGD_FUZZ_RANDOM=1 for new cases.
+fuzz: $(STAMP)
+	REGD_FUZZ_EXAMPLES=$${REGD_FUZZ_EXAMPLES:-20000} REGD_FUZZ_RANDOM=1 $(BIN)/python -m pytest -q tests/fuzz
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

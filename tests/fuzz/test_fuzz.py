@@ -1,0 +1,171 @@
+"""
+Hypothesis-driven requests over every route of a real regd HTTP server on
+127.0.0.1: names, references, digests, upload ids, query strings, headers
+(Host included), bodies (nested JSON included) and methods, valid and not.
+
+Whatever arrives: no 5xx, every error is the spec's JSON, no traceback in
+the log for a client's mistake, no filesystem path in any body, nothing
+written outside the storage root. CI runs a bounded number of examples;
+`make fuzz` sets REGD_FUZZ_EXAMPLES for a longer run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+from urllib.parse import quote
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.internet import threads
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import TestCase
+
+from tests.support.server import RegistryServer, simple_image
+from tests.support.strategies import repository_names, sha256_digests, tags
+
+EXAMPLES = int(os.environ.get("REGD_FUZZ_EXAMPLES", "400"))
+
+_text = st.text(st.characters(codec="utf-8", exclude_characters="\r\n"), max_size=40)
+_escapes = st.sampled_from(["%2e%2e", "%2F", "%00", "%ff", "%c3%28", "..", ".", "%", "%zz", "~", "%20", "a/../b"])
+_hostile = st.one_of(_text, _escapes, st.text("./%_-:@abcAZ09", max_size=30), st.just(""), st.just("x" * 300))
+
+
+def _quoted(text: str) -> str:
+    return quote(text, safe="/:@%")
+
+
+class Fuzz:
+    """The values the suite knows exist (so generated requests reach deep code as well as shallow refusals)."""
+
+    def __init__(self):
+        self.names = ["fuzz", "fuzz/deep/name"]
+        self.tags = ["latest"]
+        self.digests = []
+        self.uploads = []
+
+
+def strategies(known: Fuzz):
+    names = st.one_of(st.sampled_from(known.names), repository_names(), _hostile)
+    references = st.one_of(st.sampled_from(known.tags + known.digests), tags, sha256_digests, _hostile,
+                           st.sampled_from(["sha512:" + "a" * 128, "sha256:" + "A" * 64, "md5:x", "sha256:"]))
+    digests = st.one_of(st.sampled_from(known.digests), sha256_digests, _hostile,
+                        st.sampled_from(["sha256:" + "0" * 63, "sha384:" + "b" * 96, "sha256:" + "z" * 64]))
+    uploads = st.one_of(st.sampled_from(known.uploads), st.uuids().map(str), _hostile)
+    numbers = st.one_of(st.integers(-5, 10**12).map(str), _hostile)
+    query = st.lists(st.tuples(st.sampled_from(["n", "last", "digest", "mount", "from", "artifactType", "q",
+                                               "service", "scope", "account", "x"]),
+                               st.one_of(numbers, digests, names, _hostile)), max_size=3)
+    paths = st.one_of(
+        st.just("/"), st.just("/v2/"), st.just("/v2"), st.just("/v2/_catalog"), st.just("/v1/_ping"),
+        st.just("/v1/search"), st.just("/auth/token"),
+        st.builds("/v2/{}/tags/list".format, names),
+        st.builds("/v2/{}/manifests/{}".format, names, references),
+        st.builds("/v2/{}/blobs/{}".format, names, digests),
+        st.builds("/v2/{}/blobs/uploads/".format, names),
+        st.builds("/v2/{}/blobs/uploads/{}".format, names, uploads),
+        st.builds("/v2/{}/referrers/{}".format, names, digests),
+        st.lists(st.one_of(_hostile, st.sampled_from(["v2", "blobs", "uploads", "manifests", "_catalog", ""])),
+                 max_size=6).map(lambda parts: "/" + "/".join(parts)),
+    )
+    defined = st.sampled_from(["GET", "HEAD", "PUT", "POST", "PATCH", "DELETE"])
+    methods = st.one_of(defined, defined, defined, defined,
+                        st.sampled_from(["OPTIONS", "TRACE", "get", "Put", "PROPFIND", "CONNECT"]),
+                        st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZ", min_size=1, max_size=12))
+    json_values = st.recursive(
+        st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), _text),
+        lambda children: st.one_of(st.lists(children, max_size=4),
+                                   st.dictionaries(st.sampled_from(["schemaVersion", "mediaType", "config", "layers",
+                                                                    "manifests", "digest", "size", "urls",
+                                                                    "subject", "annotations", "artifactType"])
+                                                   | _text, children, max_size=5)),
+        max_leaves=30)
+    manifests = st.fixed_dictionaries({
+        "schemaVersion": st.one_of(st.just(2), json_values),
+        "mediaType": st.one_of(st.sampled_from(["application/vnd.oci.image.manifest.v1+json",
+                                                "application/vnd.docker.distribution.manifest.v2+json",
+                                                "application/vnd.oci.image.index.v1+json"]), json_values),
+        "config": st.one_of(st.fixed_dictionaries({"digest": digests, "size": st.integers(-1, 10**15),
+                                                   "mediaType": _text}), json_values),
+        "layers": st.lists(st.fixed_dictionaries({"digest": digests, "size": st.integers(-1, 10**15),
+                                                  "mediaType": _text, "urls": st.lists(_text, max_size=2)}),
+                           max_size=3),
+    })
+    nested = st.integers(1, 6000).map(lambda depth: b'{"a":' * depth + b"1" + b"}" * depth)
+    bodies = st.one_of(st.none(), st.binary(max_size=3000),
+                       json_values.map(lambda v: json.dumps(v).encode()),
+                       manifests.map(lambda v: json.dumps(v).encode()), nested)
+    header_values = st.one_of(_text.map(lambda t: t.encode("utf-8").decode("latin-1")), _escapes)
+    headers = st.dictionaries(
+        st.sampled_from(["Host", "Content-Type", "Content-Range", "Range", "Authorization", "Accept",
+                         "X-Forwarded-Proto", "X-Forwarded-Host", "Transfer-Encoding", "Expect", "X-Custom"]),
+        st.one_of(header_values, st.sampled_from(["..", "a/..", "[::1]:5000", "bytes=0-1", "0-0", "chunked",
+                                                  "application/vnd.oci.image.manifest.v1+json",
+                                                  "Basic Zm9vOmJhcg==", "Bearer x.y.z", "100-continue"])),
+        max_size=4)
+    return st.tuples(methods, paths, query, headers, bodies)
+
+
+def send(port: int, method: str, path: str, headers: dict, body: bytes | None) -> tuple[int, bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.putrequest(method, path, skip_host="Host" in headers, skip_accept_encoding=True)
+        for name, value in headers.items():
+            if name in ("Content-Length", "Transfer-Encoding"):
+                continue
+            connection.putheader(name, value)
+        if body is not None:
+            connection.putheader("Content-Length", str(len(body)))
+        connection.endheaders(body)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+class FuzzTests(TestCase):
+    async def test_no_request_gets_a_5xx_a_traceback_or_a_path(self):
+        server = RegistryServer(self, spool_threshold=1024)
+        known = Fuzz()
+        for name in known.names:
+            manifest = await simple_image(server, name)
+            response, _, body = await server.push_manifest(name, "latest", manifest)
+            self.assertEqual(response.code, 201)
+            known.digests += ["sha256:" + hashlib.sha256(body).hexdigest(), manifest["config"]["digest"],
+                              manifest["layers"][0]["digest"]]
+            response, _ = await server.request("POST", f"/v2/{name}/blobs/uploads/")
+            known.uploads.append(response.headers.getRawHeaders("Docker-Upload-UUID")[0])
+        failures = []
+
+        def observe(event):
+            if event.get("log_failure") is not None or event.get("isError"):
+                failures.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        port = server.port.getHost().port
+        root = os.path.abspath(server.root)
+
+        @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=not os.environ.get("REGD_FUZZ_RANDOM"),
+                  suppress_health_check=list(HealthCheck))
+        @given(strategies(known))
+        def check(request):
+            method, path, query, headers, body = request
+            if query:
+                path += "?" + "&".join(f"{key}={_quoted(value)}" for key, value in query)
+            path = quote(path, safe="/:@%?=&")  # escapes (%ff, %2e%2e) go through as generated
+            before = len(failures)
+            status, content = send(port, method, path, headers, body)
+            described = f"{method} {path[:200]} {headers} -> {status} {content[:300]!r}"
+            assert status < 500, described
+            assert b"Traceback" not in content, described
+            assert root.encode() not in content and b"/tmp/" not in content, described
+            assert len(failures) == before, f"{described}: logged {failures[before:]}"
+            if status >= 400 and content and path.startswith("/v2") and method.upper() != "HEAD":
+                assert json.loads(content)["errors"][0]["code"], described
+
+        await threads.deferToThread(check)
+        parent = os.path.dirname(root)
+        self.assertEqual(os.listdir(parent), [os.path.basename(root)], "something was written outside the root")

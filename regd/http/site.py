@@ -62,10 +62,16 @@ class RegdRequest(server.Request):
         if self.spool_factory is not None and (length is None or length >= self.spool_threshold):
             self.content = self.spool_factory()
             _read_in_large_pieces(self.channel)
-            if self.method != b"PATCH":  # this body ends its upload: no hash state to save
+            # The method is set on the request only after the body; the channel has it already.
+            method = getattr(self.channel, "_command", None) or self.method
+            if method != b"PATCH":  # this body ends its upload: no hash state to save
                 fast = getattr(self.content, "prefer_fast_hash", None)
                 if fast is not None:
                     fast()
+            elif _appends_to_an_upload(self):  # hashed once, into the upload's own running hash
+                skip = getattr(self.content, "skip_hash", None)
+                if skip is not None:
+                    skip()
             set_producer = getattr(self.content, "set_producer", None)
             if set_producer is not None and self.channel is not None:
                 # A spool that sends bytes on (S3) pauses the socket while a full part waits.
@@ -186,6 +192,17 @@ def _read_in_large_pieces(channel) -> None:
         transport = transport.transport
     if transport is not None and getattr(transport, "bufferSize", BODY_READ_SIZE) < BODY_READ_SIZE:
         transport.bufferSize = BODY_READ_SIZE
+
+
+def _appends_to_an_upload(request) -> bool:
+    """A PATCH whose Content-Range starts past 0: a later chunk of an upload."""
+    from regd.http.ranges import parse_upload_range
+    raw = request.getHeader(b"content-range")
+    try:
+        wanted = parse_upload_range(raw.decode("latin-1") if raw is not None else None)
+    except Exception:  # malformed: the handler answers it; hash as usual meanwhile
+        return False
+    return wanted is not None and wanted[0] > 0
 
 
 def _unroutable(request) -> str | None:

@@ -216,7 +216,7 @@ class UploadService:
             return session.size
         data_path = paths.upload_data(name, upload_id)
         if session.size == 0:
-            hasher = spool.hasher.copy()
+            hasher = spool.hasher.copy() if spool.hasher is not None else None
             session.size = await self._driver.store_spool(spool, data_path)
             session.hasher = hasher
             await self._save_hasher(name, upload_id, session)

@@ -141,7 +141,8 @@ class FileSpool:
         while view:
             written = os.write(self._fd, view)
             view = view[written:]
-        self.hasher.update(data)
+        if self.hasher is not None:
+            self.hasher.update(data)
         self.size += len(data)
         if self.size - self._flushed >= WRITEBACK_EVERY:
             start_writeback(self._fd, self._flushed, self.size - self._flushed)
@@ -158,6 +159,16 @@ class FileSpool:
         if self.size == 0:
             import hashlib
             self.hasher = hashlib.sha256()
+
+    def skip_hash(self) -> None:
+        """
+        Optional spool capability: do not hash (hasher becomes None). For a
+        chunk appended to an upload that already has bytes: the upload's
+        running hash takes the chunk's bytes when it is appended, so hashing
+        it here too would hash every byte twice.
+        """
+        if self.size == 0:
+            self.hasher = None
 
     def seek(self, offset: int, whence: int = 0) -> int:
         if whence == os.SEEK_SET:

@@ -109,3 +109,34 @@ class PlainHttpTests(TestCase):
 
         reply = await threads.deferToThread(exchange)
         self.assertTrue(reply.startswith(b"HTTP/1.0 400 Bad Request"), reply)
+
+
+class HashOnceTests(TestCase):
+    async def test_every_byte_of_a_chunked_upload_is_hashed_once(self):
+        from regd.oci import hashstate
+
+        hashed = []
+        real_update = hashstate.ResumableSha256.update
+
+        def counting(self, data):
+            hashed.append(len(data))
+            return real_update(self, data)
+
+        self.patch(hashstate.ResumableSha256, "update", counting)
+        server = RegistryServer(self)
+        data = os.urandom(3 * 300_000)
+        response, _ = await server.request("POST", "/v2/demo/once/blobs/uploads/")
+        location = header(response, "Location")
+        for offset in range(0, len(data), 300_000):
+            chunk = data[offset:offset + 300_000]
+            response, body = await server.request("PATCH", location, chunk, {
+                "Content-Range": f"{offset}-{offset + len(chunk) - 1}", "Content-Type": "application/octet-stream"})
+            self.assertEqual(response.code, 202, body)
+            location = header(response, "Location")
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        sep = "&" if "?" in location else "?"
+        response, body = await server.request("PUT", f"{location}{sep}digest={digest}")
+        self.assertEqual(response.code, 201, body)
+        self.assertEqual(sum(hashed), len(data), hashed)
+        _, pulled = await server.request("GET", f"/v2/demo/once/blobs/{digest}")
+        self.assertEqual(pulled, data)

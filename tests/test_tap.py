@@ -66,6 +66,35 @@ class TapTests(SynchronousTestCase):
         self.assertEqual(stderr, ["regd: configuration error: http.addr: expected host:port "
                                   "(e.g. :5000 or 127.0.0.1:5000), got 'nonsense'\n"])
 
+    def test_workers_make_a_supervisor_and_a_worker_adopts_its_socket(self):
+        from regd.daemon.workers import AdoptedListenerService, OrphanWatch, WorkerSupervisor
+        root = os.path.abspath(self.mktemp())
+        config = self.write_config(f"http:\n  addr: 127.0.0.1:0\nstorage:\n  filesystem:\n"
+                                   f"    rootdirectory: {root}\nregd:\n  workers: 3\n")
+        options = tap.Options()
+        options.parseOptions(["--config", config])
+        self.patch(os, "environ", {k: v for k, v in os.environ.items() if not k.startswith("REGD_")})
+        supervisor = [s for s in tap.makeService(options)]
+        self.assertEqual([type(s) for s in supervisor], [WorkerSupervisor])
+        self.assertEqual(supervisor[0].count, 3)
+        self.assertEqual(supervisor[0].argv[-3:], ["regd.cli", "serve", os.path.abspath(config)][-3:])
+        self.patch(os, "environ", {**os.environ, "REGD_WORKER": "1", "REGD_LISTEN_FD": "3",
+                                   "REGD_SUPERVISOR_PID": str(os.getppid())})
+        worker = {type(s) for s in tap.makeService(options)}
+        self.assertIn(AdoptedListenerService, worker)
+        self.assertIn(OrphanWatch, worker)
+        self.assertNotIn(tap.ListenerService, worker)
+        self.assertNotIn(TimerService, worker)  # purging and GC run in worker 0 only
+
+    def test_workers_need_shared_storage(self):
+        options = tap.Options()
+        stderr = []
+        self.patch(sys, "stderr", type("W", (), {"write": lambda _self, text: stderr.append(text)})())
+        with self.assertRaises(SystemExit):
+            options.parseOptions(["--config", self.write_config("storage: {inmemory: {}}\nregd: {workers: 2}\n")])
+        self.assertEqual(stderr, ["regd: configuration error: regd.workers: several workers need storage they "
+                                  "share (filesystem or s3), not inmemory\n"])
+
     def test_listen_description(self):
         self.assertEqual(tap.listen_description("", 5000), "tcp:5000")
         self.assertEqual(tap.listen_description("127.0.0.1", 5000), "tcp:5000:interface=127.0.0.1")

@@ -54,6 +54,9 @@ class Options(usage.Options):
             else:
                 self["tls"] = ReloadingServerContext(tls) if (tls.certificate or tls.key) else None
             self["auth"] = auth_settings(loaded.config, self["tls"] is not None)
+            if loaded.config.regd.workers > 1 and loaded.config.storage.driver == "inmemory":
+                raise ConfigError("regd.workers: several workers need storage they share (filesystem or s3), "
+                                  "not inmemory")
             if loaded.config.regd.workers > 1 and self["acme"] is not None:
                 raise ConfigError("regd.workers: several workers and http.tls.letsencrypt do not go together yet; "
                                   "use certificate/key files (reloaded by every worker)")

@@ -42,9 +42,9 @@ LISTEN_FD = 3
 BACKLOG = 1024
 
 
-def worker_index(environ=os.environ) -> int | None:
+def worker_index(environ=None) -> int | None:
     """This process's worker index, or None when it is not a supervised worker."""
-    value = environ.get(WORKER_ENV)
+    value = (os.environ if environ is None else environ).get(WORKER_ENV)
     return int(value) if value is not None and value.isdigit() else None
 
 

@@ -2,9 +2,10 @@
 Small-request throughput of regd with `regd.workers: 2` against `workers: 1`,
 same filesystem storage, same machine, same run (target: >= 1.6x on 2 cores).
 
-Each configuration gets a fresh regd, one pushed image, then blob HEADs and
-manifest GETs from bench/loadgen.py (one epoll thread, N keep-alive
-connections; the kernel spreads the connections over the workers' sockets).
+Each configuration gets a fresh regd and one pushed image; both run at once
+and are measured in alternation (short runs, several rounds, medians) with
+blob HEADs and manifest GETs from bench/loadgen.py (one epoll thread, N
+keep-alive connections; the kernel spreads them over the workers' sockets).
 
     .venv/bin/python bench/run.py --workers-only [--duration 5] [--connections 32]
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import statistics
 import time
 
 import workloads as w
@@ -51,26 +53,39 @@ def _wait_for_workers(port: int, workers: int, timeout: float = 60.0) -> None:
             conn.close()
 
 
-def measure(workers: int, duration: float, connections: int) -> dict:
-    server = Server("regd")
-    _config(server, workers)
+def run(duration: float = 5.0, connections: int = 32, rounds: int = 6) -> dict:
+    """
+    Both servers run at once and are measured in alternation, short runs over
+    several rounds, medians kept: whatever else loads the machine meanwhile
+    weighs on both alike.
+    """
+    servers = {}
     try:
-        server.start()
-        _wait_for_workers(server.port, workers)
-        image = w.push_image(server.port)
-        w.blob_heads(server.port, image.layer_digest, connections, 0.5)  # warm up every worker
-        heads = w.blob_heads(server.port, image.layer_digest, connections, duration)
-        gets = w.manifest_gets(server.port, connections, duration)
-        return {"blob_head": heads.per_second, "manifest_get": gets.per_second,
-                "errors": heads.errors + gets.errors}
+        for workers in (1, 2):
+            server = Server("regd")
+            _config(server, workers)
+            server.start()
+            _wait_for_workers(server.port, workers)
+            servers[workers] = (server, w.push_image(server.port))
+        samples = {(n, key): [] for n in servers for key in ("blob_head", "manifest_get")}
+        errors = 0
+        slice_ = max(0.5, duration / rounds)
+        for workers, (server, image) in servers.items():  # warm up every worker
+            w.blob_heads(server.port, image.layer_digest, connections, 0.5)
+        for _ in range(rounds):
+            for workers, (server, image) in servers.items():
+                heads = w.blob_heads(server.port, image.layer_digest, connections, slice_)
+                gets = w.manifest_gets(server.port, connections, slice_)
+                samples[(workers, "blob_head")].append(heads.per_second)
+                samples[(workers, "manifest_get")].append(gets.per_second)
+                errors += heads.errors + gets.errors
     finally:
-        server.stop()
-
-
-def run(duration: float = 5.0, connections: int = 32) -> dict:
-    results = {"cores": os.cpu_count()}
-    for workers in (1, 2):
-        results[f"workers_{workers}"] = measure(workers, duration, connections)
+        for server, _ in servers.values():
+            server.stop()
+    results = {"cores": os.cpu_count(), "rounds": rounds, "errors": errors}
+    for workers in servers:
+        results[f"workers_{workers}"] = {key: statistics.median(samples[(workers, key)])
+                                         for key in ("blob_head", "manifest_get")}
     for key in ("blob_head", "manifest_get"):
         one, two = results["workers_1"][key], results["workers_2"][key]
         results[f"{key}_ratio"] = two / one if one else 0.0
@@ -78,8 +93,8 @@ def run(duration: float = 5.0, connections: int = 32) -> dict:
 
 
 def render(results: dict) -> str:
-    lines = [f"regd.workers on {results['cores']} cores, filesystem storage (target: workers 2 >= "
-             f"{TARGET}x workers 1)",
+    lines = [f"regd.workers on {results['cores']} cores, filesystem storage, medians of {results['rounds']} "
+             f"alternating rounds (target: workers 2 >= {TARGET}x workers 1)",
              f"  {'workload':<22}{'workers 1':>14}{'workers 2':>14}{'ratio':>9}"]
     for key, label in (("blob_head", "blob HEAD"), ("manifest_get", "manifest GET")):
         one, two = results["workers_1"][key], results["workers_2"][key]

@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.protocols import policies
 from twisted.web import server
 
-from regd.http.limits import ConnectionCounter, ConnectionGuard, ConnectionLimits
+from regd.http.limits import ConnectionCounter, ConnectionGuard, ConnectionLimits, _ClosedTransport
 
 API_VERSION_HEADER = b"Docker-Distribution-API-Version"
 API_VERSION = b"registry/2.0"
@@ -333,6 +333,16 @@ class _RefusePlainHTTPOnTLS(policies.ProtocolWrapper):
     """
 
     _first = True
+
+    def makeConnection(self, transport):
+        self._addresses = (transport.getPeer(), transport.getHost())
+        super().makeConnection(transport)
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        # TLS keeps itself alive in a cycle (its OpenSSL connection points back at it) until a
+        # full garbage collection; this wrapper alone holds the socket and its unsent bytes.
+        self.transport = _ClosedTransport(self._addresses)
 
     def dataReceived(self, data: bytes) -> None:
         if self._first and data:

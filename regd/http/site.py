@@ -60,7 +60,11 @@ class RegdRequest(server.Request):
             self._refuse_too_large()
             return
         if self.spool_factory is not None and (length is None or length >= self.spool_threshold):
-            self.content = self.spool_factory()
+            try:
+                self.content = self.spool_factory()
+            except OSError as e:  # no room even for an empty spool file
+                self._storage_failed(e)
+                return
             _read_in_large_pieces(self.channel)
             # The method is set on the request only after the body; the channel has it already.
             method = getattr(self.channel, "_command", None) or self.method

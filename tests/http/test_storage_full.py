@@ -149,3 +149,19 @@ class RealFullDiskTests(TestCase):
         status, _ = await threads.deferToThread(
             raw_exchange, number, "GET", f"/v2/fits/blobs/{small_digest}", None)
         self.assertEqual(status, 200)
+
+
+class SpoolCreationFailureTests(TestCase):
+    async def test_no_room_for_a_spool_file_is_507(self):
+        server = RegistryServer(self)
+
+        def no_room():
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        server.site.requestFactory.spool_factory = staticmethod(no_room)
+        port = server.port.getHost().port
+        with capturedLogs() as events:
+            status, body = await threads.deferToThread(
+                raw_exchange, port, "POST", f"/v2/full/blobs/uploads/?digest=sha256:{'0' * 64}", b"x" * 200_000)
+        self.assertEqual(status, 507, body)
+        self.assertFalse([e for e in events if e.get("log_failure")])

@@ -8,6 +8,7 @@ one place so proxies and relative URLs are honoured everywhere.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 from urllib.parse import quote
 
@@ -15,11 +16,15 @@ import attrs
 
 from regd.registry.context import RequestContext
 
+# A DNS name or an IP literal with an optional port (the Host check of regd.http.site).
+_VALID_HOST = re.compile(rb"(?:[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+
 JSON = "application/json"
 
 
 def header(request, name: str) -> str | None:
-    value = request.getHeader(name)
+    # Asked by bytes: asked by str, twisted.web decodes values as UTF-8 and fails on other bytes.
+    value = request.getHeader(name.encode("latin-1"))
     if value is None:
         return None
     return value.decode("latin-1") if isinstance(value, bytes) else value
@@ -79,9 +84,12 @@ class UrlBuilder:
             return self.base.rstrip("/")
         forwarded_proto = header(request, "X-Forwarded-Proto")
         forwarded_host = header(request, "X-Forwarded-Host")
-        proto = (forwarded_proto.split(",")[0].strip() if forwarded_proto else None) or (
-            "https" if request.isSecure() else "http")
-        host = (forwarded_host.split(",")[0].strip() if forwarded_host else None) or header(request, "Host")
+        proto = (forwarded_proto.split(",")[0].strip().lower() if forwarded_proto else None)
+        if proto not in ("http", "https"):  # anything else is not a scheme a client can follow
+            proto = "https" if request.isSecure() else "http"
+        host = forwarded_host.split(",")[0].strip() if forwarded_host else None
+        if not host or not _VALID_HOST.fullmatch(host.encode("latin-1")):
+            host = header(request, "Host")
         if not host:
             address = request.getHost()
             host = f"{address.host}:{address.port}"

@@ -169,3 +169,15 @@ class SpecCornerTests(TestCase):
                 self.assertEqual(headers["Location"], target)
         status, headers, _ = await self.raw("GET", "/v2//_catalog")
         self.assertEqual((status, headers["Location"]), (308, "/v2/_catalog"))
+
+    async def test_forwarded_headers_that_are_no_scheme_or_host_are_ignored(self):
+        """Found by tests/fuzz: they went into Location and failed to encode (500)."""
+        for headers in [{"X-Forwarded-Proto": "\u00c4\u0080"}, {"X-Forwarded-Host": "a b/../\u00ff"},
+                        {"X-Forwarded-Proto": "javascript", "X-Forwarded-Host": "evil\u00e9.example"}]:
+            status, answer, body = await self.raw("POST", "/v2/x/blobs/uploads/", headers)
+            self.assertEqual(status, 202, (headers, body))
+            self.assertTrue(answer["Location"].startswith(f"http://127.0.0.1:{self.server.port.getHost().port}/v2/x/"),
+                            answer["Location"])
+        status, answer, _ = await self.raw("POST", "/v2/x/blobs/uploads/",
+                                           {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "registry.example:443"})
+        self.assertTrue(answer["Location"].startswith("https://registry.example:443/v2/x/"), answer["Location"])

@@ -62,7 +62,7 @@ class ManifestHandler:
         head = request.method == b"HEAD"
         stored = await self._registry.manifests.get(name, reference, context_of(request, self._urls),
                                                     report=not head)
-        accept = ",".join(request.requestHeaders.getRawHeaders("Accept", []))
+        accept = ",".join(v.decode("latin-1") for v in request.requestHeaders.getRawHeaders(b"Accept", []))
         if not mediatypes.negotiate(stored.media_type, accept):
             raise ManifestUnknown(
                 f"manifest of type {stored.media_type} not acceptable to this client",

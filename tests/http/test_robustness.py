@@ -181,3 +181,13 @@ class SpecCornerTests(TestCase):
         status, answer, _ = await self.raw("POST", "/v2/x/blobs/uploads/",
                                            {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "registry.example:443"})
         self.assertTrue(answer["Location"].startswith("https://registry.example:443/v2/x/"), answer["Location"])
+
+    async def test_headers_that_are_not_utf8_are_no_5xx(self):
+        from tests.support.server import simple_image
+        response, _, _ = await self.server.push_manifest("x", "latest", await simple_image(self.server, "x"))
+        self.assertEqual(response.code, 201)
+        digest = await self.server.push_blob("x", b"0123456789")
+        for method, path, name in [("GET", "/v2/x/manifests/latest", "Accept"), ("GET", f"/v2/x/blobs/{digest}", "Range"),
+                                   ("GET", "/v2/", "User-Agent"), ("PATCH", "/v2/x/blobs/uploads/nope", "Content-Range")]:
+            status, _, body = await self.raw(method, path, {name: "\u00ff\u00fe"})
+            self.assertLess(status, 500, (method, path, name, body))

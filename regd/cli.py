@@ -80,8 +80,11 @@ async def _with_registry(reactor, options, work):
             driver = S3Driver(config.storage.s3, reactor)
         else:
             driver = FilesystemDriver(config.storage.filesystem.rootdirectory, thread_pool_runner(reactor, pool))
-        cache = build_blob_cache(config, driver, reactor, strict=True)
-        if cache.kind == "redis":
+        # Only runs that remove blobs need the cache (to forget them); a dry run or a check does not.
+        removes = (getattr(options, "command", "") == "garbage-collect" and not getattr(options, "dry_run", False)) \
+            or getattr(options, "repair", False)
+        cache = build_blob_cache(config, driver, reactor, strict=True) if removes else None
+        if cache is not None and cache.kind == "redis":
             await cache.backend.wait_connected(max(config.redis.dialtimeout, 2.0))
         return await work(Registry(driver, reactor, cache=cache))
     finally:

@@ -58,8 +58,9 @@ class RedisCacheTests(TestCase):
         return driver, cache, registry
 
     async def connected(self, cache: BlobDescriptorCache):
+        factory = cache.backend._redis._factory
         for _ in range(200):
-            if cache.backend.available:
+            if factory.size == factory.poolsize:  # the whole pool, not just a first connection
                 return
             await task.deferLater(reactor, 0.02, lambda: None)
         self.fail("no connection to redis")
@@ -157,9 +158,12 @@ class RedisCacheTests(TestCase):
                 break
         with self.assertRaises(BlobUnknown):
             await registry.blobs.stat("app", gone)
-        self.assertEqual((await registry.blobs.stat("app", kept)).size, 4)
-        driver.reads.clear()
-        self.assertEqual((await registry.blobs.stat("app", kept)).size, 4)
+        for _ in range(100):  # until every pooled connection is back and the entry is refilled
+            driver.reads.clear()
+            self.assertEqual((await registry.blobs.stat("app", kept)).size, 4)
+            if not driver.reads:
+                break
+            await task.deferLater(reactor, 0.05, lambda: None)
         self.assertEqual(driver.reads, [])  # served by Redis again
         self.assertFalse(cache.degraded)
         for _ in range(100):
@@ -187,6 +191,9 @@ class RedisCacheTests(TestCase):
                                    config_path], capture_output=True, text=True, timeout=60)
 
         self.redis.kill()
+        checked = await threads.deferToThread(lambda: subprocess.run(
+            [sys.executable, "-m", "regd.cli", "fsck", config_path], capture_output=True, text=True, timeout=60))
+        self.assertEqual(checked.returncode, 0, checked.stdout + checked.stderr)  # a check removes nothing
         refused = await threads.deferToThread(collect)
         self.assertEqual(refused.returncode, 1, refused.stdout + refused.stderr)
         self.assertIn("cannot connect", refused.stderr)

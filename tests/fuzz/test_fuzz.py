@@ -45,15 +45,49 @@ class Fuzz:
         self.tags = ["latest"]
         self.digests = []
         self.uploads = []
+        self.tokens = []
+
+
+def _b64(data: bytes) -> str:
+    import base64
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def authorizations(known: Fuzz):
+    """Bearer tokens that are real, forged, truncated or nonsense; Basic credentials good and bad."""
+    import base64
+    jwt_headers = st.fixed_dictionaries({"alg": st.sampled_from(["RS256", "ES256", "HS256", "none", "PS512", ""]),
+                                         "typ": st.just("JWT")},
+                                        optional={"kid": st.one_of(_text, st.integers()),
+                                                  "x5c": st.one_of(st.lists(st.one_of(_text, st.integers()), max_size=2),
+                                                                   _text, st.integers()),
+                                                  "jwk": st.dictionaries(_text, _text, max_size=2)})
+    claims = st.fixed_dictionaries({}, optional={
+        "iss": st.one_of(st.just("regd-issuer"), _text), "aud": st.one_of(st.just("regd-test"), _text),
+        "exp": st.one_of(st.integers(), _text, st.floats(allow_nan=False)), "nbf": st.one_of(st.integers(), _text),
+        "access": st.lists(st.fixed_dictionaries({"type": _text, "name": _text, "actions": st.lists(_text)}),
+                           max_size=2)})
+    forged = st.builds(lambda h, c, sig: f"{_b64(json.dumps(h).encode())}.{_b64(json.dumps(c).encode())}.{_b64(sig)}",
+                       jwt_headers, claims, st.binary(max_size=64))
+    tokens = st.one_of(st.sampled_from(known.tokens or ["x"]), forged,
+                       st.sampled_from(known.tokens or ["x"]).map(lambda t: t[:-3]), _text)
+    basics = st.builds(lambda u, p: "Basic " + base64.b64encode(f"{u}:{p}".encode()).decode(),
+                       st.one_of(st.sampled_from(["alice", "bob"]), _text), st.one_of(st.just("a-pass"), _text))
+    values = st.one_of(tokens.map(lambda t: "Bearer " + t), basics, _text)
+    return values.map(lambda v: v.encode("utf-8").decode("latin-1"))  # as raw bytes on the wire
+
+
+def _known(values):
+    return st.sampled_from(values) if values else st.nothing()
 
 
 def strategies(known: Fuzz):
     names = st.one_of(st.sampled_from(known.names), repository_names(), _hostile)
-    references = st.one_of(st.sampled_from(known.tags + known.digests), tags, sha256_digests, _hostile,
+    references = st.one_of(_known(known.tags + known.digests), tags, sha256_digests, _hostile,
                            st.sampled_from(["sha512:" + "a" * 128, "sha256:" + "A" * 64, "md5:x", "sha256:"]))
-    digests = st.one_of(st.sampled_from(known.digests), sha256_digests, _hostile,
+    digests = st.one_of(_known(known.digests), sha256_digests, _hostile,
                         st.sampled_from(["sha256:" + "0" * 63, "sha384:" + "b" * 96, "sha256:" + "z" * 64]))
-    uploads = st.one_of(st.sampled_from(known.uploads), st.uuids().map(str), _hostile)
+    uploads = st.one_of(_known(known.uploads), st.uuids().map(str), _hostile)
     numbers = st.one_of(st.integers(-5, 10**12).map(str), _hostile)
     query = st.lists(st.tuples(st.sampled_from(["n", "last", "digest", "mount", "from", "artifactType", "q",
                                                "service", "scope", "account", "x"]),
@@ -105,6 +139,8 @@ def strategies(known: Fuzz):
                                                   "application/vnd.oci.image.manifest.v1+json",
                                                   "Basic Zm9vOmJhcg==", "Bearer x.y.z", "100-continue"])),
         max_size=4)
+    if known.tokens:
+        headers = st.tuples(headers, authorizations(known)).map(lambda pair: {**pair[0], "Authorization": pair[1]})
     return st.tuples(methods, paths, query, headers, bodies)
 
 
@@ -126,17 +162,17 @@ def send(port: int, method: str, path: str, headers: dict, body: bytes | None) -
 
 
 class FuzzTests(TestCase):
-    async def test_no_request_gets_a_5xx_a_traceback_or_a_path(self):
-        server = RegistryServer(self, spool_threshold=1024)
-        known = Fuzz()
+    async def seed(self, server, known: Fuzz, headers=None):
         for name in known.names:
             manifest = await simple_image(server, name)
             response, _, body = await server.push_manifest(name, "latest", manifest)
             self.assertEqual(response.code, 201)
             known.digests += ["sha256:" + hashlib.sha256(body).hexdigest(), manifest["config"]["digest"],
                               manifest["layers"][0]["digest"]]
-            response, _ = await server.request("POST", f"/v2/{name}/blobs/uploads/")
+            response, _ = await server.request("POST", f"/v2/{name}/blobs/uploads/", headers=headers)
             known.uploads.append(response.headers.getRawHeaders("Docker-Upload-UUID")[0])
+
+    async def fuzz(self, server, known: Fuzz, examples: int):
         failures = []
 
         def observe(event):
@@ -148,8 +184,8 @@ class FuzzTests(TestCase):
         port = server.port.getHost().port
         root = os.path.abspath(server.root)
 
-        @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=not os.environ.get("REGD_FUZZ_RANDOM"),
-                  suppress_health_check=list(HealthCheck))
+        @settings(max_examples=examples, deadline=None, database=None,
+                  derandomize=not os.environ.get("REGD_FUZZ_RANDOM"), suppress_health_check=list(HealthCheck))
         @given(strategies(known))
         def check(request):
             method, path, query, headers, body = request
@@ -169,3 +205,41 @@ class FuzzTests(TestCase):
         await threads.deferToThread(check)
         parent = os.path.dirname(root)
         self.assertEqual(os.listdir(parent), [os.path.basename(root)], "something was written outside the root")
+
+    async def test_no_request_gets_a_5xx_a_traceback_or_a_path(self):
+        server = RegistryServer(self, spool_threshold=1024)
+        known = Fuzz()
+        await self.seed(server, known)
+        await self.fuzz(server, known, EXAMPLES)
+
+    async def test_with_token_auth_forged_and_real_credentials(self):
+        """Behind the built-in token issuer: tokens real and forged, Basic logins good and bad."""
+        import base64
+
+        from regd.daemon.authsetup import build_token_access
+        from regd.storage.threads import inline_runner
+        from tests.http.test_htpasswd import write_htpasswd
+        from tests.support.certs import token_signing_pair
+        from twisted.internet import reactor
+
+        directory = os.path.abspath(self.mktemp())
+        cert, key = token_signing_pair(directory)
+        htpasswd = write_htpasswd(os.path.join(directory, "htpasswd"), {"alice": "a-pass", "bob": "b-pass"})
+        rules = {"access": [{"names": ["*"], "users": ["alice"], "actions": ["pull", "push", "delete"]},
+                            {"names": ["fuzz"], "anonymous": True, "actions": ["pull"]}]}
+        section = {"realm": "http://placeholder/auth/token", "service": "regd-test", "issuer": "regd-issuer",
+                   "rootcertbundle": cert, "builtin": dict(rules, key=key, htpasswd=htpasswd)}
+        access, issuer = build_token_access(section, reactor, inline_runner)
+        issuer.passwords.failures.base = 0  # no growing slow-down for the fuzzer's bad passwords
+        server = RegistryServer(self, spool_threshold=1024, access=access)
+        server.api.token_issuer = issuer
+        access.realm = server.base + "/auth/token"
+        known = Fuzz()
+        login = {"Authorization": "Basic " + base64.b64encode(b"alice:a-pass").decode()}
+        for scope in ["repository:fuzz:pull,push,delete", "repository:fuzz/deep/name:pull,push", "registry:catalog:*"]:
+            response, body = await server.request("GET", f"/auth/token?service=regd-test&scope={scope}",
+                                                  headers=login)
+            self.assertEqual(response.code, 200, body)
+            known.tokens.append(json.loads(body)["token"])
+        self.assertTrue(known.tokens)
+        await self.fuzz(server, known, max(EXAMPLES // 2, 50))

@@ -144,6 +144,47 @@ def strategies(known: Fuzz):
     return st.tuples(methods, paths, query, headers, bodies)
 
 
+def ui_strategies(known: Fuzz):
+    """Requests a browser (or an attacker posing as one) sends to the web UI under /ui/."""
+    names = st.one_of(st.sampled_from(known.names), repository_names(), _hostile, st.just("<script>x</script>"))
+    references = st.one_of(_known(known.tags + known.digests), tags, sha256_digests, _hostile)
+    numbers = st.one_of(st.integers(-5, 10**30).map(str), _hostile)
+    query = st.lists(st.tuples(st.sampled_from(["q", "page", "orgpage", "tagpage", "next", "reference", "deleted",
+                                               "x"]), st.one_of(numbers, names, references)), max_size=3)
+    paths = st.one_of(
+        st.sampled_from(["/", "/ui", "/ui/", "/ui/search", "/ui/login", "/ui/logout", "/ui/static/regd.css",
+                         "/ui/static/copy.js"]),
+        st.builds("/ui/o/{}".format, names),
+        st.builds("/ui/r/{}".format, names),
+        st.builds("/ui/r/{}/-/tags/{}".format, names, references),
+        st.builds("/ui/r/{}/-/manifests/{}".format, names, references),
+        st.builds("/ui/r/{}/-/delete".format, names),
+        st.builds("/ui/r/{}/-/description".format, names),
+        st.builds("/ui/static/{}".format, _hostile),
+        st.lists(st.one_of(_hostile, st.sampled_from(["ui", "r", "-", "tags", "manifests", "o", "static", ""])),
+                 max_size=6).map(lambda parts: "/ui/" + "/".join(parts)),
+    )
+    methods = st.one_of(st.sampled_from(["GET", "GET", "POST", "POST", "HEAD"]),
+                        st.sampled_from(["PUT", "DELETE", "OPTIONS", "get", "PATCH"]))
+    form = st.lists(st.tuples(st.sampled_from(["csrf", "username", "password", "reference", "description", "next",
+                                              "confirm", "x"]), st.one_of(_hostile, names, references)), max_size=5)
+    bodies = st.one_of(st.none(), form.map(lambda pairs: "&".join(f"{k}={_quoted(v)}" for k, v in pairs).encode()),
+                       st.binary(max_size=2000))
+    cookies = st.one_of(st.none(), _text.map(lambda t: "regd_session=" + t.encode("utf-8").decode("latin-1")),
+                        st.builds(lambda a, b: f"regd_session={_b64(a)}.{_b64(b)}", st.binary(max_size=40),
+                                  st.binary(max_size=40)))
+    header_values = st.one_of(_text.map(lambda t: t.encode("utf-8").decode("latin-1")), _escapes)
+    headers = st.builds(
+        lambda extra, content_type, cookie: {**extra, **({"Content-Type": content_type} if content_type else {}),
+                                             **({"Cookie": cookie} if cookie else {})},
+        st.dictionaries(st.sampled_from(["Host", "Accept", "Referer", "Origin", "X-Forwarded-Proto",
+                                         "X-Forwarded-Host"]), header_values, max_size=3),
+        st.one_of(st.none(), st.sampled_from(["application/x-www-form-urlencoded", "multipart/form-data",
+                                              "text/plain"]), header_values),
+        cookies)
+    return st.tuples(methods, paths, query, headers, bodies)
+
+
 def send(port: int, method: str, path: str, headers: dict, body: bytes | None) -> tuple[int, bytes]:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
@@ -172,7 +213,7 @@ class FuzzTests(TestCase):
             response, _ = await server.request("POST", f"/v2/{name}/blobs/uploads/", headers=headers)
             known.uploads.append(response.headers.getRawHeaders("Docker-Upload-UUID")[0])
 
-    async def fuzz(self, server, known: Fuzz, examples: int):
+    async def fuzz(self, server, known: Fuzz, examples: int, requests=strategies):
         failures = []
 
         def observe(event):
@@ -186,7 +227,7 @@ class FuzzTests(TestCase):
 
         @settings(max_examples=examples, deadline=None, database=None,
                   derandomize=not os.environ.get("REGD_FUZZ_RANDOM"), suppress_health_check=list(HealthCheck))
-        @given(strategies(known))
+        @given(requests(known))
         def check(request):
             method, path, query, headers, body = request
             if query:
@@ -201,6 +242,7 @@ class FuzzTests(TestCase):
             assert len(failures) == before, f"{described}: logged {failures[before:]}"
             if status >= 400 and content and path.startswith("/v2") and method.upper() != "HEAD":
                 assert json.loads(content)["errors"][0]["code"], described
+            assert b"<script>x</script>" not in content, f"{described}: markup from the request was not escaped"
 
         await threads.deferToThread(check)
         parent = os.path.dirname(root)
@@ -243,3 +285,12 @@ class FuzzTests(TestCase):
             known.tokens.append(json.loads(body)["token"])
         self.assertTrue(known.tokens)
         await self.fuzz(server, known, max(EXAMPLES // 2, 50))
+
+    async def test_web_ui_pages_and_forms(self):
+        """The web UI's pages and forms: hostile names, queries, forms, forged session cookies, odd methods."""
+        from tests.support.web import WebServer
+
+        server = WebServer(self, spool_threshold=1024)
+        known = Fuzz()
+        await self.seed(server, known)
+        await self.fuzz(server, known, max(EXAMPLES // 2, 50), requests=ui_strategies)

@@ -24,6 +24,9 @@ acknowledged half-stored.
 
 from __future__ import annotations
 
+import json
+import uuid
+
 import attrs
 from twisted.logger import Logger
 
@@ -75,6 +78,7 @@ class GarbageCollector:
         self._unlinked_in_dry_run = set()
         if not self.dry_run:
             await self._recover_condemned()
+            await self._recover_unlinking(report)
             await self._pending.expire()
         if self.delete_untagged:
             for name in await self._registry.listing.repositories():
@@ -211,14 +215,32 @@ class GarbageCollector:
             report.manifests_deleted.extend((name, str(d)) for d in doomed)
             self._unlinked_in_dry_run.update((name, d) for d in doomed)
             return
+        if not doomed:
+            return
         subjects = {}
         for digest in doomed:
             parsed = await self._parse(digest)
             subjects[digest] = parsed.subject.digest if parsed is not None and parsed.subject is not None else None
+        # The intent goes to storage first: if this process dies between the
+        # unlink and the check below, the next collection does the check.
+        note = paths.unlinking_note(uuid.uuid4().hex)
+        await self._driver.put_content(note, json.dumps({
+            "repository": name,
+            "revisions": {str(d): str(s) if s is not None else None for d, s in subjects.items()}}).encode())
+        for digest in doomed:
             await links.delete_if_present(self._driver, paths.revision_dir(name, digest))
             if subjects[digest] is not None:
                 await links.delete_if_present(self._driver, paths.referrer_dir(name, subjects[digest], digest))
-        reach = await self._tag_reach(name, revisions)
+        await self._relink_reached(name, subjects, revisions, report)
+        await links.delete_if_present(self._driver, note)
+
+    async def _relink_reached(self, name: str, subjects: dict, revisions, report: Report) -> None:
+        """
+        Put back the links of the unlinked revisions (C{subjects}: revision ->
+        its subject or None) that a tag or a push in progress reaches now.
+        """
+        doomed = list(subjects)
+        reach = await self._tag_reach(name, set(revisions) | set(doomed))
         # Referrers unlinked above left the referrers index: follow their subjects by hand.
         grown = True
         while grown:
@@ -236,6 +258,37 @@ class GarbageCollector:
                 report.manifests_rescued.append((name, str(digest)))
             else:
                 report.manifests_deleted.append((name, str(digest)))
+
+    async def _recover_unlinking(self, report: Report) -> None:
+        """
+        Finish the check of unlinks a collection wrote its intent for and
+        did not finish (it died, or runs elsewhere right now: checking again
+        for it is always safe). Only a note older than the pending-reference
+        lifetime is removed by someone else than its writer.
+        """
+        from regd.registry.pending import LIFETIME
+        now = self._clock.seconds()
+        for note_id in await links.list_or_empty(self._driver, paths.UNLINKING):
+            note = paths.unlinking_note(note_id)
+            try:
+                document = json.loads(await self._driver.get_content(note))
+                name = str(document["repository"])
+                subjects = {Digest.parse(d): Digest.parse(s) if s else None
+                            for d, s in document["revisions"].items()}
+            except PathNotFound:
+                continue  # its collection finished meanwhile
+            except (ValueError, KeyError, TypeError, AttributeError, RegistryError):
+                log.warn("unreadable unlinking note {note} removed", note=note_id)
+                await links.delete_if_present(self._driver, note)
+                continue
+            checked = Report()
+            await self._relink_reached(name, subjects, (), checked)
+            report.manifests_rescued.extend(checked.manifests_rescued)
+            try:
+                if now - (await self._driver.stat(note)).modified > LIFETIME:
+                    await links.delete_if_present(self._driver, note)
+            except PathNotFound:
+                pass
 
     # -- sweep -----------------------------------------------------------
 

@@ -22,6 +22,7 @@ HEALTH = f"{REGD}/health"  # written and read back by the storage health check
 GC = f"{REGD}/gc"
 PENDING = f"{GC}/pending"  # notes of operations about to link content (see regd.registry.pending)
 CONDEMNED = f"{GC}/condemned"  # blobs a collection moved aside before deleting them
+UNLINKING = f"{GC}/unlinking"  # untagged revisions a collection is unlinking (its intent, for crash recovery)
 INDEX = f"{REGD}/index"
 INDEX_CHANGES = f"{INDEX}/changes"  # change markers other instances refresh their index from
 SESSION_SECRET = f"{REGD}/ui/sessionsecret"  # shared by every instance when http.secret is unset
@@ -124,6 +125,10 @@ def upload_hash_state(name: str, upload_id: str) -> str:
 
 def pending_note(note_id: str) -> str:
     return f"{PENDING}/{note_id}"
+
+
+def unlinking_note(note_id: str) -> str:
+    return f"{UNLINKING}/{note_id}"
 
 
 def condemned_blob(digest: Digest) -> str:

@@ -369,6 +369,28 @@ class ConcurrentPushTests(SynchronousTestCase):
         self.other_collects(delete_untagged=True)()
         self.assert_whole("app", "v1", body)
 
+    def test_collection_killed_between_unlink_and_recheck_is_finished_by_the_next(self):
+        body = self.manifest_for("app", b"layer")
+        digest = Digest.of(body)
+        self.run_(self.registry.manifests.put("app", str(digest), body, OCI, CTX))  # untagged
+        self.other = Registry(HookedDriver(self.root), self.clock, delete_enabled=True)
+
+        class Killed(Exception):
+            pass
+
+        def tag_then_die():
+            self.run_(self.registry.manifests.put("app", "v1", body, OCI, CTX))
+            raise Killed()
+        self.other.driver.on("delete", lambda path: path == paths.revision_dir("app", digest), tag_then_die,
+                             after=True)
+        dying = defer.ensureDeferred(GarbageCollector(self.other, self.clock, grace=0, delete_untagged=True).run())
+        self.failureResultOf(dying, Killed)
+        self.assertTrue(os.listdir(os.path.join(self.root, paths.UNLINKING)))  # its intent survived it
+        report = self.collect(grace=0, delete_untagged=True)
+        self.assertIn(("app", str(digest)), report.manifests_rescued)
+        self.assert_whole("app", "v1", body)
+        self.assertEqual(report.manifests_deleted, [])
+
     def test_notes_of_a_killed_push_protect_for_their_lifetime_only(self):
         from regd.registry import pending
         orphan = self.blob("app", b"named by a push that was killed")

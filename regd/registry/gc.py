@@ -259,6 +259,23 @@ class GarbageCollector:
             else:
                 report.manifests_deleted.append((name, str(digest)))
 
+    async def _unlinking_notes(self):
+        """(note path, repository, {revision: subject or None}) of every unlinking note in storage."""
+        found = []
+        for note_id in await links.list_or_empty(self._driver, paths.UNLINKING):
+            note = paths.unlinking_note(note_id)
+            try:
+                document = json.loads(await self._driver.get_content(note))
+                subjects = {Digest.parse(d): Digest.parse(s) if s else None
+                            for d, s in document["revisions"].items()}
+                found.append((note, str(document["repository"]), subjects))
+            except PathNotFound:
+                continue  # its collection finished meanwhile
+            except (ValueError, KeyError, TypeError, AttributeError, RegistryError):
+                log.warn("unreadable unlinking note {note} removed", note=note_id)
+                await links.delete_if_present(self._driver, note)
+        return found
+
     async def _recover_unlinking(self, report: Report) -> None:
         """
         Finish the check of unlinks a collection wrote its intent for and
@@ -268,19 +285,7 @@ class GarbageCollector:
         """
         from regd.registry.pending import LIFETIME
         now = self._clock.seconds()
-        for note_id in await links.list_or_empty(self._driver, paths.UNLINKING):
-            note = paths.unlinking_note(note_id)
-            try:
-                document = json.loads(await self._driver.get_content(note))
-                name = str(document["repository"])
-                subjects = {Digest.parse(d): Digest.parse(s) if s else None
-                            for d, s in document["revisions"].items()}
-            except PathNotFound:
-                continue  # its collection finished meanwhile
-            except (ValueError, KeyError, TypeError, AttributeError, RegistryError):
-                log.warn("unreadable unlinking note {note} removed", note=note_id)
-                await links.delete_if_present(self._driver, note)
-                continue
+        for note, name, subjects in await self._unlinking_notes():
             checked = Report()
             await self._relink_reached(name, subjects, (), checked)
             report.manifests_rescued.extend(checked.manifests_rescued)
@@ -343,7 +348,14 @@ class GarbageCollector:
             await self._registry.blobs.forget(Digest.parse(d) for d in report.blobs_deleted)
 
     async def _in_use(self, marked: set, traversed: set) -> set[Digest]:
-        """Everything marked now: the first mark, plus what links and pending pushes name since."""
+        """
+        Everything marked now: the first mark, plus what links and pending
+        pushes name since, plus what revisions another collection is
+        unlinking right now still lead to (it may put them back). Its notes
+        are read before the links: it links again before it drops a note.
+        """
+        for _, name, subjects in await self._unlinking_notes():
+            await self._closure(name, list(subjects), marked, traversed)
         await self._mark(marked, traversed)
         return marked | await self._pending.all_digests()
 

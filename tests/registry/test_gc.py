@@ -22,6 +22,7 @@ from regd.storage.threads import inline_runner
 
 CTX = RequestContext()
 OCI = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 INDEX = "application/vnd.oci.image.index.v1+json"
 
 
@@ -390,6 +391,34 @@ class ConcurrentPushTests(SynchronousTestCase):
         self.assertIn(("app", str(digest)), report.manifests_rescued)
         self.assert_whole("app", "v1", body)
         self.assertEqual(report.manifests_deleted, [])
+
+    def test_a_second_collection_spares_what_the_first_is_unlinking(self):
+        child = self.manifest_for("app", b"child layer")
+        child_digest = Digest.of(child)
+        self.run_(self.registry.manifests.put("app", str(child_digest), child, OCI, CTX))  # untagged for now
+        index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+            {"mediaType": OCI, "digest": str(child_digest), "size": len(child),
+             "platform": {"os": "linux", "architecture": "amd64"}}]}).encode()
+        unlinking = Registry(HookedDriver(self.root), self.clock, delete_enabled=True)
+        third = Registry(HookedDriver(self.root), self.clock, delete_enabled=True)
+        announced = []
+
+        def index_push_starts():  # its PUT announces the child, while the second collection condemns
+            announced.append(self.registry.pending.holding("app", [child_digest]))
+            self.run_(announced[0].__aenter__())
+
+        def another_collection_runs():
+            third.driver.on("move", lambda source, _: is_blob(source), index_push_starts)
+            self.run_(GarbageCollector(third, self.clock, grace=0).run())
+            if not announced:  # it condemned nothing (it saw the first one's note): the push starts now
+                index_push_starts()
+        unlinking.driver.on("delete", lambda path: path == paths.revision_dir("app", child_digest),
+                            another_collection_runs, after=True)
+        self.run_(GarbageCollector(unlinking, self.clock, grace=0, delete_untagged=True).run())
+        self.run_(announced[0].__aexit__(None, None, None))
+        self.run_(self.registry.manifests.put("app", "v1", index, OCI_INDEX, CTX))
+        self.run_(self.registry.manifests.get("app", "v1", CTX))
+        self.assert_whole("app", str(child_digest), child)
 
     def test_notes_of_a_killed_push_protect_for_their_lifetime_only(self):
         from regd.registry import pending

@@ -76,29 +76,7 @@ class HTTPSink:
             for name, value in signature_headers(message_id, int(self._clock.seconds()), body,
                                                  self._settings.secrets).items():
                 headers[name] = [value]
-        exchange = defer.ensureDeferred(self._exchange(body, headers))
-        timed_out = []
-
-        def expire():
-            timed_out.append(True)
-            exchange.cancel()
-
-        timer = self._clock.callLater(self._settings.timeout, expire)
-        try:
-            status = await exchange
-        except defer.CancelledError:
-            if not timed_out:
-                raise  # stopped from outside (shutdown): not a failed attempt
-            raise DeliveryFailed(f"timed out after {self._settings.timeout:g}s") from None
-        except Exception as e:
-            if timed_out:
-                raise DeliveryFailed(f"timed out after {self._settings.timeout:g}s") from None
-            raise DeliveryFailed(f"{type(e).__name__}: {_describe(e)}") from None
-        finally:
-            if timer.active():
-                timer.cancel()
-        if not 200 <= status < 400:
-            raise DeliveryFailed(f"HTTP {status}")
+        await attempt_within(self._clock, self._settings.timeout, defer.ensureDeferred(self._exchange(body, headers)))
 
     async def _exchange(self, body: bytes, headers) -> int:
         # Every cached connection may be stale: one more try than the pool holds, then a real failure.
@@ -160,6 +138,42 @@ def redacted_url(url: str) -> str:
         host = f"[{host}]"
     netloc = host + (f":{parts.port}" if parts.port else "")
     return f"{parts.scheme}://{netloc}{parts.path}"
+
+
+async def attempt_within(clock, timeout: float, exchange: defer.Deferred, on_failure=lambda: None) -> None:
+    """
+    Await one delivery attempt under the endpoint's timeout. Every failure
+    becomes DeliveryFailed (after C{on_failure}, e.g. dropping a connection
+    that may be half-used), except a cancel from outside (shutdown), which
+    is not a failed attempt and passes through.
+    """
+    timed_out = []
+
+    def expire():
+        timed_out.append(True)
+        exchange.cancel()
+
+    timer = clock.callLater(timeout, expire)
+    try:
+        status = await exchange
+    except defer.CancelledError:
+        on_failure()
+        if not timed_out:
+            raise
+        raise DeliveryFailed(f"timed out after {timeout:g}s") from None
+    except DeliveryFailed:
+        on_failure()
+        raise
+    except Exception as e:
+        on_failure()
+        if timed_out:
+            raise DeliveryFailed(f"timed out after {timeout:g}s") from None
+        raise DeliveryFailed(f"{type(e).__name__}: {_describe(e)}") from None
+    finally:
+        if timer.active():
+            timer.cancel()
+    if not 200 <= status < 400:
+        raise DeliveryFailed(f"HTTP {status}")
 
 
 def _describe(error: Exception) -> str:

@@ -22,7 +22,7 @@ from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
 from twisted.internet.protocol import Protocol
 
-from regd.notifications.httpsink import DeliveryFailed, _describe
+from regd.notifications.httpsink import DeliveryFailed, attempt_within
 from regd.notifications.signing import signature_headers
 
 STALE_RETRIES = 1
@@ -209,33 +209,7 @@ class RawHTTPSink:
 
     async def deliver(self, body: bytes, content_type: str, message_id: str) -> None:
         exchange = defer.ensureDeferred(self._exchange(self._request_bytes(body, content_type, message_id)))
-        timed_out = []
-
-        def expire():
-            timed_out.append(True)
-            exchange.cancel()
-
-        timer = self._clock.callLater(self._settings.timeout, expire)
-        try:
-            status = await exchange
-        except defer.CancelledError:
-            self._drop()
-            if not timed_out:
-                raise  # stopped from outside (shutdown): not a failed attempt
-            raise DeliveryFailed(f"timed out after {self._settings.timeout:g}s") from None
-        except DeliveryFailed:
-            self._drop()
-            raise
-        except Exception as e:
-            self._drop()
-            if timed_out:
-                raise DeliveryFailed(f"timed out after {self._settings.timeout:g}s") from None
-            raise DeliveryFailed(f"{type(e).__name__}: {_describe(e)}") from None
-        finally:
-            if timer.active():
-                timer.cancel()
-        if not 200 <= status < 400:
-            raise DeliveryFailed(f"HTTP {status}")
+        await attempt_within(self._clock, self._settings.timeout, exchange, on_failure=self._drop)
 
     async def _exchange(self, request: bytes) -> int:
         for tries_left in range(STALE_RETRIES, -1, -1):

@@ -44,6 +44,15 @@ class InvalidPath(StorageError):
     """A path that could escape the driver's root or is otherwise malformed."""
 
 
+def checked_path(path: str) -> str:
+    """A driver path as drivers take it: relative, '/'-separated, no empty, '.' or '..' parts."""
+    if not isinstance(path, str) or not path or path.startswith("/") or "\\" in path or "\0" in path:
+        raise InvalidPath(path)
+    if any(p in ("", ".", "..") for p in path.split("/")):
+        raise InvalidPath(path)
+    return path
+
+
 @attrs.frozen
 class FileInfo:
     path: str

@@ -15,15 +15,8 @@ from twisted.internet.interfaces import IPullProducer
 from zope.interface import implementer
 
 from regd.oci.hashstate import running_hasher
-from regd.storage.interfaces import FileInfo, IBlobReader, IBodySpool, IStorageDriver, InvalidPath, PathNotFound
-
-
-def _check(path: str) -> str:
-    if not isinstance(path, str) or not path or path.startswith("/") or "\\" in path or "\0" in path:
-        raise InvalidPath(path)
-    if any(p in ("", ".", "..") for p in path.split("/")):
-        raise InvalidPath(path)
-    return path
+from regd.storage.interfaces import (FileInfo, IBlobReader, IBodySpool, IStorageDriver, PathNotFound,
+                                     checked_path)
 
 
 @implementer(IBodySpool)
@@ -125,17 +118,17 @@ class InMemoryDriver:
     def get_content(self, path):
         def get():
             try:
-                return self._files[_check(path)]
+                return self._files[checked_path(path)]
             except KeyError:
                 raise PathNotFound(path) from None
         return self._sync(get)
 
     def put_content(self, path, data):
-        return self._sync(lambda: self._set(_check(path), bytes(data)))
+        return self._sync(lambda: self._set(checked_path(path), bytes(data)))
 
     def stat(self, path):
         def stat():
-            _check(path)
+            checked_path(path)
             if path in self._files:
                 return FileInfo(path, len(self._files[path]), self._mtimes[path], False)
             if self._is_dir(path):
@@ -145,7 +138,7 @@ class InMemoryDriver:
 
     def list(self, path):
         def children():
-            prefix = _check(path) + "/"
+            prefix = checked_path(path) + "/"
             names = {p[len(prefix):].split("/", 1)[0] for p in self._files if p.startswith(prefix)}
             if not names:
                 raise PathNotFound(path)
@@ -154,7 +147,7 @@ class InMemoryDriver:
 
     def delete(self, path):
         def delete():
-            _check(path)
+            checked_path(path)
             doomed = [p for p in self._files if p == path or p.startswith(path + "/")]
             if not doomed:
                 raise PathNotFound(path)
@@ -165,9 +158,9 @@ class InMemoryDriver:
 
     def move(self, source, destination):
         def move():
-            _check(destination)
+            checked_path(destination)
             try:
-                data = self._files.pop(_check(source))
+                data = self._files.pop(checked_path(source))
             except KeyError:
                 raise PathNotFound(source) from None
             self._mtimes.pop(source, None)
@@ -176,7 +169,7 @@ class InMemoryDriver:
 
     def touch(self, path):
         def touch():
-            if _check(path) not in self._files:
+            if checked_path(path) not in self._files:
                 raise PathNotFound(path)
             self._mtimes[path] = self._now()
         return self._sync(touch)
@@ -184,7 +177,7 @@ class InMemoryDriver:
     def truncate(self, path, size):
         def truncate():
             try:
-                self._set(path, self._files[_check(path)][:size])
+                self._set(path, self._files[checked_path(path)][:size])
             except KeyError:
                 raise PathNotFound(path) from None
         return self._sync(truncate)
@@ -192,7 +185,7 @@ class InMemoryDriver:
     def reader(self, path):
         def open_():
             try:
-                return MemoryReader(self._files[_check(path)])
+                return MemoryReader(self._files[checked_path(path)])
             except KeyError:
                 raise PathNotFound(path) from None
         return self._sync(open_)
@@ -202,7 +195,7 @@ class InMemoryDriver:
 
     def store_spool(self, spool, path, hasher=None):
         def store():
-            _check(path)
+            checked_path(path)
             data = spool.getvalue()
             existing = self._files.get(path, b"")
             if existing and hasher is not None:
@@ -214,7 +207,7 @@ class InMemoryDriver:
 
     def publish_spool(self, spool, path):
         def publish():
-            self._set(_check(path), spool.getvalue())
+            self._set(checked_path(path), spool.getvalue())
             spool.close()
             return spool.size
         return self._sync(publish)
@@ -223,7 +216,7 @@ class InMemoryDriver:
         def digest():
             try:
                 hasher = running_hasher(algorithm)
-                hasher.update(self._files[_check(path)])
+                hasher.update(self._files[checked_path(path)])
                 return hasher
             except KeyError:
                 raise PathNotFound(path) from None
@@ -231,7 +224,7 @@ class InMemoryDriver:
 
     def walk_repositories(self, root, marker="_manifests"):
         def walk():
-            prefix = _check(root) + "/"
+            prefix = checked_path(root) + "/"
             found = set()
             for p in self._files:
                 if not p.startswith(prefix):

@@ -38,8 +38,8 @@ import xml.etree.ElementTree as ElementTree
 
 from regd.oci.hashstate import running_hasher
 from regd.storage import paths
-from regd.storage.interfaces import (FileInfo, IStorageDriver, InvalidPath, PathNotFound, StorageError,
-                                     StorageUnavailable)
+from regd.storage.interfaces import (FileInfo, IStorageDriver, PathNotFound, StorageError,
+                                     StorageUnavailable, checked_path)
 from regd.storage.s3client import S3Client, parse_error, static_credentials, xml_children, xml_text
 from regd.storage.s3streams import Collector, Piece, S3Reader, S3Spool, Streamer, spool_path, spool_started, window
 
@@ -53,14 +53,6 @@ COPY_TIMEOUT = 900.0
 LOGICAL_SIZE = "x-amz-meta-regd-size"
 # Beside an object too big to copy onto itself cheaply: its time is the object's "last used" time.
 TOUCHED = ".regdtouched"
-
-
-def _check(path: str) -> str:
-    if not isinstance(path, str) or not path or path.startswith("/") or "\\" in path or "\0" in path:
-        raise InvalidPath(path)
-    if any(p in ("", ".", "..") for p in path.split("/")):
-        raise InvalidPath(path)
-    return path
 
 
 def _run(coroutine_function):
@@ -121,7 +113,7 @@ class S3Driver:
     # -- keys and headers ------------------------------------------------------
 
     def _key(self, path: str) -> str:
-        return self.prefix + _check(path)
+        return self.prefix + checked_path(path)
 
     def _write_headers(self, content_type: str = "application/octet-stream") -> dict:
         headers = {"Content-Type": content_type}
@@ -249,7 +241,7 @@ class S3Driver:
 
     @_run
     async def move(self, source: str, destination: str):
-        _check(destination)
+        checked_path(destination)
         found = await self._head(source)
         if found is None:
             raise PathNotFound(source)
@@ -341,7 +333,7 @@ class S3Driver:
     @_run
     async def store_spool(self, spool, path: str, hasher=None):
         try:
-            _check(path)
+            checked_path(path)
             found = await self._head(path)
             existing = found.size if found is not None else 0
             body = await spool.finish()
@@ -385,7 +377,7 @@ class S3Driver:
     @_run
     async def publish_spool(self, spool, path: str):
         try:
-            _check(path)
+            checked_path(path)
             body = await spool.finish()
             if body is not None:
                 await self.client.request("PUT", self._key(path), headers=self._write_headers(), body=body)
@@ -424,7 +416,7 @@ class S3Driver:
                                        for d in dirs if not d.startswith("_")], consumeErrors=True)
 
         try:
-            await walk(_check(root), "")
+            await walk(checked_path(root), "")
         except defer.FirstError as e:
             e.subFailure.raiseException()
         return sorted(found)

@@ -194,7 +194,10 @@ class RawHTTPSink:
         if parts.scheme == "https":
             from twisted.web.client import BrowserLikePolicyForHTTPS
             policy = tls_policy or BrowserLikePolicyForHTTPS()
-            endpoint = wrapClientTLS(policy.creatorForNetloc(self._host.encode("idna"), self._port), endpoint)
+            # clock: the TLS layer's timers must run on this sink's reactor (the delivery thread's),
+            # never on the global one that serves requests from another thread.
+            endpoint = wrapClientTLS(policy.creatorForNetloc(self._host.encode("idna"), self._port), endpoint,
+                                     clock=reactor)
         self._endpoint = endpoint
         self._connection: _Connection | None = None
         self._closing: list[defer.Deferred] = []

@@ -24,6 +24,34 @@ class RawSinkTests(test_httpsink.SinkTests):
         self.addCleanup(sink.close)
         return sink
 
+    async def test_tls_timers_run_on_the_sinks_own_reactor(self):
+        """
+        In the daemon the sink runs on the delivery thread's reactor: its TLS
+        layer must not schedule on the global reactor (not thread-safe; it
+        once cut a client's connection mid-push).
+        """
+        import os
+        import traceback
+
+        from twisted.protocols import tls
+        from tests.support.certs import PKI
+        from tests.support.receiver import Receiver
+
+        defaulted = []
+        default_clock = tls._get_default_clock
+
+        def recording():
+            defaulted.append(traceback.extract_stack())
+            return default_clock()
+        self.patch(tls, "_get_default_clock", recording)
+        pki = PKI(os.path.abspath(self.mktemp()))
+        receiver = Receiver()
+        url = receiver.listen(self, pki.server_options())
+        await self.sink(url, ca_file=pki.ca).deliver(BODY, TYPE, "e1")
+        self.assertEqual(len(receiver.received), 1)
+        from_the_sink = [s for s in defaulted if any(f.filename.endswith("regd/notifications/rawsink.py") for f in s)]
+        self.assertEqual(from_the_sink, [])
+
 
 class _Scripted(Protocol):
     """Answers each request with the next canned response; None means: close without answering."""

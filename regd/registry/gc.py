@@ -250,14 +250,29 @@ class GarbageCollector:
                     reach |= await self._closure(name, [digest], set(), set())
                     grown = True
         for digest in doomed:
-            if digest in reach:
-                await links.write_link(self._driver, paths.revision_link(name, digest), digest)
-                if subjects[digest] is not None:
-                    await links.write_link(self._driver, paths.referrer_link(name, subjects[digest], digest),
-                                           digest)
+            if digest in reach and await self._relink(name, digest, subjects[digest]):
                 report.manifests_rescued.append((name, str(digest)))
             else:
                 report.manifests_deleted.append((name, str(digest)))
+
+    async def _relink(self, name: str, digest: Digest, subject: Digest | None) -> bool:
+        """
+        Link a revision again as any writer links content: announced first,
+        then every blob it names checked (and taken back if a collection
+        elsewhere condemned it), so no collection sweeps what it leads to.
+        False if some of that content is gone: the revision stays unlinked.
+        """
+        parsed = await self._parse(digest)
+        stored = [d.digest for d in parsed.blobs if not (d.urls and d.non_distributable)] if parsed else []
+        named = [digest] + stored
+        async with self._pending.holding(name, named):
+            for blob in named:
+                if await self._registry.blobs.global_size(blob) is None:
+                    return False
+            await links.write_link(self._driver, paths.revision_link(name, digest), digest)
+            if subject is not None:
+                await links.write_link(self._driver, paths.referrer_link(name, subject, digest), digest)
+        return True
 
     async def _unlinking_notes(self):
         """(note path, repository, {revision: subject or None}) of every unlinking note in storage."""

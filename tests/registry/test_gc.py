@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from regd.oci.digest import Digest
 from regd.registry.context import RequestContext
-from regd.registry.gc import GarbageCollector
+from regd.registry.gc import GarbageCollector, Report
 from regd.registry.service import Registry
 from regd.storage import paths
 from regd.storage.filesystem import FilesystemDriver
@@ -418,6 +418,35 @@ class ConcurrentPushTests(SynchronousTestCase):
         self.run_(announced[0].__aexit__(None, None, None))
         self.run_(self.registry.manifests.put("app", "v1", index, OCI_INDEX, CTX))
         self.run_(self.registry.manifests.get("app", "v1", CTX))
+        self.assert_whole("app", str(child_digest), child)
+
+    def test_a_revision_put_back_by_a_late_check_keeps_its_blobs(self):
+        """
+        A collection finishing another's unlink check (its note read a moment
+        ago) links the revision again only as a writer would: announced, its
+        blobs checked; a collection sweeping meanwhile leaves them alone.
+        """
+        child = self.manifest_for("app", b"child layer")
+        child_digest = Digest.of(child)
+        self.run_(self.registry.manifests.put("app", str(child_digest), child, OCI, CTX))
+        # Another collection is unlinking the child (its note written, the link gone) ...
+        note = os.path.join(self.root, paths.unlinking_note("other"))
+        os.makedirs(os.path.dirname(note), exist_ok=True)
+        with open(note, "w") as f:
+            json.dump({"repository": "app", "revisions": {str(child_digest): None}}, f)
+        self.run_(self.driver.delete(paths.revision_dir("app", child_digest)))
+        # ... while an index naming the child is being pushed.
+        announced = self.registry.pending.holding("app", [child_digest])
+        self.run_(announced.__aenter__())
+        finishing = Registry(HookedDriver(self.root), self.clock, delete_enabled=True)
+
+        def note_dropped_and_a_sweep_runs():
+            os.remove(note)
+            self.run_(GarbageCollector(self.other, self.clock, grace=0).run())
+        finishing.driver.on("put_content", lambda path, _: path == paths.revision_link("app", child_digest),
+                            note_dropped_and_a_sweep_runs)
+        self.run_(GarbageCollector(finishing, self.clock, grace=0)._recover_unlinking(Report()))
+        self.run_(announced.__aexit__(None, None, None))
         self.assert_whole("app", str(child_digest), child)
 
     def test_notes_of_a_killed_push_protect_for_their_lifetime_only(self):

@@ -19,6 +19,7 @@ import sqlite3
 from regd.index.model import (
     ActivityDay, Organization, Page, RepositoryRow, RepositorySummary, TagRow, organization_of,
 )
+from regd.registry.search import name_score
 
 SCHEMA_VERSION = "1"
 
@@ -266,16 +267,7 @@ def search(snapshot: Snapshot, term: str, page: int, per_page: int, may_pull) ->
     buckets: list[list] = [[], [], [], [], [], []]
     for row, name_lc, last_lc, description_lc in snapshot.by_name:
         if needle in name_lc:
-            if name_lc == needle:
-                score = 0
-            elif last_lc == needle:
-                score = 1
-            elif name_lc.startswith(needle):
-                score = 2
-            elif last_lc.startswith(needle):
-                score = 3
-            else:
-                score = 4
+            score = name_score(name_lc, last_lc, needle)
         elif needle in description_lc:
             score = 5
         else:

@@ -23,23 +23,29 @@ class SearchPage:
         return max(1, -(-self.total // self.page_size))
 
 
+def name_score(lowered: str, last: str, term: str) -> int:
+    """
+    How well a lower-cased name (C{last}: its last component) that contains
+    C{term} matches it, best first: the whole name, the last component, a
+    prefix of either, anywhere. Shared by this walk and the repository index.
+    """
+    if lowered == term:
+        return 0
+    if last == term:
+        return 1
+    if lowered.startswith(term):
+        return 2
+    if last.startswith(term):
+        return 3
+    return 4
+
+
 def rank(name: str, term: str) -> tuple[int, str] | None:
     """Sort key for C{name} against a lower-cased C{term}, or None when it does not match."""
     lowered = name.lower()
     if term not in lowered:
         return None
-    last = lowered.rsplit("/", 1)[-1]
-    if lowered == term:
-        score = 0
-    elif last == term:
-        score = 1
-    elif lowered.startswith(term):
-        score = 2
-    elif last.startswith(term):
-        score = 3
-    else:
-        score = 4
-    return (score, name)
+    return (name_score(lowered, lowered.rsplit("/", 1)[-1], term), name)
 
 
 def search(names, term: str, page: int, page_size: int, visible=lambda name: True) -> SearchPage:

@@ -71,6 +71,9 @@ def parse_args(argv=None):
     p.add_argument("--skip", action="append", default=[], choices=["tls", "skopeo", "webhooks", "profile",
                                                                     "concurrent"], help="leave a group out")
     p.add_argument("--only", choices=KINDS, help="benchmark one server only")
+    p.add_argument("--tls-only", action="store_true",
+                   help="only the TLS rows (push and pull over TLS, both servers): no plain-HTTP server, "
+                        "disk, skopeo, concurrent, webhook or profile runs")
     p.add_argument("--json", metavar="FILE", help="also write results as JSON")
     p.add_argument("--s3", action="store_true",
                    help="both servers on S3 (one moto server started here, a bucket each; redirects off so "
@@ -82,6 +85,8 @@ def parse_args(argv=None):
                    help="also measure regd.workers: 2 against 1 (bench/workers.py), after the throughput table")
     p.add_argument("--workers-only", action="store_true", help="run only bench/workers.py")
     a = p.parse_args(argv)
+    if a.tls_only:
+        a.skip = sorted(set(a.skip) - {"tls"} | {"skopeo", "webhooks", "profile", "concurrent"})
     a.size_mib = a.size_mib or (64 if a.quick else 1024)
     a.chunk_mib = a.chunk_mib or (16 if a.quick else 64)
     a.duration = a.duration or (2.0 if a.quick else 5.0)
@@ -157,6 +162,8 @@ def bench_server(kind: str, args, shared: Shared, moto=None) -> dict:
 
     server = Server(kind, storage=s3_storage(moto) if moto is not None else None)
     try:
+        if args.tls_only:
+            raise _Skipped()
         log(f"[{kind}] starting on 127.0.0.1:{server.port}")
         server.start()
         res["idle_rss_mib"] = (read_rss_kib(server.pid) or 0) / 1024
@@ -192,6 +199,8 @@ def bench_server(kind: str, args, shared: Shared, moto=None) -> dict:
                 amount=args.parallel * args.part_mib)
         if server.proc.poll() is not None:
             log(f"[{kind}] server died:\n{server.log_tail()}")
+    except _Skipped:
+        pass
     finally:
         log(f"[{kind}] stopping")
         server.stop()
@@ -215,6 +224,10 @@ def bench_server(kind: str, args, shared: Shared, moto=None) -> dict:
     if "peak_rss_mib" in res.get("concurrent", {}):
         res["rss_concurrent"] = {"value": res["concurrent"]["peak_rss_mib"], "unit": "MiB"}
     return res
+
+
+class _Skipped(Exception):
+    """The plain-HTTP server's workloads are left out (--tls-only)."""
 
 
 def _rate(result):
@@ -424,9 +437,11 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         shared = Shared(args, tmp)
         log(f"inputs: {args.size_mib} MiB payload {shared.payload.digest} ({time.perf_counter() - t0:.1f} s)")
-        seconds = x.disk_rate(shared.payload, tempfile.gettempdir())
-        results["disk"] = {"value": args.size_mib / seconds, "unit": "MiB/s"}
-        log(f"disk: {args.size_mib} MiB written and fsynced in {seconds:.2f} s ({args.size_mib / seconds:.0f} MiB/s)")
+        if not args.tls_only:
+            seconds = x.disk_rate(shared.payload, tempfile.gettempdir())
+            results["disk"] = {"value": args.size_mib / seconds, "unit": "MiB/s"}
+            log(f"disk: {args.size_mib} MiB written and fsynced in {seconds:.2f} s "
+                f"({args.size_mib / seconds:.0f} MiB/s)")
         for kind in kinds:
             try:
                 results[kind] = bench_server(kind, args, shared, moto)

@@ -5,9 +5,11 @@ Streaming response bodies.
 Klein finishes a request as soon as a handler's result is written, so a
 handler that wants to stream returns this Resource instead: Klein renders it
 and stays out of the way, and we finish the request when the last byte went
-out. On plain TCP, when storage hands out a file descriptor, the body goes
-with sendfile(2) (L{regd.http.zerocopy}); otherwise backpressure comes from
-the storage reader's producer (TLS, memory and S3 storage).
+out. When storage hands out a file descriptor, the body goes with
+sendfile(2) on plain TCP (L{regd.http.zerocopy}) and, over TLS, is encrypted
+onto the socket by a thread (L{regd.http.tlssend}) if it is big; otherwise
+backpressure comes from the storage reader's producer (small TLS bodies,
+memory and S3 storage).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from twisted.web.resource import Resource
 from zope.interface import implementer
 from twisted.web.server import NOT_DONE_YET
 
+from regd.http.tlssend import MIN_BODY, TLSFileSender, fast_tls_parts
 from regd.http.zerocopy import SendfileProducer, bulk_tls_writes, plain_tcp_transport
 
 
@@ -56,12 +59,19 @@ class StreamingBody(Resource):
 
     def _send_file(self, request):
         send_with = getattr(self._blob, "send_with", None)
-        transport = plain_tcp_transport(request)
-        if send_with is None or transport is None or self._length <= 0:
+        if send_with is None or self._length <= 0:
             return None
+        transport = plain_tcp_transport(request)
+        if transport is not None:
+            def sender(fd, offset, length):
+                return SendfileProducer(request, transport, fd, offset, length).start()
+        else:
+            tls = fast_tls_parts(request) if self._length >= MIN_BODY else None
+            if tls is None:
+                return None
 
-        def sender(fd, offset, length):
-            return SendfileProducer(request, transport, fd, offset, length).start()
+            def sender(fd, offset, length):
+                return TLSFileSender(request, *tls, fd, offset, length).start()
 
         return send_with(sender, self._offset, self._length)
 

@@ -16,6 +16,7 @@ concurrent pushers (regd's CPU saturated) and with one pusher at a time.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import http.client
 import json
@@ -25,60 +26,90 @@ import statistics
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from servers import Server, free_port  # noqa: E402
 
 
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+
+
+class _ReceiverProtocol(asyncio.Protocol):
+    """
+    One keep-alive connection: reads each POST whole (head, then exactly
+    Content-Length bytes), keeps the body with its arrival time and answers
+    200. Bodies are parsed only when asked for, so the receiver's own CPU per
+    event stays far below the registry's (the machine has 2 cores, and a
+    real receiver would run on another one).
+    """
+
+    def __init__(self, receiver: Receiver):
+        self.receiver = receiver
+        self.buffer = b""
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.buffer += data
+        while True:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            length = 0
+            for line in self.buffer[:end].split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            if len(self.buffer) < end + 4 + length:
+                return
+            body = self.buffer[end + 4:end + 4 + length]
+            self.buffer = self.buffer[end + 4 + length:]
+            self.receiver.bodies.append((time.monotonic(), body))
+            self.transport.write(OK)
+
+
 class Receiver:
-    """Records the arrival time of every event id, answering 200 at once."""
+    """Records the first arrival time of every digest (bodies parsed lazily), answering 200 at once."""
 
-    def __init__(self, port: int = 0):
-        self.arrivals: dict[str, float] = {}
+    def __init__(self, loop, port: int = 0):
+        self.bodies: list[tuple[float, bytes]] = []
         self.digests: dict[str, float] = {}
-        self.lock = threading.Lock()
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                now = time.monotonic()
-                with receiver.lock:
-                    for event in json.loads(body)["events"]:
-                        receiver.arrivals.setdefault(event["id"], now)
-                        receiver.digests.setdefault(event["target"].get("digest", ""), now)
-                self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = loop.run_until_complete(
+            loop.create_server(lambda: _ReceiverProtocol(self), "127.0.0.1", port))
+        self.port = self.server.sockets[0].getsockname()[1]
 
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/hook"
 
-    def stop(self):
-        self.server.shutdown()
+    def parsed_digests(self) -> dict[str, float]:
+        """Digest -> first arrival, for every body received so far."""
+        bodies, self.bodies = self.bodies, []
+        for arrived, body in bodies:
+            for event in json.loads(body)["events"]:
+                self.digests.setdefault(event["target"].get("digest", ""), arrived)
+        return dict(self.digests)
 
 
 def _serve_receivers(ports: list[int], pipe) -> None:
-    receivers = [Receiver(port) for port in ports]
-    while True:
-        command = pipe.recv()
-        if command == "stop":
-            for r in receivers:
-                r.stop()
-            return
-        with receivers[command].lock:
-            pipe.send(dict(receivers[command].digests))
+    """The receivers' process: one asyncio loop for all of them, commands on the pipe."""
+    loop = asyncio.new_event_loop()
+    receivers = [Receiver(loop, port) for port in ports]
+    done = loop.create_future()
+
+    def command():
+        request = pipe.recv()
+        if request == "stop":
+            done.set_result(None)
+        else:
+            pipe.send(receivers[request].parsed_digests())
+
+    loop.add_reader(pipe.fileno(), command)
+    loop.run_until_complete(done)
+    for r in receivers:
+        r.server.close()
+    loop.close()
 
 
 class ReceiverProcess:
@@ -97,6 +128,10 @@ class ReceiverProcess:
 
     def url(self, i: int = 0) -> str:
         return f"http://127.0.0.1:{self.ports[i]}/hook"
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
 
     def digests(self, i: int = 0) -> dict[str, float]:
         """Digest -> first arrival (time.monotonic(), the same clock in every process)."""

@@ -84,6 +84,7 @@ def parse_args(argv=None):
     p.add_argument("--workers", action="store_true",
                    help="also measure regd.workers: 2 against 1 (bench/workers.py), after the throughput table")
     p.add_argument("--workers-only", action="store_true", help="run only bench/workers.py")
+    p.add_argument("--webhooks-only", action="store_true", help="run only the two webhook rows (regd only)")
     a = p.parse_args(argv)
     if a.tls_only:
         a.skip = sorted(set(a.skip) - {"tls"} | {"skopeo", "webhooks", "profile", "concurrent"})
@@ -250,10 +251,16 @@ def bench_webhooks(args) -> dict:
                 try:
                     server.start()
                     n.push_blobs(server.port, 100, args.small_workers, f"warm-{label}-{round_number}")
+                    cpu = _process_tree_cpu(server.pid, receivers=live.pid)
+                    client = time.process_time()
                     seconds, _ = n.push_blobs(server.port, args.webhook_pushes, args.small_workers,
                                               f"{label}-{round_number}")
+                    client = time.process_time() - client
+                    cpu = {name: used - cpu.get(name, 0.0)
+                           for name, used in _process_tree_cpu(server.pid, receivers=live.pid).items()}
                     rates[label].append(args.webhook_pushes / seconds)
-                    log(f"[regd] webhooks {label}, round {round_number}: {rates[label][-1]:.0f} pushes/s")
+                    log(f"[regd] webhooks {label}, round {round_number}: {rates[label][-1]:.0f} pushes/s (CPU s: "
+                        + ", ".join(f"{name} {used:.2f}" for name, used in cpu.items()) + f", client {client:.2f})")
                 finally:
                     server.stop()
     finally:
@@ -281,6 +288,19 @@ def bench_webhooks(args) -> dict:
     finally:
         server.stop()
     return res
+
+
+def _process_tree_cpu(pid: int, receivers: int) -> dict[str, float]:
+    """CPU seconds of regd, of each process it started (the webhook delivery process) and of the receivers."""
+    used = {"regd": read_cpu_seconds(pid) or 0.0, "receivers": read_cpu_seconds(receivers) or 0.0}
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            children = [int(c) for c in f.read().split()]
+    except OSError:
+        children = []
+    for child in children:
+        used[f"child {child}"] = read_cpu_seconds(child) or 0.0
+    return used
 
 
 def profile_regd(args, shared: Shared) -> list[str]:
@@ -413,6 +433,21 @@ def main(argv=None) -> int:
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"args": vars(args), "workers": results}, f, indent=2)
+        return 0
+    if args.webhooks_only:
+        try:
+            results = {"regd": bench_webhooks(args)}
+        except KeyboardInterrupt:
+            log("interrupted; servers stopped and temp dirs removed")
+            return 130
+        print(time.strftime("measured %Y-%m-%d %H:%M UTC", time.gmtime()))
+        for key, label, unit, target, _ in ROWS:
+            if key in results["regd"]:
+                entry = results["regd"][key]
+                print(f"{label}: {entry['value']:,.2f} {unit} (target >= {target:g})")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"args": vars(args), "results": results}, f, indent=2)
         return 0
     if args.search_only:
         try:

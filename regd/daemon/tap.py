@@ -358,8 +358,9 @@ def add_notifications(root, registry, config, reactor, metrics=None, authorize_a
         config.notifications, reactor=reactor,
         default_journal=os.path.join(storage_root, "regd", "notifications.sqlite3"),
         source_addr=config.http.addr, metrics=metrics, authorize_admin=authorize_admin,
-        # Every worker journals; one delivers (regd.workers: worker 0).
-        deliver=deliver)
+        # Every worker journals; one starts the delivery process (regd.workers: worker 0).
+        deliver=deliver, log_settings={"level": config.log.level, "formatter": config.log.formatter,
+                                       "fields": dict(config.log.fields or {})})
     for warning in warnings:
         log.warn("configuration: {warning}", warning=warning)
     if service is None:

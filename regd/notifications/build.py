@@ -7,14 +7,14 @@ from regd.notifications.settings import parse_notifications
 
 
 def build_notifications(raw, *, reactor, default_journal: str, source_addr: str, run_in_thread=None,
-                        metrics=None, authorize_admin=None, deliver: bool = True):
+                        metrics=None, authorize_admin=None, deliver: bool = True, log_settings=None):
     """
     (service, admin, warnings); service and admin are None when no endpoint
     is configured. The journal gets one thread of its own (SQLite
     connections stay on one thread), unless a runner is given. Deliveries
-    run in a thread with a reactor of its own (deliver=True), or not at all
-    in this process (deliver=False: another process sharing the journal
-    delivers).
+    run in a process of their own that this one starts (deliver=True; it
+    logs with C{log_settings}: level, formatter, fields), or not from here
+    at all (deliver=False: another process sharing the journal delivers).
     """
     settings, warnings = parse_notifications(raw, default_journal)
     if not settings.endpoints:
@@ -23,7 +23,6 @@ def build_notifications(raw, *, reactor, default_journal: str, source_addr: str,
     from twisted.python.threadpool import ThreadPool
 
     from regd.notifications.admin import NotificationAdmin
-    from regd.notifications.httpsink import HTTPSink, make_client
     from regd.notifications.journal import Journal
     from regd.notifications.service import NotificationService
     pool = None
@@ -35,42 +34,16 @@ def build_notifications(raw, *, reactor, default_journal: str, source_addr: str,
             return deferToThreadPool(reactor, pool, function, *args, **kwargs)
 
     journal = Journal(settings.journal, run_in_thread, wallclock=reactor.seconds)
-    pools = []
-    delivery = delivery_journal = None
-    sink_reactor = reactor
+    delivery = None
     if deliver:
-        import time
-
-        from regd.notifications.delivery import DeliveryThread
-        from twisted.internet.defer import maybeDeferred
-        delivery = DeliveryThread(reactor)
-        sink_reactor = delivery.reactor
-        # Its own connection, used only in the delivery thread (SQLite WAL: readers and one writer at a time).
-        delivery_journal = Journal(settings.journal, maybeDeferred, wallclock=time.time)
+        from regd.notifications.process import DeliveryProcess
+        delivery = DeliveryProcess(reactor, raw, settings.journal, log_settings)
 
     def sink_factory(endpoint_settings):
-        if deliver:
-            # The lean client: deliveries cost little CPU (see rawsink).
-            from regd.notifications.httpsink import ReceiverTLSPolicy
-            from regd.notifications.rawsink import RawHTTPSink
-            policy = None
-            if endpoint_settings.ca_file or endpoint_settings.client_certificate:
-                policy = ReceiverTLSPolicy(endpoint_settings.ca_file, endpoint_settings.client_certificate,
-                                           endpoint_settings.client_key)
-            sink = RawHTTPSink(endpoint_settings, sink_reactor, policy)
-            pools.append(sink)
-            return sink
-        client, connection_pool = make_client(sink_reactor, endpoint_settings)
-        pools.append(connection_pool)
-        return HTTPSink(endpoint_settings, client, sink_reactor)
+        return None  # no endpoint delivers from this process
 
     from regd.notifications.events import source_address
     service = NotificationService(settings, journal, sink_factory, reactor, source_addr=source_address(source_addr),
-                                  on_stop=[lambda: _close_pools(pools)], thread_pool=pool, deliver=deliver,
-                                  delivery=delivery, delivery_journal=delivery_journal)
+                                  thread_pool=pool, deliver=deliver, delivery=delivery)
     return service, NotificationAdmin(service, metrics, authorize_admin), warnings
 
-
-def _close_pools(pools):
-    from twisted.internet import defer
-    return defer.gatherResults([p.close() if hasattr(p, "close") else p.closeCachedConnections() for p in pools])

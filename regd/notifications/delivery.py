@@ -1,28 +1,21 @@
 # -*- test-case-name: tests.notifications.test_delivery -*-
 """
-Webhook delivery off the event loop that serves requests.
+Feeding the endpoints from the journal, in the delivery process
+(L{regd.notifications.deliverer}).
 
 The request path only appends each event to the durable journal (and the
-request waits for that). Delivery runs in one thread of its own, on a
-private Twisted reactor, with its own connection to the journal: the
-endpoints' loops, their HTTP clients, retries, backoff timers and
-bookkeeping never take a turn of the serving reactor.
-
-The delivery side is fed from the journal, not from memory: a wake-up from
-this process, and a poll that notices commits by other processes (several
-workers share one journal; only the one built with deliver=True runs this)
-both read the rows past the last sequence number each endpoint has seen.
-Sequence numbers are assigned under SQLite's write lock, so commit order is
-sequence order and the "after the last one seen" read never skips a row.
+request waits for that). The delivery side is fed from the journal, not
+from memory: a wake-up from the serving process after each commit, and a
+poll that notices commits by other processes (several workers share one
+journal; one delivery process runs per journal) both read the rows past
+the last sequence number each endpoint has seen. Sequence numbers are
+assigned under SQLite's write lock, so commit order is sequence order and
+the "after the last one seen" read never skips a row.
 """
 
 from __future__ import annotations
 
-import threading
-
-from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 log = Logger()
 
@@ -30,62 +23,9 @@ POLL_INTERVAL = 0.1  # seconds between checks for events journaled by other proc
 PAGE = 10_000
 
 
-def _private_reactor():
-    """A reactor instance that is not the global one, for the delivery thread."""
-    try:
-        from twisted.internet.epollreactor import EPollReactor
-        return EPollReactor()
-    except ImportError:  # not Linux
-        from twisted.internet.pollreactor import PollReactor
-        return PollReactor()
-
-
-class DeliveryThread:
-    """
-    A reactor running in a daemon thread. L{call} runs a function there and
-    gives its result back as a Deferred on the caller's reactor.
-    """
-
-    def __init__(self, main_reactor, name: str = "regd-webhooks"):
-        self.main = main_reactor
-        self.reactor = _private_reactor()
-        self._name = name
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._thread = threading.Thread(target=self.reactor.run, kwargs={"installSignalHandlers": False},
-                                        name=self._name, daemon=True)
-        self._thread.start()
-
-    def call(self, function, *args, **kwargs) -> defer.Deferred:
-        """Deferred (on the main reactor) for C{function(*args)} run in the delivery thread."""
-        result: defer.Deferred = defer.Deferred()
-
-        def back(outcome):
-            if isinstance(outcome, Failure):
-                self.main.callFromThread(result.errback, outcome)
-            else:
-                self.main.callFromThread(result.callback, outcome)
-
-        def run():
-            defer.maybeDeferred(function, *args, **kwargs).addBoth(back)
-
-        self.reactor.callFromThread(run)
-        return result
-
-    def stop(self) -> None:
-        if self._thread is None:
-            return
-        self.reactor.callFromThread(self.reactor.stop)
-        self._thread.join(5)
-        self._thread = None
-
-
 class JournalFeed:
     """
-    Runs in the delivery thread: hands each endpoint the journal rows past
+    Runs in the delivery process: hands each endpoint the journal rows past
     the last sequence number it has seen, on a wake-up or when the journal
     changed under another connection.
     """

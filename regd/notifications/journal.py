@@ -173,7 +173,7 @@ class Journal:
 
     def pending_after(self, endpoint: str, seq: int, limit: int = 10_000) -> list[JournalEntry]:
         """
-        Synchronous, for the delivery thread that owns this connection: the
+        Synchronous, for the delivery process that owns this connection: the
         pending events past C{seq}, in order.
         """
         rows = self._db.execute(
@@ -181,6 +181,18 @@ class Journal:
             "JOIN events e ON e.seq = d.seq WHERE d.endpoint = ? AND d.dead = 0 AND d.seq > ? ORDER BY d.seq LIMIT ?",
             (endpoint, seq, limit)).fetchall()
         return [JournalEntry(*row) for row in rows]
+
+    def pending_among(self, endpoint: str, seqs: list[int]) -> list[JournalEntry]:
+        """Synchronous, for the delivery side: which of C{seqs} are pending for C{endpoint}, in order."""
+        wanted = set(seqs)
+        if not wanted:
+            return []
+        low, high = min(wanted), max(wanted)
+        rows = self._db.execute(
+            "SELECT e.seq, e.id, e.created, e.body, d.attempts, d.last_error FROM deliveries d "
+            "JOIN events e ON e.seq = d.seq WHERE d.endpoint = ? AND d.dead = 0 AND d.seq BETWEEN ? AND ? "
+            "ORDER BY d.seq", (endpoint, low, high)).fetchall()
+        return [JournalEntry(*row) for row in rows if row[0] in wanted]
 
     def data_version(self) -> int:
         """Synchronous: changes whenever another connection (thread or process) committed."""

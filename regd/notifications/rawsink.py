@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.notifications.test_rawsink -*-
 """
-A lean webhook POST client for the delivery thread: one keep-alive
+A lean webhook POST client for the delivery process: one keep-alive
 connection per endpoint, one request in flight (the endpoint's loop sends
 one batch at a time), the request head pre-built as bytes, and just enough
 HTTP/1.1 response parsing (Content-Length, chunked, or until close).
@@ -194,8 +194,8 @@ class RawHTTPSink:
         if parts.scheme == "https":
             from twisted.web.client import BrowserLikePolicyForHTTPS
             policy = tls_policy or BrowserLikePolicyForHTTPS()
-            # clock: the TLS layer's timers must run on this sink's reactor (the delivery thread's),
-            # never on the global one that serves requests from another thread.
+            # clock: the TLS layer's timers must run on the reactor this sink was given,
+            # never on another (the global one, in a process where they differ).
             endpoint = wrapClientTLS(policy.creatorForNetloc(self._host.encode("idna"), self._port), endpoint,
                                      clock=reactor)
         self._endpoint = endpoint

@@ -3,10 +3,10 @@
 NotificationService: the registry listener that journals each event before
 the request is answered, then hands it to every endpoint that wants it.
 
-In the daemon the endpoints run in a delivery thread of their own
-(L{regd.notifications.delivery}), fed from the journal; without one (unit
-tests) they run on the given clock. With deliver=False this process only
-journals: another process sharing the journal delivers (one runner per journal).
+In the daemon the endpoints run in a delivery process of their own
+(L{regd.notifications.process}), fed from the journal; without one (unit
+tests) they run here, on the given clock. With deliver=False this process
+only journals: another process sharing the journal delivers (one per journal).
 """
 
 from __future__ import annotations
@@ -37,20 +37,19 @@ class JournalUnavailable(Exception):
 class NotificationService(service.Service):
     def __init__(self, settings, journal, sink_factory, clock, *, source_addr: str = "",
                  instance_id: str | None = None, on_stop=(), thread_pool=None, deliver: bool = True,
-                 delivery=None, delivery_journal=None):
+                 delivery=None):
         self.settings = settings
         self.journal = journal
         self.clock = clock
         self.source_addr = source_addr or socket.gethostname()
         self.instance_id = instance_id or str(uuid.uuid4())
         self.deliver = deliver
-        # A DeliveryThread (and the journal connection it uses), or None: deliver on `clock`.
+        # A DeliveryProcess, or None: deliver here, on `clock`.
         self._delivery = delivery if deliver else None
-        self._delivery_journal = delivery_journal
-        self._feed = None
         if self._delivery is not None:
-            self.endpoints = [Endpoint(s, delivery_journal, sink_factory(s), self._delivery.reactor)
-                              for s in settings.endpoints]
+            from regd.notifications.process import RemoteEndpoint
+            self.endpoints = [RemoteEndpoint(s, journal, clock) for s in settings.endpoints]
+            self._delivery.on_figures = self._figures
         else:
             self.endpoints = [Endpoint(s, journal, sink_factory(s), clock) for s in settings.endpoints]
         self._opened = False
@@ -92,7 +91,9 @@ class NotificationService(service.Service):
 
         def queue(seq):
             if self._delivery is not None:
-                self._delivery.reactor.callFromThread(self._wake_feed)
+                for endpoint in admitted:
+                    endpoint.admitted(len(body))
+                self._delivery.wake()
                 return
             if not self.deliver:
                 return
@@ -132,27 +133,12 @@ class NotificationService(service.Service):
                 await endpoint.start()
             return
         self._delivery.start()
-        await self._delivery.call(lambda: defer.ensureDeferred(self._start_delivery()))
 
-    # -- in the delivery thread ------------------------------------------
-
-    async def _start_delivery(self) -> None:
-        from regd.notifications.delivery import JournalFeed
-        await self._delivery_journal.open()
-        for endpoint in self.endpoints:
-            await endpoint.start()
-        self._feed = JournalFeed(self._delivery_journal, self.endpoints, self._delivery.reactor)
-        self._feed.start()
-
-    def _wake_feed(self) -> None:
-        if self._feed is not None:
-            self._feed.wake()
-
-    async def _stop_delivery(self) -> None:
-        if self._feed is not None:
-            self._feed.stop()
-        await self._drain_and_close()
-        await self._delivery_journal.close()
+    def _figures(self, figures: dict) -> None:
+        """An endpoint's figures, as the delivery process reports them."""
+        endpoint = self.endpoint(figures["endpoint"])
+        if endpoint is not None:
+            endpoint.update(figures)
 
     async def _drain_and_close(self) -> None:
         # Deliver what we can within the drain time; the rest stays in the journal.
@@ -169,18 +155,10 @@ class NotificationService(service.Service):
     async def stopService(self):
         super().stopService()
         if self._delivery is not None:
-            if self._opened:
-                stopped = self._delivery.call(lambda: defer.ensureDeferred(self._stop_delivery()))
-                # Bounded even if the delivery thread is stuck: the journal keeps what is owed.
-                timer = self.clock.callLater(self.settings.drain_timeout + 5, stopped.cancel)
-                try:
-                    await stopped
-                except defer.CancelledError:
-                    log.warn("notifications: the delivery thread did not stop in time")
-                finally:
-                    if timer.active():
-                        timer.cancel()
-            self._delivery.stop()
+            # Bounded even if the delivery process is stuck: the journal keeps what is owed.
+            await self._delivery.stop(self.settings.drain_timeout + 5)
+            for stop in self._on_stop:
+                await defer.maybeDeferred(stop)
         elif self.deliver:
             await self._drain_and_close()
         else:
@@ -196,12 +174,15 @@ class NotificationService(service.Service):
         endpoint = self.endpoint(name)
         revived = await self.journal.replay(name, seqs, event_ids)
         if self._delivery is not None:
-            await self._delivery.call(self._requeue, endpoint, revived)
+            endpoint.stats.dead_letters = max(0, endpoint.stats.dead_letters - len(revived))
+            await self._delivery.requeue(name, [e.seq for e in revived])
         elif self.deliver:
             self._requeue(endpoint, revived)
         return len(revived)
 
     async def status(self) -> dict:
+        if self._delivery is not None:
+            await self._delivery.refresh()
         report = {}
         for endpoint in self.endpoints:
             pending, dead = await self.journal.counts(endpoint.name)

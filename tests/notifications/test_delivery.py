@@ -1,14 +1,20 @@
-"""Delivery in a thread of its own, fed from the journal (as the daemon builds it)."""
+"""
+Delivery in a process of its own, fed from the journal, as the daemon
+builds it: a real `python -m regd.notifications.deliverer` child, a real
+receiver on 127.0.0.1, a real journal file.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import os
-import threading
+import signal
 
 from twisted.internet import reactor, task
 from twisted.trial.unittest import TestCase
 
 from regd.notifications.build import build_notifications
+from regd.notifications.deliverer import lock_path
 from regd.notifications.journal import Journal
 from regd.storage.threads import inline_runner
 from tests.support.receiver import Receiver
@@ -18,27 +24,34 @@ def _event(i: int) -> str:
     return '{"id": "ev%d", "action": "push", "target": {"repository": "r"}}' % i
 
 
-class DeliveryThreadTests(TestCase):
+def _lock_held(journal: str) -> bool:
+    """Whether a delivery process holds the journal's lock (tried, and let go at once if free)."""
+    try:
+        fd = os.open(lock_path(journal), os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+class DeliveryProcessTests(TestCase):
+    timeout = 60
+
     def build(self, url, deliver=True, **endpoint):
         self.path = os.path.join(os.path.abspath(self.mktemp()), "journal.sqlite3")
         raw = {"draintimeout": "1s", "endpoints": [{"name": "ci", "url": url, "backoff": "50ms", **endpoint}]}
         service, _, _ = build_notifications(raw, reactor=reactor, default_journal=self.path, source_addr="regd:5000",
-                                            deliver=deliver)
-        self.threads = []
-        if deliver:
-            sink = service.endpoints[0]._sink
-            deliver_on = sink.deliver
-
-            def recording(*args):
-                self.threads.append(threading.current_thread().name)
-                return deliver_on(*args)
-
-            sink.deliver = recording
+                                            deliver=deliver, log_settings={"level": "warn"})
         service.startService()
         self.addCleanup(service.stopService)
         return service
 
-    async def wait(self, condition, timeout=10.0):
+    async def wait(self, condition, timeout=20.0):
         for _ in range(int(timeout / 0.02)):
             if condition():
                 return
@@ -52,21 +65,28 @@ class DeliveryThreadTests(TestCase):
         self.addCleanup(other._close)
         return other
 
-    async def test_events_go_out_from_the_delivery_thread_in_journal_order(self):
+    async def journal_and_wake(self, service, i):
+        await service.journal.append(f"ev{i}", _event(i), ("ci",))
+        service._delivery.wake()
+
+    async def test_events_go_out_from_the_delivery_process_in_journal_order(self):
         receiver = Receiver()
         service = self.build(receiver.listen(self))
-        await self.wait(lambda: service._feed is not None)
+        await self.wait(lambda: service._delivery.pid is not None)
+        self.assertNotEqual(service._delivery.pid, os.getpid())
         for i in range(5):
-            await service.journal.append(f"ev{i}", _event(i), ("ci",))
-            service._delivery.reactor.callFromThread(service._wake_feed)
+            await self.journal_and_wake(service, i)
         other = self.other_process_journal()
-        for i in range(5, 10):  # journaled by "another worker": found by the feed's poll, no wake-up
+        for i in range(5, 10):  # journaled by "another worker": found by the child's poll, no wake-up
             other.append(f"ev{i}", _event(i), ("ci",))
         await receiver.wait_for(10)
         self.assertEqual([e["id"] for e in receiver.events()], [f"ev{i}" for i in range(10)])
-        self.assertEqual(set(self.threads), {"regd-webhooks"})
-        self.assertIsNot(service.endpoints[0]._clock, reactor)
-        await self.wait(lambda: service.endpoints[0].stats.successes == 10)
+        endpoint = service.endpoints[0]
+        # Figures come back from the delivery process; /debug/notifications asks for fresh ones.
+        await self.wait(lambda: endpoint.stats.successes == 10 and endpoint.pending == 0)
+        report = await service.status()
+        self.assertEqual((report["ci"]["successes"], report["ci"]["delivered_events"]), (10, 10))
+        await self.wait(lambda: other.counts("ci").result == (0, 0))  # bookkeeping reached the journal
 
     async def test_events_journaled_while_stopped_are_delivered_on_start(self):
         receiver = Receiver()
@@ -99,13 +119,50 @@ class DeliveryThreadTests(TestCase):
         receiver = Receiver()
         receiver.fail_next = 2
         service = self.build(receiver.listen(self), maxretries=2)
-        await self.wait(lambda: service._feed is not None)
-        await service.journal.append("ev0", _event(0), ("ci",))
-        service._delivery.reactor.callFromThread(service._wake_feed)
+        await self.wait(lambda: service._delivery.pid is not None)
+        await self.journal_and_wake(service, 0)
         endpoint = service.endpoints[0]
         await self.wait(lambda: endpoint.stats.dead_letters == 1)
         self.assertEqual(endpoint.stats.failures, 2)
+        self.assertEqual(await service.journal.counts("ci"), (0, 1))
         self.assertEqual(await service.replay("ci"), 1)
         await receiver.wait_for(1)
         self.assertEqual([e["id"] for e in receiver.events()], ["ev0"])
         await self.wait(lambda: endpoint.stats.successes == 1 and endpoint.stats.dead_letters == 0)
+
+    async def test_a_killed_delivery_process_is_replaced_and_nothing_is_lost(self):
+        receiver = Receiver()
+        receiver.stall = True  # the first POST never gets an answer: it is in flight when the kill comes
+        service = self.build(receiver.listen(self), timeout="30s")
+        delivery = service._delivery
+        await self.wait(lambda: delivery.pid is not None)
+        first = delivery.pid
+        await self.journal_and_wake(service, 0)
+        await self.wait(lambda: len(receiver.received) == 0 and service.endpoints[0].stats.attempts == 1)
+        receiver.stall = False
+        os.kill(first, signal.SIGKILL)
+        await self.wait(lambda: delivery.pid not in (None, first))
+        self.assertEqual(delivery.restarts, 1)
+        await self.journal_and_wake(service, 1)
+        await receiver.wait_for(2)
+        self.assertEqual([e["id"] for e in receiver.events()], ["ev0", "ev1"])
+
+    async def test_one_delivery_process_per_journal(self):
+        receiver = Receiver()
+        service = self.build(receiver.listen(self))
+        await self.journal_and_wake(service, 0)
+        await receiver.wait_for(1)
+        self.assertTrue(_lock_held(self.path))  # by the running delivery process
+
+    async def test_the_delivery_process_ends_when_regd_is_gone(self):
+        """regd SIGKILLed: the pipe from it closes, and the delivery process ends by itself."""
+        receiver = Receiver()
+        service = self.build(receiver.listen(self))
+        delivery = service._delivery
+        await self.wait(lambda: _lock_held(self.path))  # the delivery process is up and delivering
+        child = delivery._child
+        delivery._running = False  # as if regd were gone: nobody restarts it
+        child.transport.closeChildFD(0)  # what the kernel does to a SIGKILLed regd's end of the pipe
+        await child.ended
+        self.assertEqual(child.transport.status, 0)
+        self.assertFalse(_lock_held(self.path))  # released: a new delivery process may start

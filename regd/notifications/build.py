@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from regd.notifications.settings import parse_notifications
 
+SERVING_CHECKPOINT_PAGES = 20_000  # about 80 MiB of WAL
+
 
 def build_notifications(raw, *, reactor, default_journal: str, source_addr: str, run_in_thread=None,
                         metrics=None, authorize_admin=None, deliver: bool = True, log_settings=None):
@@ -33,7 +35,10 @@ def build_notifications(raw, *, reactor, default_journal: str, source_addr: str,
         def run_in_thread(function, *args, **kwargs):
             return deferToThreadPool(reactor, pool, function, *args, **kwargs)
 
-    journal = Journal(settings.journal, run_in_thread, wallclock=reactor.seconds)
+    # The delivery process's commits copy the WAL back into the database; ours only when it grew far (that
+    # process down a long time), so that requests do not wait on that copy.
+    journal = Journal(settings.journal, run_in_thread, wallclock=reactor.seconds,
+                      checkpoint_pages=SERVING_CHECKPOINT_PAGES)
     delivery = None
     if deliver:
         from regd.notifications.process import DeliveryProcess

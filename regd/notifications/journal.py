@@ -54,8 +54,16 @@ class JournalEntry:
 
 
 class Journal:
-    def __init__(self, path: str, run, wallclock=time.time):
+    def __init__(self, path: str, run, wallclock=time.time, checkpoint_pages: int = 1000):
+        """
+        C{checkpoint_pages}: the WAL size at which a commit on this connection
+        also copies the WAL back into the database (SQLite's default, 1000).
+        The serving side raises it when a delivery process shares the
+        journal: that process's commits then do this work, off the commits
+        that requests wait for.
+        """
         self._path = path
+        self._checkpoint_pages = checkpoint_pages
         self._run = run
         self._wallclock = wallclock
         self._db: sqlite3.Connection | None = None
@@ -77,6 +85,7 @@ class Journal:
         db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None, timeout=30.0)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
+        db.execute(f"PRAGMA wal_autocheckpoint={int(self._checkpoint_pages)}")
         db.executescript(SCHEMA)
         self._db = db
 

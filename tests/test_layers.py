@@ -16,7 +16,7 @@ ALLOWED = {
     "cache": {"oci", "storage", "cache"},
     "registry": {"oci", "storage", "cache", "registry"},
     "http": {"oci", "registry", "http", "index"},
-    "notifications": {"oci", "registry", "notifications", "units"},
+    "notifications": {"oci", "registry", "notifications", "units", "logging"},  # logging: the delivery process
     "index": {"oci", "storage", "registry", "index"},
     "web": {"oci", "registry", "http", "index", "web"},
     "config": {"oci", "units"},

@@ -34,6 +34,8 @@ class RegdRequest(server.Request):
     """A request whose large bodies go straight into a storage spool."""
 
     spool_factory = None
+    upload_sink = None  # (name, upload_id, start) -> a body sink written in place, or None
+    prefix = ""  # http.prefix, before /v2
     spool_threshold = 65536
     max_body_size = 0
     extra_headers: dict = {}
@@ -60,14 +62,19 @@ class RegdRequest(server.Request):
             self._refuse_too_large()
             return
         if self.spool_factory is not None and (length is None or length >= self.spool_threshold):
+            # The method is set on the request only after the body; the channel has it already.
+            method = getattr(self.channel, "_command", None) or self.method
+            sink = self._upload_sink() if method == b"PATCH" else None
+            if sink is not None:
+                self.content = sink
+                _read_in_large_pieces(self.channel)
+                return
             try:
                 self.content = self.spool_factory()
             except OSError as e:  # no room even for an empty spool file
                 self._storage_failed(e)
                 return
             _read_in_large_pieces(self.channel)
-            # The method is set on the request only after the body; the channel has it already.
-            method = getattr(self.channel, "_command", None) or self.method
             if method != b"PATCH":  # this body ends its upload: no hash state to save
                 fast = getattr(self.content, "prefer_fast_hash", None)
                 if fast is not None:
@@ -82,6 +89,27 @@ class RegdRequest(server.Request):
                 set_producer(self.channel.transport)
         else:
             self.content = BytesIO()
+
+    def _upload_sink(self):
+        """
+        For a PATCH of an upload (known from the request line, before the
+        body arrives): a sink that writes the body straight onto the end of
+        the upload's data, or None to spool it as any other body. Only a
+        choice of where bytes go; the handler checks everything as usual.
+        """
+        if self.upload_sink is None:
+            return None
+        target = _upload_target(getattr(self.channel, "_path", None), self.prefix)
+        if target is None:
+            return None
+        start = _range_start(self)
+        if start is False:  # a malformed Content-Range: the handler answers it
+            return None
+        try:
+            return self.upload_sink(target[0], target[1], start)
+        except Exception:
+            log.failure("opening an upload to write a PATCH body in place; spooling it instead")
+            return None
 
     @property
     def body_bytes(self) -> int:
@@ -198,15 +226,39 @@ def _read_in_large_pieces(channel) -> None:
         transport.bufferSize = BODY_READ_SIZE
 
 
-def _appends_to_an_upload(request) -> bool:
-    """A PATCH whose Content-Range starts past 0: a later chunk of an upload."""
+def _range_start(request):
+    """Where a body's Content-Range starts: an int, None without one, False when malformed."""
     from regd.http.ranges import parse_upload_range
     raw = request.getHeader(b"content-range")
     try:
         wanted = parse_upload_range(raw.decode("latin-1") if raw is not None else None)
-    except Exception:  # malformed: the handler answers it; hash as usual meanwhile
+    except Exception:  # malformed: the handler answers it
         return False
-    return wanted is not None and wanted[0] > 0
+    return wanted[0] if wanted is not None else None
+
+
+def _appends_to_an_upload(request) -> bool:
+    """A PATCH whose Content-Range starts past 0: a later chunk of an upload."""
+    start = _range_start(request)
+    return start is not None and start is not False and start > 0
+
+
+# The upload route, /v2/<name>/blobs/uploads/<id> (api.py), read from a request line.
+_UPLOAD_PATH = re.compile(r"/v2/(.+?)/blobs/uploads/([^/]+)")
+
+
+def _upload_target(path: bytes | None, prefix: str) -> tuple[str, str] | None:
+    """(name, upload id) when C{path} is an upload's URL below C{prefix}, else None."""
+    if not path:
+        return None
+    try:
+        text = unquote_to_bytes(path.split(b"?", 1)[0]).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if not text.startswith(prefix):
+        return None
+    match = _UPLOAD_PATH.fullmatch(text, len(prefix))
+    return (match[1], match[2]) if match else None
 
 
 def _unroutable(request) -> str | None:
@@ -227,7 +279,8 @@ class RegdSite(server.Site):
     parsed (a huge form POST would otherwise be read into memory).
     """
 
-    def __init__(self, resource, spool_factory=None, *, spool_threshold: int = 65536,
+    def __init__(self, resource, spool_factory=None, *, upload_sink=None, prefix: str = "",
+                 spool_threshold: int = 65536,
                  max_body_size: int = 0, extra_headers=None, access_log: bool = True,
                  limits: ConnectionLimits = ConnectionLimits(), **kwargs):
         kwargs.setdefault("parsePOSTFormSubmission", False)
@@ -247,6 +300,8 @@ class RegdSite(server.Site):
             pass
 
         _Request.spool_factory = staticmethod(spool_factory) if spool_factory else None
+        _Request.upload_sink = staticmethod(upload_sink) if upload_sink else None
+        _Request.prefix = prefix.rstrip("/")
         _Request.spool_threshold = spool_threshold
         _Request.max_body_size = max_body_size
         _Request.extra_headers = dict(extra_headers or {})

@@ -54,6 +54,12 @@ class Registry:
     def new_spool(self):
         return self.driver.new_spool()
 
+    def upload_sink(self, name: str, upload_id: str, start: int | None):
+        """Where a PATCH body can be written in place (UploadService.body_sink), or None."""
+        if self.readonly:
+            return None
+        return self.uploads.body_sink(name, upload_id, start)
+
     async def remove_leftovers(self) -> list[str]:
         """
         Remove what processes killed mid-write left (temp files, request-body

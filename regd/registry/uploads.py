@@ -23,7 +23,8 @@ from twisted.logger import Logger
 
 from regd.oci.digest import CANONICAL, Digest
 from regd.oci.hashstate import ResumableSha256, decode_state, encode_state
-from regd.oci.errors import BlobUploadUnknown, DigestInvalid, RangeInvalid, SizeInvalid
+from regd.oci.errors import BlobUploadInvalid, BlobUploadUnknown, DigestInvalid, RangeInvalid, SizeInvalid
+from regd.oci.reference import is_valid_name
 from regd.registry import links
 from regd.registry.blobs import BlobInfo, BlobService
 from regd.registry.context import RequestContext
@@ -99,6 +100,44 @@ class UploadService:
             return content, False
         content.seek(0)
         return self.spool_from_bytes(content.read()), True
+
+    def body_sink(self, name: str, upload_id: str, start: int | None):
+        """
+        Where a PATCH body for this upload can be written as it arrives, or
+        None: onto the end of the upload's own data (drivers that can append
+        in place: filesystem), so a later chunk is written once, not spooled
+        and copied. Called from the reactor when the request head arrives,
+        before routing and authorization; append() checks everything again.
+
+        None (and the body is spooled as before) when the driver cannot, the
+        upload is unknown or has no bytes yet (a first body is renamed into
+        place), a chunk of it is being handled here, or C{start} (from
+        Content-Range) is not where it ends, which the handler answers with
+        416. The sink holds the upload's lock until it is closed: append()
+        keeps its bytes; any other end of the request cuts them off again.
+        """
+        open_append = getattr(self._driver, "open_append", None)
+        if open_append is None or not is_upload_id(upload_id) or not is_valid_name(name):
+            return None
+        key = (name, upload_id)
+        session = self._sessions.get(key)
+        if session is not None and session.lock.locked:
+            return None
+        sink = open_append(paths.upload_data(name, upload_id))
+        if sink is None:
+            return None
+        if start is not None and start != sink.offset:
+            sink.close()
+            return None
+        if session is None:
+            self._forget_idle()
+            session = self._sessions.setdefault(key, _Session())
+        session.lock.acquire()  # free (checked above): taken at once
+        sink.when_closed(session.lock.release)
+        sink.upload = key
+        if session.hasher is not None and session.size == sink.offset:
+            sink.hasher = session.hasher.copy()
+        return sink
 
     async def start(self, name: str) -> str:
         upload_id = str(uuid.uuid4())
@@ -177,6 +216,8 @@ class UploadService:
         header; a chunk that does not continue exactly where the data ends is
         refused with 416 so the client can ask where to resume.
         """
+        if getattr(spool, "upload", None) is not None:
+            return await self._keep_in_place(name, upload_id, spool, start, end)
         session = await self._session(name, upload_id)
         await session.lock.acquire()
         try:
@@ -192,6 +233,46 @@ class UploadService:
             return size
         finally:
             session.lock.release()
+
+    async def _keep_in_place(self, name: str, upload_id: str, sink, start, end) -> int:
+        """
+        append() for a body written in place by a sink from body_sink(),
+        whose lock it holds: check it as a spooled chunk is checked, then
+        keep its bytes and carry the running hash on. Closing the sink at
+        the end releases the lock (and cuts the bytes off unless kept).
+        """
+        try:
+            if sink.upload != (name, upload_id):  # routed elsewhere than its request line said
+                raise BlobUploadInvalid("the body was received for another upload")
+            if not await links.exists(self._driver, paths.upload_started_at(name, upload_id)):
+                await self._cancelled_meanwhile(name, upload_id)
+            if start is not None and start != sink.offset:
+                raise RangeInvalid(detail={"expected_start": sink.offset, "start": start},
+                                   headers={"Range": _range_header(sink.offset)})
+            if end is not None and end - start + 1 != sink.size:
+                raise SizeInvalid("Content-Range does not match the body length",
+                                  detail={"range": f"{start}-{end}", "length": sink.size})
+            session = self._sessions.setdefault((name, upload_id), _Session())
+            hasher = sink.hasher
+            if hasher is None and sink.size > 0:
+                # The running hash was not known here when the body began (another instance
+                # took the chunk before): the saved one, fed this chunk back from storage.
+                hasher = await self._stored_hasher(name, upload_id, sink.offset)
+                if hasher is not None:
+                    await sink.hash_into(hasher)
+                else:
+                    hasher = await self._driver.digest_file(paths.upload_data(name, upload_id), CANONICAL)
+            sink.keep()
+            session.size = sink.offset + sink.size
+            session.hasher = hasher  # None (empty body, nothing known): re-hashed from storage at commit
+            await self._save_hasher(name, upload_id, session)
+            await self._cancelled_meanwhile(name, upload_id)
+            return session.size
+        except (PathNotFound, FileNotFoundError):
+            await self._cancelled_meanwhile(name, upload_id)
+            raise
+        finally:
+            sink.close()
 
     async def _cancelled_meanwhile(self, name: str, upload_id: str) -> None:
         """Raise BlobUploadUnknown, removing anything written since, if the upload was cancelled."""

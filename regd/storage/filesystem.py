@@ -9,6 +9,8 @@ socket cannot outrun the disk.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import re
 import shutil
@@ -202,6 +204,121 @@ class FileSpool:
                 os.unlink(self.path)
             except FileNotFoundError:
                 pass
+
+
+@implementer(IBodySpool)
+class FileAppender:
+    """
+    A request body written in place: straight onto the end of an existing
+    file (an upload's data), at the size the file had when it was opened,
+    so a later chunk of an upload is written once instead of spooled and
+    copied. Bytes are hashed as they pass when a hasher is set.
+
+    It holds an exclusive flock on the file while open, so two writers (of
+    this or another process) never write it at once, and nothing moves it
+    meanwhile (see FilesystemDriver._move). Until keep(), what it wrote is
+    provisional: close() cuts the file back to its old size, so an aborted,
+    short or refused body leaves the file exactly as it was.
+    """
+
+    def __init__(self, fd: int, path: str, offset: int, run_in_thread):
+        self._fd = fd
+        self.path = path
+        self.offset = offset
+        self.size = 0
+        self.hasher = None
+        self.kept = False
+        self.closed = False
+        self._run = run_in_thread
+        self._position = 0
+        self._flushed = 0  # bytes whose writeback was started
+        self._when_closed = []
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        at = self.offset + self.size
+        while view:
+            written = os.pwrite(self._fd, view, at)
+            view = view[written:]
+            at += written
+        if self.hasher is not None:
+            self.hasher.update(data)
+        self.size += len(data)
+        if self.size - self._flushed >= WRITEBACK_EVERY:
+            start_writeback(self._fd, self.offset + self._flushed, self.size - self._flushed)
+            self._flushed = self.size
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence == os.SEEK_SET:
+            self._position = offset
+        elif whence == os.SEEK_CUR:
+            self._position += offset
+        else:
+            self._position = self.size + offset
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            size = max(self.size - self._position, 0)
+        size = max(min(size, self.size - self._position), 0)
+        data = os.pread(self._fd, size, self.offset + self._position)
+        self._position += len(data)
+        return data
+
+    def hash_into(self, hasher):
+        """Deferred: feed the bytes written to C{hasher}, read back in a thread (when none was set)."""
+        def read_back():
+            done = 0
+            while done < self.size:
+                chunk = os.pread(self._fd, min(COPY_CHUNK, self.size - done), self.offset + done)
+                if not chunk:
+                    raise OSError(f"file ended after {done} of {self.size} bytes written")
+                hasher.update(chunk)
+                done += len(chunk)
+            return hasher
+        return self._run(read_back)
+
+    def when_closed(self, callback) -> None:
+        """Call C{callback}() once, when the appender is closed (kept or not)."""
+        self._when_closed.append(callback)
+
+    def keep(self) -> None:
+        """What was written is part of the file now; close() will no longer cut it."""
+        if self.size - self._flushed > 0:
+            start_writeback(self._fd, self.offset + self._flushed, self.size - self._flushed)
+            self._flushed = self.size
+        self.kept = True
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            if not self.kept and self.size > 0 and self._still_at_path():
+                os.ftruncate(self._fd, self.offset)
+        finally:
+            os.close(self._fd)  # releases the flock
+            callbacks, self._when_closed = self._when_closed, []
+            for callback in callbacks:
+                callback()
+
+    def _still_at_path(self) -> bool:
+        """Whether the path still names this file (an upload cancelled meanwhile has none)."""
+        try:
+            return os.stat(self.path).st_ino == os.fstat(self._fd).st_ino
+        except OSError:
+            return False
+
+
+def _lock_or_busy(fd: int, path: str, mode: int = fcntl.LOCK_EX) -> None:
+    """Take the file's flock without waiting; EBUSY when a FileAppender is writing it."""
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise OSError(errno.EBUSY, "another request is writing this upload", path) from None
 
 
 @implementer(IPullProducer)
@@ -467,16 +584,19 @@ class FilesystemDriver:
         except (FileNotFoundError, NotADirectoryError):
             raise PathNotFound(source) from None
         try:
+            # Never while a FileAppender (this or another process) still writes the file;
+            # shared, so movers racing each other (GC, a push taking a blob back) go on as before.
+            _lock_or_busy(fd, source, fcntl.LOCK_SH)
             os.fsync(fd)
+            directory = os.path.dirname(dst)
+            try:
+                _in_directory(directory, lambda: os.replace(src, dst))
+            except FileNotFoundError:
+                if os.path.lexists(src):
+                    raise
+                raise PathNotFound(source) from None  # moved or removed meanwhile by another process
         finally:
             os.close(fd)
-        directory = os.path.dirname(dst)
-        try:
-            _in_directory(directory, lambda: os.replace(src, dst))
-        except FileNotFoundError:
-            if os.path.lexists(src):
-                raise
-            raise PathNotFound(source) from None  # moved or removed meanwhile by another process
         _fsync_dir(directory)
 
     def touch(self, path: str):
@@ -514,6 +634,31 @@ class FilesystemDriver:
     def new_spool(self):
         return FileSpool(self._spool_dir)
 
+    def open_append(self, path: str):
+        """
+        Optional capability: a FileAppender onto the end of the file at
+        C{path}, opened synchronously (on the reactor thread, as a spool is,
+        when a request's head arrives), or None when the file is absent or
+        empty (a first body is spooled and renamed into place instead) or
+        another appender holds it.
+        """
+        full = self._full(path)
+        try:
+            fd = os.open(full, os.O_RDWR | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            size = os.fstat(fd).st_size
+            # Still the file at that path once locked (not moved into the blob store meanwhile)?
+            if size == 0 or os.stat(full).st_ino != os.fstat(fd).st_ino:
+                os.close(fd)
+                return None
+        except OSError:
+            os.close(fd)
+            return None
+        return FileAppender(fd, full, size, self._run)
+
     def store_spool(self, spool, path: str, hasher=None):
         return self._deferred(self._store_spool, spool, path, hasher)
 
@@ -534,6 +679,7 @@ class FilesystemDriver:
                 spool.adopted = True
                 return spool.size
             with open(full, "r+b", buffering=0) as target:
+                _lock_or_busy(target.fileno(), path)
                 try:
                     _append_file(spool.fileno(), spool.size, target.fileno(), existing, hasher)
                 except BaseException:

@@ -8,7 +8,7 @@ import socket
 import tempfile
 
 from twisted.internet import reactor, task, threads
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from regd.storage.interfaces import IBodySpool
 from tests.support.server import RegistryServer, header
@@ -140,3 +140,121 @@ class HashOnceTests(TestCase):
         self.assertEqual(sum(hashed), len(data), hashed)
         _, pulled = await server.request("GET", f"/v2/demo/once/blobs/{digest}")
         self.assertEqual(pulled, data)
+
+
+class InPlaceChunkTests(TestCase):
+    """A PATCH that continues an upload is written straight into the upload's data, once."""
+
+    async def patch(self, server, location, chunk, start, headers=None):
+        response, body = await server.request("PATCH", location, chunk, {
+            "Content-Range": f"{start}-{start + len(chunk) - 1}", "Content-Type": "application/octet-stream",
+            **(headers or {})})
+        return response, body
+
+    def data_file(self, server, name, location):
+        upload_id = location.split("?")[0].rsplit("/", 1)[1]
+        return os.path.join(server.root, "docker/registry/v2/repositories", name, "_uploads", upload_id, "data")
+
+    async def finish(self, server, name, location, data):
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        sep = "&" if "?" in location else "?"
+        response, body = await server.request("PUT", f"{location}{sep}digest={digest}")
+        self.assertEqual(response.code, 201, body)
+        _, pulled = await server.request("GET", f"/v2/{name}/blobs/{digest}")
+        self.assertEqual(pulled, data)
+
+    async def test_later_chunks_go_into_the_upload_not_a_spool(self):
+        server = RegistryServer(self)
+        spools = []
+        original = server.site.requestFactory.spool_factory
+
+        def recording_factory():
+            spools.append(original())
+            return spools[-1]
+
+        server.site.requestFactory.spool_factory = staticmethod(recording_factory)
+        data = os.urandom(4 * 300_000)
+        response, _ = await server.request("POST", "/v2/demo/inplace/blobs/uploads/")
+        location = header(response, "Location")
+        inodes = set()
+        for offset in range(0, len(data), 300_000):
+            response, body = await self.patch(server, location, data[offset:offset + 300_000], offset)
+            self.assertEqual(response.code, 202, body)
+            self.assertEqual(header(response, "Range"), f"0-{offset + 300_000 - 1}")
+            location = header(response, "Location")
+            inodes.add(os.stat(self.data_file(server, "demo/inplace", location)).st_ino)
+        # Only the first body was spooled (and renamed into place); the data file stayed the same file.
+        self.assertEqual(len(spools), 1)
+        self.assertEqual(len(inodes), 1)
+        await self.finish(server, "demo/inplace", location, data)
+
+    async def test_an_aborted_chunk_leaves_the_upload_as_it_was(self):
+        server = RegistryServer(self)
+        port = server.port.getHost().port
+        first, rest = os.urandom(100_000), os.urandom(300_000)
+        response, _ = await server.request("POST", "/v2/demo/blobs/uploads/")
+        response, _ = await self.patch(server, header(response, "Location"), first, 0)
+        location = header(response, "Location")
+        path = location.split(str(port), 1)[1]
+        head = (f"PATCH {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Range: 100000-1099999\r\n"
+                "Content-Length: 1000000\r\nContent-Type: application/octet-stream\r\n\r\n").encode()
+        await threads.deferToThread(_raw_request, port, head, [rest], False)  # 300 KB of 1 MB, then hangs up
+        data_file = self.data_file(server, "demo", location)
+        for _ in range(200):
+            response, _ = await server.request("GET", location)
+            if response.code == 204 and os.path.getsize(data_file) == 100_000:
+                break
+            await task.deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(header(response, "Range"), "0-99999")
+        with open(data_file, "rb") as f:
+            self.assertEqual(f.read(), first)
+        response, body = await self.patch(server, location, rest, 100_000)
+        self.assertEqual(response.code, 202, body)
+        await self.finish(server, "demo", header(response, "Location"), first + rest)
+
+    async def test_an_out_of_order_chunk_is_416_and_changes_nothing(self):
+        server = RegistryServer(self)
+        first = os.urandom(100_000)
+        response, _ = await server.request("POST", "/v2/demo/blobs/uploads/")
+        response, _ = await self.patch(server, header(response, "Location"), first, 0)
+        location = header(response, "Location")
+        for start in (50_000, 150_000):
+            response, body = await self.patch(server, location, os.urandom(70_000), start)
+            self.assertEqual(response.code, 416, body)
+            self.assertEqual(header(response, "Range"), "0-99999")
+        # A Content-Range that starts right but does not match the body's length.
+        response, body = await server.request("PATCH", location, os.urandom(70_000), {
+            "Content-Range": "100000-100999", "Content-Type": "application/octet-stream"})
+        self.assertEqual(response.code, 400, body)
+        with open(self.data_file(server, "demo", location), "rb") as f:
+            self.assertEqual(f.read(), first)
+        second = os.urandom(70_000)
+        response, body = await self.patch(server, location, second, 100_000)
+        self.assertEqual(response.code, 202, body)
+        await self.finish(server, "demo", header(response, "Location"), first + second)
+
+    async def test_another_instance_takes_the_next_chunks(self):
+        a = RegistryServer(self)
+        b = RegistryServer(self, root=a.root)
+        data = os.urandom(5 * 200_000)
+        response, _ = await a.request("POST", "/v2/demo/blobs/uploads/")
+        path = header(response, "Location").split(str(a.port.getHost().port), 1)[1]
+        for i, offset in enumerate(range(0, len(data), 200_000)):
+            server = (a, b)[i % 2]
+            response, body = await self.patch(server, path, data[offset:offset + 200_000], offset)
+            self.assertEqual(response.code, 202, body)
+            path = header(response, "Location").split(str(server.port.getHost().port), 1)[1]
+        await self.finish(b, "demo", path, data)
+
+
+class UploadTargetTests(SynchronousTestCase):
+    def test_the_upload_a_request_line_names(self):
+        from regd.http.site import _upload_target
+        upload = "2b6a3c36-1f0a-4d8e-9c57-1d2b2b0c5e11"
+        self.assertEqual(_upload_target(f"/v2/a/b/blobs/uploads/{upload}?_state=x".encode(), ""), ("a/b", upload))
+        self.assertEqual(_upload_target(f"/reg/v2/a/blobs/uploads/{upload}".encode(), "/reg"), ("a", upload))
+        self.assertEqual(_upload_target(f"/v2/a%2Fb/blobs/uploads/{upload}".encode(), ""), ("a/b", upload))
+        for path in (f"/v2/a/blobs/uploads/{upload}/x", "/v2/a/blobs/uploads/", f"/v2/a/blobs/{upload}",
+                     f"/x/v2/a/blobs/uploads/{upload}", "/v2/%ff/blobs/uploads/u", ""):
+            self.assertIsNone(_upload_target(path.encode(), ""), path)
+        self.assertIsNone(_upload_target(f"/v2/a/blobs/uploads/{upload}".encode(), "/reg"))

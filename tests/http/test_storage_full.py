@@ -18,7 +18,7 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import TestCase
 
 from regd.http.metrics import HTTPMetrics
-from regd.storage.filesystem import FileSpool
+from regd.storage.filesystem import FileAppender, FileSpool
 from tests.support.processes import in_ci
 from tests.support.server import RegistryServer, raw_exchange
 
@@ -86,10 +86,34 @@ class StorageFullTests(TestCase):
             return defer.fail(OSError(errno.ENOSPC, "No space left on device"))
 
         self.server.driver.store_spool = full
+        self.server.site.requestFactory.upload_sink = None  # as on drivers that cannot append in place
         with capturedLogs() as events:
             status, body = await self.exchange("PATCH", location, data[100_000:])
         self.assert_insufficient_storage(status, body, events)
         self.assertEqual(await self.server.registry.uploads.status("full", location.rsplit("/", 1)[1]), 100_000)
+
+    async def test_disk_full_while_a_chunk_is_written_in_place(self):
+        data = os.urandom(200_000)
+        response, _ = await self.server.request("POST", "/v2/full/blobs/uploads/")
+        location = response.headers.getRawHeaders("Location")[0].replace(self.server.base, "")
+        status, _ = await self.exchange("PATCH", location, data[:100_000])
+        self.assertEqual(status, 202)
+        real_write = FileAppender.write
+
+        def filling(appender, chunk):
+            if appender.size + len(chunk) > 50_000:
+                raise OSError(errno.ENOSPC, "No space left on device", appender.path)
+            real_write(appender, chunk)
+
+        self.patch(FileAppender, "write", filling)
+        with capturedLogs() as events:
+            status, body = await self.exchange("PATCH", location, data[100_000:])
+        self.assert_insufficient_storage(status, body, events)
+        upload_id = location.split("?")[0].rsplit("/", 1)[1]
+        self.assertEqual(await self.server.registry.uploads.status("full", upload_id), 100_000)
+        data_file = os.path.join(self.server.root, "docker/registry/v2/repositories/full/_uploads", upload_id, "data")
+        with open(data_file, "rb") as f:
+            self.assertEqual(f.read(), data[:100_000])
 
     async def test_other_storage_failures_are_503(self):
         def broken(*args, **kwargs):

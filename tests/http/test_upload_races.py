@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor, task, threads
 from twisted.trial.unittest import TestCase
 
 from tests.support.server import RegistryServer
@@ -14,6 +15,10 @@ from tests.support.server import RegistryServer
 class UploadRaceTests(TestCase):
     def setUp(self):
         self.server = RegistryServer(self, spool_threshold=1024)
+        # Later chunks spooled and stored (the path of drivers that cannot append in place);
+        # test_delete_during_a_patch_written_in_place races the in-place path.
+        self.in_place = self.server.site.requestFactory.upload_sink
+        self.server.site.requestFactory.upload_sink = None
         self.gate = None
         store = self.server.driver.store_spool
 
@@ -68,5 +73,35 @@ class UploadRaceTests(TestCase):
         self.assertEqual(written, 201, body)
         self.assertIn(deleted, (204, 404), deleted_body)
         self.assertLess(deleted, 500)
+        self.assert_no_upload_left()
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    async def test_delete_during_a_patch_written_in_place(self):
+        """
+        The DELETE waits for the chunk whose body is being written into the
+        upload's data: the PATCH is answered, then the upload is gone.
+        """
+        self.server.site.requestFactory.upload_sink = self.in_place
+        location = await self.start_upload(os.urandom(5000))
+        port = self.server.port.getHost().port
+        path = location.split(str(port), 1)[1]
+        chunk = os.urandom(200_000)
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.addCleanup(sock.close)
+        head = (f"PATCH {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Range: 5000-204999\r\n"
+                f"Content-Length: {len(chunk)}\r\nContent-Type: application/octet-stream\r\n\r\n").encode()
+        await threads.deferToThread(sock.sendall, head + chunk[:100_000])
+        data_file = os.path.join(self.server.root, "docker/registry/v2/repositories/race/_uploads",
+                                 path.rsplit("/", 1)[1].split("?")[0], "data")
+        while os.path.getsize(data_file) < 105_000:  # the first half is in the upload's data already
+            await task.deferLater(reactor, 0.005, lambda: None)
+        deleting = defer.ensureDeferred(self.server.request("DELETE", location))
+        await task.deferLater(reactor, 0.05, lambda: None)
+        self.assertNoResult(deleting)
+        await threads.deferToThread(sock.sendall, chunk[100_000:])
+        reply = await threads.deferToThread(sock.recv, 65536)
+        self.assertTrue(reply.startswith(b"HTTP/1.1 202"), reply[:300])
+        deleted, deleted_body = await deleting
+        self.assertEqual(deleted.code, 204, deleted_body)
         self.assert_no_upload_left()
         self.assertEqual(self.flushLoggedErrors(), [])

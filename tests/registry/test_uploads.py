@@ -10,7 +10,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from regd.oci.digest import Digest
-from regd.oci.errors import BlobUnknown, BlobUploadUnknown, DigestInvalid, RangeInvalid
+from regd.oci.errors import BlobUnknown, BlobUploadInvalid, BlobUploadUnknown, DigestInvalid, RangeInvalid, SizeInvalid
 from regd.registry.context import RequestContext
 from regd.registry.service import Registry
 from regd.registry.uploads import format_started_at, parse_started_at
@@ -111,6 +111,113 @@ class UploadTests(SynchronousTestCase):
             run(self, b.uploads.append("demo", upload_id, self.spool(b, data[10_000:]), 10_000, 29_999))
             info = run(self, b.uploads.commit("demo", upload_id, Digest.of(data), None, CTX))
             self.assertEqual(info.size, len(data))
+
+    def sink(self, registry, upload_id, data: bytes, start):
+        sink = registry.upload_sink("demo", upload_id, start)
+        self.assertIsNotNone(sink)
+        sink.write(data)
+        return sink
+
+    def data_file(self, upload_id):
+        return os.path.join(self.root, paths.upload_data("demo", upload_id))
+
+    def test_a_later_chunk_is_written_in_place(self):
+        data = os.urandom(90_000)
+        uploads = self.registry.uploads
+        upload_id = run(self, uploads.start("demo"))
+        self.assertIsNone(self.registry.upload_sink("demo", upload_id, 0))  # no bytes yet: spool + rename
+        run(self, uploads.append("demo", upload_id, self.spool(self.registry, data[:30_000]), 0, 29_999))
+        inode = os.stat(self.data_file(upload_id)).st_ino
+        sink = self.sink(self.registry, upload_id, data[30_000:60_000], 30_000)
+        self.assertEqual(os.path.getsize(self.data_file(upload_id)), 60_000)  # straight into the upload's data
+        self.assertEqual(run(self, uploads.append("demo", upload_id, sink, 30_000, 59_999)), 60_000)
+        sink = self.sink(self.registry, upload_id, data[60_000:], None)  # no Content-Range: at the end
+        self.assertEqual(run(self, uploads.append("demo", upload_id, sink)), 90_000)
+        self.assertEqual(os.stat(self.data_file(upload_id)).st_ino, inode)
+        self.assertEqual(os.listdir(os.path.join(self.root, paths.SPOOL)), [])
+        info = run(self, uploads.commit("demo", upload_id, Digest.of(data), None, CTX))
+        self.assertEqual(info.size, len(data))
+        with open(os.path.join(self.root, paths.blob_data(Digest.of(data))), "rb") as f:
+            self.assertEqual(f.read(), data)
+
+    def test_a_refused_or_unfinished_chunk_leaves_the_upload_as_it_was(self):
+        data = os.urandom(40_000)
+        uploads = self.registry.uploads
+        upload_id = run(self, uploads.start("demo"))
+        run(self, uploads.append("demo", upload_id, self.spool(self.registry, data[:20_000]), 0, 19_999))
+        # Out of order: no sink (the body is spooled and the handler answers 416).
+        self.assertIsNone(self.registry.upload_sink("demo", upload_id, 19_000))
+        # A body that ends early (client gone, request refused): closed without append.
+        self.sink(self.registry, upload_id, b"x" * 5000, 20_000).close()
+        self.assertEqual(os.path.getsize(self.data_file(upload_id)), 20_000)
+        # A Content-Range that does not match the body.
+        sink = self.sink(self.registry, upload_id, b"y" * 5000, 20_000)
+        fail(self, uploads.append("demo", upload_id, sink, 20_000, 29_999), SizeInvalid)
+        self.assertEqual(os.path.getsize(self.data_file(upload_id)), 20_000)
+        self.assertEqual(run(self, uploads.status("demo", upload_id)), 20_000)
+        # Routed to another upload than its request line named (never expected): refused, cut back.
+        other = run(self, uploads.start("demo"))
+        sink = self.sink(self.registry, upload_id, b"z" * 5000, 20_000)
+        fail(self, uploads.append("demo", other, sink, 20_000, 24_999), BlobUploadInvalid)
+        self.assertEqual(os.path.getsize(self.data_file(upload_id)), 20_000)
+        sink = self.sink(self.registry, upload_id, data[20_000:], 20_000)
+        run(self, uploads.append("demo", upload_id, sink, 20_000, 39_999))
+        info = run(self, uploads.commit("demo", upload_id, Digest.of(data), None, CTX))
+        self.assertEqual(info.size, len(data))
+
+    def test_a_sink_holds_the_upload_until_it_is_closed(self):
+        uploads = self.registry.uploads
+        upload_id = run(self, uploads.start("demo"))
+        run(self, uploads.append("demo", upload_id, self.spool(self.registry, b"a" * 100)))
+        sink = self.sink(self.registry, upload_id, b"b" * 100, 100)
+        self.assertIsNone(self.registry.upload_sink("demo", upload_id, 100))  # one writer at a time
+        status = defer.ensureDeferred(uploads.status("demo", upload_id))
+        cancel = defer.ensureDeferred(uploads.cancel("demo", upload_id))
+        self.assertNoResult(status)
+        self.assertNoResult(cancel)
+        sink.close()
+        self.assertEqual(self.successResultOf(status), 100)
+        self.successResultOf(cancel)
+        self.assertFalse(os.path.exists(os.path.join(self.root, paths.upload_dir("demo", upload_id))))
+
+    def test_another_instance_continues_an_upload_in_place(self):
+        """
+        A second service on the same root takes the next chunks in place: it
+        carries the saved hash state on and feeds it the chunk from storage
+        (it had no running hash when the body began); nothing is re-hashed.
+        """
+        data = os.urandom(100_000)
+        a, b, c = self.registry, self.make_registry(), self.make_registry()
+        rehashed = []
+        for registry in (a, b, c):
+            original = registry.driver.digest_file
+            registry.driver.digest_file = lambda *args, original=original: rehashed.append(args) or original(*args)
+        upload_id = run(self, a.uploads.start("demo"))
+        run(self, a.uploads.append("demo", upload_id, self.spool(a, data[:25_000]), 0, 24_999))
+        run(self, a.uploads.append("demo", upload_id, self.sink(a, upload_id, data[25_000:50_000], 25_000),
+                                   25_000, 49_999))
+        sink = self.sink(b, upload_id, data[50_000:75_000], 50_000)
+        self.assertIsNone(sink.hasher)
+        run(self, b.uploads.append("demo", upload_id, sink, 50_000, 74_999))
+        # a's cached offset is stale now: its sink must start where the data ends, and it must not trust its hash.
+        self.assertIsNone(a.upload_sink("demo", upload_id, 50_000))
+        sink = self.sink(a, upload_id, data[75_000:], 75_000)
+        self.assertIsNone(sink.hasher)
+        run(self, a.uploads.append("demo", upload_id, sink, 75_000, 99_999))
+        info = run(self, c.uploads.commit("demo", upload_id, Digest.of(data), None, CTX))
+        self.assertEqual(info.size, len(data))
+        self.assertEqual(rehashed, [])
+        with open(os.path.join(self.root, paths.blob_data(Digest.of(data))), "rb") as f:
+            self.assertEqual(f.read(), data)
+
+    def test_no_sink_for_unknown_uploads_names_or_read_only_registries(self):
+        upload_id = run(self, self.registry.uploads.start("demo"))
+        run(self, self.registry.uploads.append("demo", upload_id, self.spool(self.registry, b"a" * 10)))
+        self.assertIsNone(self.registry.upload_sink("demo", "not-an-id", None))
+        self.assertIsNone(self.registry.upload_sink("Bad..Name", upload_id, None))
+        self.assertIsNone(self.registry.upload_sink("other", upload_id, None))
+        readonly = Registry(FilesystemDriver(self.root, inline_runner), self.clock, readonly=True)
+        self.assertIsNone(readonly.upload_sink("demo", upload_id, None))
 
     def test_sessions_finished_elsewhere_do_not_accumulate(self):
         a, b = self.registry, self.make_registry()

@@ -88,6 +88,86 @@ class FilesystemTests(SynchronousTestCase):
         self.failureResultOf(self.driver.store_spool(spool, "data", hasher=BrokenHasher()), OSError)
         self.assertEqual(self.successResultOf(self.driver.get_content("data")), b"12345")
 
+    def test_appender_writes_in_place_and_keeps_what_it_is_told_to(self):
+        self.successResultOf(self.driver.put_content("data", b"12345"))
+        inode = os.stat(os.path.join(self.root, "data")).st_ino
+        appender = self.driver.open_append("data")
+        self.assertEqual(appender.offset, 5)
+        appender.write(b"678")
+        appender.write(b"90")
+        self.assertEqual(appender.size, 5)
+        appender.seek(0)
+        self.assertEqual(appender.read(), b"67890")
+        appender.keep()
+        appender.close()
+        self.assertEqual(self.successResultOf(self.driver.get_content("data")), b"1234567890")
+        self.assertEqual(os.stat(os.path.join(self.root, "data")).st_ino, inode)  # no copy, no rename
+        self.assertEqual(self.all_files(), ["data"])  # and no spool
+
+    def test_appender_closed_without_keep_cuts_the_file_back(self):
+        self.successResultOf(self.driver.put_content("data", b"12345"))
+        appender = self.driver.open_append("data")
+        closed = []
+        appender.when_closed(lambda: closed.append(True))
+        appender.write(b"half a chunk")
+        appender.close()
+        appender.close()
+        self.assertEqual(self.successResultOf(self.driver.get_content("data")), b"12345")
+        self.assertEqual(closed, [True])
+
+    def test_appender_hashes_what_it_writes_or_reads_it_back(self):
+        import hashlib
+        self.successResultOf(self.driver.put_content("data", b"head"))
+        appender = self.driver.open_append("data")
+        appender.hasher = hashlib.sha256()
+        appender.write(b"tail bytes")
+        self.assertEqual(appender.hasher.hexdigest(), hashlib.sha256(b"tail bytes").hexdigest())
+        later = hashlib.sha256(b"head")
+        self.successResultOf(appender.hash_into(later))
+        self.assertEqual(later.hexdigest(), hashlib.sha256(b"headtail bytes").hexdigest())
+        appender.close()
+
+    def test_no_appender_for_an_absent_empty_or_busy_file(self):
+        self.assertIsNone(self.driver.open_append("absent"))
+        self.successResultOf(self.driver.put_content("empty", b""))
+        self.assertIsNone(self.driver.open_append("empty"))
+        self.successResultOf(self.driver.put_content("data", b"12345"))
+        first = self.driver.open_append("data")
+        # Another writer (this process or another: an flock) gets none while the first is open.
+        self.assertIsNone(FilesystemDriver(self.root, inline_runner).open_append("data"))
+        first.close()
+        second = self.driver.open_append("data")
+        self.assertIsNotNone(second)
+        second.close()
+
+    def test_nothing_moves_or_appends_to_a_file_an_appender_writes(self):
+        import errno
+        self.successResultOf(self.driver.put_content("data", b"12345"))
+        appender = self.driver.open_append("data")
+        appender.write(b"678")
+        failure = self.failureResultOf(self.driver.move("data", "blob"), OSError)
+        self.assertEqual(failure.value.errno, errno.EBUSY)
+        spool = self.driver.new_spool()
+        spool.write(b"xyz")
+        self.failureResultOf(self.driver.store_spool(spool, "data"), OSError)
+        appender.close()  # not kept: cut back
+        # Two movers of one file hold shared locks: neither is refused for the other.
+        with open(os.path.join(self.root, "data"), "rb") as other:
+            import fcntl
+            fcntl.flock(other.fileno(), fcntl.LOCK_SH)
+            self.assertIsNone(self.driver.open_append("data"))
+            self.successResultOf(self.driver.move("data", "blob"))
+        self.assertEqual(self.successResultOf(self.driver.get_content("blob")), b"12345")
+
+    def test_appender_does_not_cut_a_file_moved_away_meanwhile(self):
+        """Belt and braces: a path that no longer names the file (upload cancelled) is left alone."""
+        self.successResultOf(self.driver.put_content("data", b"12345"))
+        appender = self.driver.open_append("data")
+        appender.write(b"678")
+        os.rename(os.path.join(self.root, "data"), os.path.join(self.root, "elsewhere"))
+        appender.close()
+        self.assertEqual(self.successResultOf(self.driver.get_content("elsewhere")), b"12345678")
+
     def test_leftovers_of_killed_processes_are_removed_and_live_ones_kept(self):
         import subprocess
         import sys

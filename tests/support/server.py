@@ -33,8 +33,8 @@ class RegistryServer:
     """Starts a RegdSite over a filesystem driver; stops everything on test cleanup."""
 
     def __init__(self, testcase, *, spool_threshold=1024, max_body_size=0, urls=None, access=None,
-                 index=True, driver=None, **registry_kwargs):
-        self.root = testcase.mktemp()
+                 index=True, driver=None, root=None, **registry_kwargs):
+        self.root = root or testcase.mktemp()
         testcase.addCleanup(self._assert_no_spools_left, testcase)
         self.driver = driver if driver is not None else FilesystemDriver(self.root, inline_runner)
         registry_kwargs.setdefault("delete_enabled", True)
@@ -48,7 +48,7 @@ class RegistryServer:
             self.registry.add_listener(self.registry.index)
             testcase.addCleanup(self.registry.index.close)
         self.api = RegistryAPI(self.registry, urls or UrlBuilder(), access)
-        self.site = RegdSite(self.api.resource(), self.registry.new_spool,
+        self.site = RegdSite(self.api.resource(), self.registry.new_spool, upload_sink=self.registry.upload_sink,
                              spool_threshold=spool_threshold, max_body_size=max_body_size)
         self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
         testcase.addCleanup(self.port.stopListening)

@@ -69,7 +69,8 @@ def parse_args(argv=None):
     p.add_argument("--webhook-pushes", type=int, help="pushes per webhook run (default 1000, or 200 with --quick)")
     p.add_argument("--webhook-rounds", type=int, default=2, help="alternating rounds per webhook configuration")
     p.add_argument("--skip", action="append", default=[], choices=["tls", "skopeo", "webhooks", "profile",
-                                                                    "concurrent"], help="leave a group out")
+                                                                    "concurrent", "pull", "requests", "small"],
+                   help="leave a group out (pull: both pull rows; requests: manifest GET and blob HEAD)")
     p.add_argument("--only", choices=KINDS, help="benchmark one server only")
     p.add_argument("--tls-only", action="store_true",
                    help="only the TLS rows (push and pull over TLS, both servers): no plain-HTTP server, "
@@ -176,14 +177,16 @@ def bench_server(kind: str, args, shared: Shared, moto=None) -> dict:
         except Exception as e:
             log(f"[{kind}] blob DELETE before the chunked push failed (continuing): {e}")
         run(server, "push_chunked", lambda: w.push_chunked(port, payload, args.chunk_mib * MIB))
-        run(server, "pull", lambda: w.pull(port, payload, verify=False))
-        run(server, "pull_verified", lambda: w.pull(port, payload, verify=True))
+        if "pull" not in args.skip:
+            run(server, "pull", lambda: w.pull(port, payload, verify=False))
+            run(server, "pull_verified", lambda: w.pull(port, payload, verify=True))
         try:
-            image = w.push_image(port)
-            run(server, "manifest_get", lambda: _rate(w.manifest_gets(port, args.connections, args.duration)),
-                unit="req/s", amount=1)
-            run(server, "blob_head", lambda: _rate(w.blob_heads(port, image.layer_digest, args.connections,
-                                                                args.duration)), unit="req/s", amount=1)
+            if "requests" not in args.skip:
+                image = w.push_image(port)
+                run(server, "manifest_get", lambda: _rate(w.manifest_gets(port, args.connections, args.duration)),
+                    unit="req/s", amount=1)
+                run(server, "blob_head", lambda: _rate(w.blob_heads(port, image.layer_digest, args.connections,
+                                                                    args.duration)), unit="req/s", amount=1)
         except Exception as e:
             res["manifest_get"] = res["blob_head"] = {"error": f"pushing the test image: {e}"}
         small = {}
@@ -191,7 +194,8 @@ def bench_server(kind: str, args, shared: Shared, moto=None) -> dict:
         def small_blobs():
             secs, small["monolithic_post"] = w.small_blobs(port, args.small_count, 4096, args.small_workers)
             return secs
-        run(server, "small_blobs", small_blobs, unit="blobs/s", amount=args.small_count)
+        if "small" not in args.skip:
+            run(server, "small_blobs", small_blobs, unit="blobs/s", amount=args.small_count)
         if shared.layout:
             run(server, "skopeo_push", lambda: x.skopeo_push(port, shared.layout), amount=args.image_mib)
             run(server, "skopeo_pull", lambda: x.skopeo_pull(port, shared.tmp), amount=args.image_mib)

@@ -18,10 +18,10 @@ def auth_settings(config, tls_enabled: bool):
     Passwords over plain HTTP beyond loopback are refused unless
     `allowinsecure` says a TLS proxy is in front.
     """
-    from regd.http.htpasswd import HtpasswdError, parse_htpasswd
     auth = config.auth
     if not auth:
         return None
+    from regd.http.htpasswd import HtpasswdError, parse_htpasswd
     unsupported = sorted(set(auth) - {"htpasswd", "token"})
     if unsupported or len(auth) != 1:
         raise HtpasswdError(f"auth.{(unsupported or sorted(auth))[0]}: configure exactly one of htpasswd or token")

@@ -11,11 +11,11 @@ import os
 import sys
 
 from twisted.application import internet, service
-from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 
+# Nothing here imports the reactor or TLS: Options decides what the configuration needs first (daemon.memory).
 from regd.daemon.authsetup import admin_authorizer, auth_settings, build_token_access
 from regd.config import ConfigError, load_config
 from regd.daemon.services import (CertificateReloader, ClosingService, DrainService, ListenerService, RegdService,
@@ -33,26 +33,25 @@ class Options(usage.Options):
 
     def postOptions(self):
         # Refuse to start with one line naming the key and the problem.
-        from regd.notifications.settings import NotificationConfigError, parse_notifications
-        from regd.http.htpasswd import HtpasswdError
-        from regd.http.tokenauth import TokenConfigError
-        from regd.daemon.letsencrypt import ACMEConfigError
-        from regd.daemon.tls import TLSConfigError, ReloadingServerContext
+        from regd.notifications.settings import parse_notifications
         try:
             self["loaded"] = loaded = load_config(self["config"], os.environ)
-            parse_notifications(loaded.config.notifications, "")
+            notifications, _ = parse_notifications(loaded.config.notifications, "")
             tls = loaded.config.http.tls
             self["acme"] = None
             if tls.letsencrypt:
                 from regd.daemon.letsencrypt import parse_settings, self_signed
-                from regd.daemon.tls import options_from_pem
+                from regd.daemon.tls import ReloadingServerContext, TLSConfigError, options_from_pem
                 if tls.certificate or tls.key:
                     raise TLSConfigError("http.tls: use either certificate/key or letsencrypt, not both")
                 self["acme"] = parse_settings(tls.letsencrypt)
                 placeholder = options_from_pem(tls, *self_signed(self["acme"].hosts))
                 self["tls"] = ReloadingServerContext(tls, placeholder)
+            elif tls.certificate or tls.key:
+                from regd.daemon.tls import ReloadingServerContext
+                self["tls"] = ReloadingServerContext(tls)
             else:
-                self["tls"] = ReloadingServerContext(tls) if (tls.certificate or tls.key) else None
+                self["tls"] = None
             self["auth"] = auth_settings(loaded.config, self["tls"] is not None)
             if loaded.config.regd.workers > 1 and loaded.config.storage.driver == "inmemory":
                 raise ConfigError("regd.workers: several workers need storage they share (filesystem or s3), "
@@ -62,10 +61,28 @@ class Options(usage.Options):
                                   "use certificate/key files (reloaded by every worker)")
             _check_storage_root(loaded.config.storage)
             _check_index_path(loaded.config.index)
-        except (ConfigError, NotificationConfigError, TLSConfigError, HtpasswdError, TokenConfigError,
-                ACMEConfigError) as e:
+        except Exception as e:
+            if not isinstance(e, _configuration_errors()):
+                raise
             sys.stderr.write(f"regd: configuration error: {e}\n")
             raise SystemExit(1)
+        from regd.daemon.memory import import_twisted, uses_twisted_tls
+        import_twisted(uses_twisted_tls(loaded.config, notifications))
+
+
+def _configuration_errors() -> tuple[type[Exception], ...]:
+    """
+    The exceptions that mean "this configuration is wrong". A feature's module
+    is imported only when the feature is configured, so its error class is
+    looked up only if its module was loaded (only then can it be raised).
+    """
+    from regd.notifications.settings import NotificationConfigError
+    errors = [ConfigError, NotificationConfigError]
+    for module, name in (("regd.http.htpasswd", "HtpasswdError"), ("regd.http.tokenauth", "TokenConfigError"),
+                         ("regd.daemon.letsencrypt", "ACMEConfigError"), ("regd.daemon.tls", "TLSConfigError")):
+        if module in sys.modules:
+            errors.append(getattr(sys.modules[module], name))
+    return tuple(errors)
 
 
 def _check_storage_root(storage) -> None:
@@ -168,12 +185,13 @@ def makeService(options) -> service.MultiService:
     prefix = config.http.prefix.rstrip("/")
     urls = UrlBuilder(relative=config.http.relativeurls, base=config.http.host or None, prefix=prefix)
     access = issuer = authorize_admin = None
-    from prometheus_client import CollectorRegistry
-    metrics = CollectorRegistry()
+    metrics = None  # the debug address's /metrics is the only reader of these
+    if config.http.debug_addr and primary:
+        from prometheus_client import CollectorRegistry
+        metrics = CollectorRegistry()
     if options["auth"] is not None:
         from twisted.internet.threads import deferToThread
 
-        from regd.metrics import FailedLoginsCollector
         method, section = options["auth"]
         if method == "htpasswd":
             from regd.http.htpasswd import HtpasswdAccess
@@ -182,7 +200,8 @@ def makeService(options) -> service.MultiService:
         else:
             access, issuer = build_token_access(section, reactor, deferToThread)
             passwords = issuer.passwords if issuer is not None else None
-        if passwords is not None:
+        if passwords is not None and metrics is not None:
+            from regd.metrics import FailedLoginsCollector
             metrics.register(FailedLoginsCollector(passwords.failures))
         authorize_admin = admin_authorizer(section, access, passwords)
     notifications = add_notifications(root, registry, config, reactor, metrics, authorize_admin,
@@ -202,6 +221,7 @@ def makeService(options) -> service.MultiService:
                     spool_threshold=config.regd.spoolthreshold, max_body_size=config.regd.maxbodysize,
                     extra_headers=headers, access_log=not config.log.accesslog_disabled,
                     limits=connection_limits(config.regd.limits), timeout=config.regd.limits.idletimeout or None)
+    from twisted.internet.endpoints import serverFromString
     tls = options["tls"]
     if tls is None:
         endpoint = serverFromString(reactor, listen_description(config.http.host_addr, config.http.port))
@@ -289,24 +309,31 @@ def add_worker_listener(root, site, tls, config, reactor):
 
 
 def add_web_ui(api_resource, registry, access, issuer, config, reactor, urls):
-    """The web pages under /ui/ (regd.web), in front of the API; needs the repository index."""
-    import hashlib
-
-    from regd.web.access import web_access
-    from regd.web.app import WebUI
+    """
+    The web pages under /ui/ (regd.web), in front of the API; needs the
+    repository index. The pages are built on the first request under /ui/.
+    """
     from regd.web.mount import UIMount
     index = getattr(registry, "index", None)
     if index is None:
         log.warn("ui.enabled is set but there is no repository index: the web UI is off")
         return api_resource
-    # http.secret (shared by every instance) signs sessions; without it a secret kept in storage does.
-    secret = hashlib.sha256(b"regd-ui:" + config.http.secret.encode("utf-8")).digest() if config.http.secret else None
     prefix = config.http.prefix.rstrip("/")
-    section = (next(iter(config.auth.values()), None) or {}) if config.auth else {}
-    admins = {str(a) for a in (section.get("admins") or (section.get("builtin") or {}).get("admins") or [])}
-    ui = WebUI(registry, web_access(access, issuer, admins), index, reactor, settings=config.ui, prefix=prefix,
-               secret=secret, urls=urls)
-    return UIMount(api_resource, ui.resource(), prefix + "/ui/")
+
+    def build_ui():
+        import hashlib
+
+        from regd.web.access import web_access
+        from regd.web.app import WebUI
+        # http.secret (shared by every instance) signs sessions; without it a secret kept in storage does.
+        secret = (hashlib.sha256(b"regd-ui:" + config.http.secret.encode("utf-8")).digest()
+                  if config.http.secret else None)
+        section = (next(iter(config.auth.values()), None) or {}) if config.auth else {}
+        admins = {str(a) for a in (section.get("admins") or (section.get("builtin") or {}).get("admins") or [])}
+        ui = WebUI(registry, web_access(access, issuer, admins), index, reactor, settings=config.ui, prefix=prefix,
+                   secret=secret, urls=urls)
+        return ui.resource()
+    return UIMount(api_resource, build_ui, prefix + "/ui/")
 
 
 def index_path(config) -> str:
@@ -440,6 +467,8 @@ def debug_resource(metrics, health=None, notifications=None):
 def add_debug_server(root, addr: str, notifications, metrics, health, reactor) -> None:
     from twisted.web.server import Site
 
+    from twisted.internet.endpoints import serverFromString
+
     from regd.config import parse_addr
     host, port = parse_addr(addr)
     endpoint = serverFromString(reactor, listen_description(host, port))
@@ -451,6 +480,8 @@ def add_acme(root, settings, context, tls_config, reactor) -> None:
     """ACME certificates, with the http-01 challenge responder on its own plain-HTTP address."""
     from twisted.internet.threads import deferToThread
     from twisted.web.server import Site
+
+    from twisted.internet.endpoints import serverFromString
 
     from regd.config import parse_addr
     from regd.daemon.letsencrypt import CertificateManager, ChallengeResource

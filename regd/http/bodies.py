@@ -20,8 +20,7 @@ from twisted.web.resource import Resource
 from zope.interface import implementer
 from twisted.web.server import NOT_DONE_YET
 
-from regd.http.tlssend import MIN_BODY, TLSFileSender, fast_tls_parts
-from regd.http.zerocopy import SendfileProducer, bulk_tls_writes, plain_tcp_transport
+from regd.http.zerocopy import SendfileProducer, bulk_tls_writes, plain_tcp_transport, tls_layer
 
 
 class StreamingBody(Resource):
@@ -65,7 +64,11 @@ class StreamingBody(Resource):
         if transport is not None:
             def sender(fd, offset, length):
                 return SendfileProducer(request, transport, fd, offset, length).start()
+        elif tls_layer(request) is None:
+            return None  # neither plain TCP nor TLS: the connection is going
         else:
+            # Imported here: it loads pyOpenSSL's binding, which a regd without TLS never loads.
+            from regd.http.tlssend import MIN_BODY, TLSFileSender, fast_tls_parts
             tls = fast_tls_parts(request) if self._length >= MIN_BODY else None
             if tls is None:
                 return None

@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 
 from twisted.internet import defer, tcp
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IPullProducer
 from twisted.logger import Logger
 from twisted.protocols import policies
-from twisted.protocols.tls import TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 log = Logger()
@@ -41,12 +41,22 @@ log = Logger()
 MAX_SEND = 16 * 1024 * 1024
 
 
+def _is_tls(transport) -> bool:
+    """
+    Whether C{transport} is Twisted's TLS layer. Looked up, not imported: a
+    process without TLS configured never loads it (regd.daemon.memory), and
+    then no connection can be TLS.
+    """
+    tls = sys.modules.get("twisted.protocols.tls")
+    return tls is not None and isinstance(transport, tls.TLSMemoryBIOProtocol)
+
+
 def plain_tcp_transport(request):
     """The tcp.Connection under C{request} if no TLS wraps it, else None."""
     channel = getattr(request, "channel", None)
     transport = getattr(channel, "transport", None)
     while isinstance(transport, policies.ProtocolWrapper):
-        if isinstance(transport, TLSMemoryBIOProtocol):
+        if _is_tls(transport):
             return None
         transport = transport.transport
     if not isinstance(transport, tcp.Connection) or getattr(transport, "TLS", False):
@@ -161,7 +171,7 @@ def tls_layer(request):
     """The TLSMemoryBIOProtocol under C{request}, if any."""
     transport = getattr(getattr(request, "channel", None), "transport", None)
     while isinstance(transport, policies.ProtocolWrapper):
-        if isinstance(transport, TLSMemoryBIOProtocol):
+        if _is_tls(transport):
             return transport
         transport = transport.transport
     return None

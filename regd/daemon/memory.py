@@ -1,0 +1,56 @@
+# -*- test-case-name: tests.test_memory -*-
+"""
+Keeping the daemon's memory small, before it imports what serves requests.
+
+Most of an idle regd's memory is the code of the modules it imported, so
+what a configuration does not use is not imported. The largest piece is
+pyOpenSSL with `cryptography` (about 15-20 MiB of a 60 MiB process), and it
+is Twisted, not regd, that loads it: its TCP transport, reactor and
+endpoints import their TLS support when they are imported, if pyOpenSSL is
+installed. Twisted supports running without pyOpenSSL (those imports fall
+back to no TLS), so when nothing configured speaks TLS through Twisted those
+modules are imported as if pyOpenSSL were absent. Nothing else changes: any
+later import of pyOpenSSL works as usual.
+"""
+
+from __future__ import annotations
+
+import sys
+
+# The Twisted modules whose TLS support is decided when they are imported, and that a
+# plain-HTTP regd uses: the reactor (TCP transports, listenSSL), endpoints, the web server.
+_TWISTED_SERVING = ("twisted.internet.reactor", "twisted.internet.endpoints", "twisted.web.server")
+
+
+def uses_twisted_tls(config, notifications) -> bool:
+    """
+    Whether anything configured may make or take a TLS connection through
+    Twisted: the listener (certificates or ACME), S3 (HTTPS), Redis over TLS,
+    webhook endpoints (any, since their URLs may be HTTPS).
+    """
+    return bool(config.http.tls.certificate or config.http.tls.key or config.http.tls.letsencrypt
+                or config.storage.driver == "s3" or config.redis.tls.enabled or notifications.endpoints)
+
+
+def import_twisted(tls: bool) -> bool:
+    """
+    Import the reactor and the serving modules now; without their TLS support
+    if C{tls} is false and they were not imported yet. Returns whether they
+    were imported without TLS.
+    """
+    if tls or any(name in sys.modules for name in ("twisted.internet.tcp", "OpenSSL")):
+        for name in _TWISTED_SERVING:
+            __import__(name)
+        return False
+    missing = object()
+    saved = sys.modules.get("OpenSSL", missing)
+    sys.modules["OpenSSL"] = None  # "import OpenSSL" raises ImportError, as when it is not installed
+    try:
+        for name in _TWISTED_SERVING:
+            __import__(name)
+    finally:
+        if saved is missing:
+            del sys.modules["OpenSSL"]
+        else:
+            sys.modules["OpenSSL"] = saved
+    return True

@@ -10,6 +10,7 @@ it writes the names of its imported modules to a file.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import os
 import signal
@@ -43,7 +44,7 @@ NEVER_BY_DEFAULT = ("OpenSSL", "cryptography", "jinja2", "botocore", "txredisapi
 
 
 class Daemon:
-    def __init__(self, case: SynchronousTestCase, extra_config: str = "", tls: bool = False):
+    def __init__(self, case: SynchronousTestCase, extra_config: str = "", tls: bool = False, storage: str = ""):
         self.case = case
         self.port = free_port()
         self.tls = tls
@@ -52,7 +53,7 @@ class Daemon:
         config = case.mktemp()
         with open(config, "w") as f:
             f.write(f"version: 0.1\nlog:\n  level: error\nhttp:\n  addr: 127.0.0.1:{self.port}\n{extra_config}"
-                    f"storage:\n  filesystem:\n    rootdirectory: {root}\n")
+                    + (storage or f"storage:\n  filesystem:\n    rootdirectory: {root}\n"))
         self.out = os.path.abspath(case.mktemp())
         env = {**os.environ, "REGD_CONFIG": config, "MODULES_OUT": self.out}
         env.pop("REGD_WORKER", None)
@@ -70,19 +71,31 @@ class Daemon:
                 time.sleep(0.1)
 
     def get(self, path: str, accept: str = "*/*") -> int:
+        return self.request("GET", path, headers={"Accept": accept})[0]
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers=None) -> tuple[int, bytes]:
         if self.tls:
             context = ssl.create_default_context()
             context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-            conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=10, context=context)
+            conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=30, context=context)
         else:
-            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         try:
-            conn.request("GET", path, headers={"Accept": accept})
+            conn.request(method, path, body=body, headers=headers or {})
             response = conn.getresponse()
-            response.read()
-            return response.status
+            return response.status, response.read()
         finally:
             conn.close()
+
+    def push_and_pull(self, size: int) -> None:
+        """A blob pushed in one request and read back: storage works in this process."""
+        body = os.urandom(size)
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        status, _ = self.request("POST", f"/v2/memory/blobs/uploads/?digest={digest}", body,
+                                 {"Content-Type": "application/octet-stream"})
+        self.case.assertEqual(status, 201)
+        status, pulled = self.request("GET", f"/v2/memory/blobs/{digest}")
+        self.case.assertEqual((status, "sha256:" + hashlib.sha256(pulled).hexdigest()), (200, digest))
 
     def modules(self) -> set[str]:
         if os.path.exists(self.out):
@@ -116,6 +129,7 @@ class DefaultConfigurationTests(SynchronousTestCase):
         self.assertEqual(daemon.get("/v2/_catalog"), 200)
         self.assertEqual(daemon.get("/v2/nothing/blobs/sha256:" + "0" * 64), 404)
         self.assertEqual(daemon.get("/v1/search?q=x"), 200)  # search (the index, SQLite) is on by default
+        daemon.push_and_pull(3 << 20)
         modules = daemon.modules()
         self.assertIn("regd.index.service", modules)
         self.assertEqual([name for name in NEVER_BY_DEFAULT if loaded(modules, name)], [])
@@ -131,9 +145,23 @@ class DefaultConfigurationTests(SynchronousTestCase):
         daemon = Daemon(self, f"  tls:\n    certificate: {pki.server_chain}\n    key: {pki.server_key}\n"
                               f"  debug:\n    addr: 127.0.0.1:{free_port()}\n", tls=True)
         self.assertEqual(daemon.get("/v2/"), 200)
+        daemon.push_and_pull(3 << 20)  # over TLS, with the download's sender thread
         modules = daemon.modules()
         for name in ("OpenSSL", "twisted.protocols.tls", "prometheus_client"):
             self.assertTrue(loaded(modules, name), name)
+
+
+    def test_s3_over_plain_http_loads_no_tls(self):
+        from tests.support.s3 import shared_moto
+        moto = shared_moto()
+        daemon = Daemon(self, storage="storage:\n" + moto.yaml(moto.new_bucket()) + "  redirect: {disable: true}\n")
+        self.assertEqual(daemon.get("/v2/_catalog"), 200)  # a listing of the bucket
+        daemon.push_and_pull(3 << 20)
+        modules = daemon.modules()
+        self.assertIn("regd.storage.s3", modules)
+        self.assertTrue(loaded(modules, "botocore"))
+        self.assertEqual([name for name in ("OpenSSL", "cryptography", "twisted.protocols.tls")
+                          if loaded(modules, name)], [])
 
 
 class ImportTwistedTests(SynchronousTestCase):
@@ -151,7 +179,11 @@ class ImportTwistedTests(SynchronousTestCase):
         self.assertFalse(uses("auth:\n  htpasswd: {realm: r, path: /p}\n"))
         self.assertTrue(uses("http:\n  tls: {certificate: c.pem, key: k.pem}\n"))
         self.assertTrue(uses("http:\n  tls:\n    letsencrypt: {email: a@example.org, hosts: [r.example.org]}\n"))
-        self.assertTrue(uses("storage:\n  s3: {bucket: b, region: us-east-1}\n"))
+        self.assertTrue(uses("storage:\n  s3: {bucket: b, region: us-east-1}\n"))  # AWS over HTTPS
+        self.assertTrue(uses("storage:\n  s3: {bucket: b, regionendpoint: 'https://10.0.0.1:9000'}\n"))
+        self.assertTrue(uses("storage:\n  s3: {bucket: b, regionendpoint: '10.0.0.1:9000'}\n"))
+        self.assertFalse(uses("storage:\n  s3: {bucket: b, regionendpoint: 'http://10.0.0.1:9000'}\n"))
+        self.assertFalse(uses("storage:\n  s3: {bucket: b, regionendpoint: '10.0.0.1:9000', secure: false}\n"))
         self.assertTrue(uses("redis:\n  addr: 127.0.0.1:6379\n  tls: {enabled: true}\n"))
         self.assertTrue(uses("notifications:\n  endpoints:\n  - {name: a, url: 'http://127.0.0.1:1/'}\n"))
 

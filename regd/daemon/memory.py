@@ -9,8 +9,10 @@ is Twisted, not regd, that loads it: its TCP transport, reactor and
 endpoints import their TLS support when they are imported, if pyOpenSSL is
 installed. Twisted supports running without pyOpenSSL (those imports fall
 back to no TLS), so when nothing configured speaks TLS through Twisted those
-modules are imported as if pyOpenSSL were absent. Nothing else changes: any
-later import of pyOpenSSL works as usual.
+modules are imported as if pyOpenSSL were absent; so is the S3 client over
+plain HTTP (botocore's session module then takes the standard library's
+SSLContext, the one it uses anyway). Nothing else changes: any later import
+of pyOpenSSL works as usual.
 """
 
 from __future__ import annotations
@@ -25,28 +27,38 @@ _TWISTED_SERVING = ("twisted.internet.reactor", "twisted.internet.endpoints", "t
 def uses_twisted_tls(config, notifications) -> bool:
     """
     Whether anything configured may make or take a TLS connection through
-    Twisted: the listener (certificates or ACME), S3 (HTTPS), Redis over TLS,
-    webhook endpoints (any, since their URLs may be HTTPS).
+    Twisted: the listener (certificates or ACME), S3 over HTTPS, Redis over
+    TLS, webhook endpoints (any, since their URLs may be HTTPS).
     """
+    s3 = config.storage.s3 if config.storage.driver == "s3" else None
     return bool(config.http.tls.certificate or config.http.tls.key or config.http.tls.letsencrypt
-                or config.storage.driver == "s3" or config.redis.tls.enabled or notifications.endpoints)
+                or (s3 is not None and _s3_scheme(s3) != "http") or config.redis.tls.enabled
+                or notifications.endpoints)
 
 
-def import_twisted(tls: bool) -> bool:
+def _s3_scheme(s3) -> str:
+    """The S3 endpoint's scheme, as regd.storage.s3client decides it (not imported here: it loads botocore)."""
+    if "://" in s3.regionendpoint:
+        return s3.regionendpoint.split("://", 1)[0].lower()
+    return "https" if s3.secure else "http"
+
+
+def import_twisted(tls: bool, modules: tuple[str, ...] = ()) -> bool:
     """
-    Import the reactor and the serving modules now; without their TLS support
-    if C{tls} is false and they were not imported yet. Returns whether they
-    were imported without TLS.
+    Import the reactor, the serving modules and C{modules} now; without TLS
+    support if C{tls} is false and Twisted's were not imported yet. Returns
+    whether they were imported without TLS.
     """
+    names = _TWISTED_SERVING + tuple(modules)
     if tls or any(name in sys.modules for name in ("twisted.internet.tcp", "OpenSSL")):
-        for name in _TWISTED_SERVING:
+        for name in names:
             __import__(name)
         return False
     missing = object()
     saved = sys.modules.get("OpenSSL", missing)
     sys.modules["OpenSSL"] = None  # "import OpenSSL" raises ImportError, as when it is not installed
     try:
-        for name in _TWISTED_SERVING:
+        for name in names:
             __import__(name)
     finally:
         if saved is missing:

@@ -33,10 +33,14 @@ class Options(usage.Options):
 
     def postOptions(self):
         # Refuse to start with one line naming the key and the problem.
+        from regd.daemon.memory import import_twisted, uses_twisted_tls
         from regd.notifications.settings import parse_notifications
         try:
             self["loaded"] = loaded = load_config(self["config"], os.environ)
             notifications, _ = parse_notifications(loaded.config.notifications, "")
+            # Before anything imports the reactor (the S3 check does): what needs no TLS loads none.
+            import_twisted(uses_twisted_tls(loaded.config, notifications),
+                           ("regd.storage.s3",) if loaded.config.storage.driver == "s3" else ())
             tls = loaded.config.http.tls
             self["acme"] = None
             if tls.letsencrypt:
@@ -66,8 +70,6 @@ class Options(usage.Options):
                 raise
             sys.stderr.write(f"regd: configuration error: {e}\n")
             raise SystemExit(1)
-        from regd.daemon.memory import import_twisted, uses_twisted_tls
-        import_twisted(uses_twisted_tls(loaded.config, notifications))
 
 
 def _configuration_errors() -> tuple[type[Exception], ...]:

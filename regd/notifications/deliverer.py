@@ -18,11 +18,12 @@ draining) or when the pipe from regd closes (regd is gone: the journal
 keeps whatever was not delivered). SIGINT and SIGTERM are ignored: a
 terminal's Ctrl-C or systemd's stop reach regd, which then stops it.
 
-Bookkeeping (delivered, failed) is committed in batches every
-BOOKKEEPING_DELAY: losing a batch to a crash only means sending those
-events again (at least once, with the same ids), and few commits here
-means few times regd's journal appends find the write lock taken. These
-commits also copy the WAL back into the database (regd's rarely do).
+Delivery marks are committed in batches every BOOKKEEPING_DELAY (failed
+attempts and dead letters at once): losing a batch to a crash only means
+sending those events again (at least once, with the same ids), and few
+commits here means few times regd's journal appends find the write lock
+taken. These commits also copy the WAL back into the database (regd's
+rarely do).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from regd.notifications.settings import parse_notifications
 
 log = Logger()
 
-BOOKKEEPING_DELAY = 0.1  # seconds a journal write waits, so that the writes meanwhile share its commit
+BOOKKEEPING_DELAY = 0.1  # seconds a delivery mark waits, so that the marks meanwhile share its commit
 FIGURES_INTERVAL = 0.25  # seconds between figure updates to regd (only endpoints whose figures changed)
 LOCK_RETRY = 0.2
 FIGURE_KEYS = ("attempts", "successes", "failures", "delivered_events", "dead_letters", "last_error")
@@ -73,10 +74,9 @@ class Deliverer:
         self.settings, _ = parse_notifications(raw, journal_path)
         self.reactor = reactor
 
-        def batched(function, *args, **kwargs):
-            return task.deferLater(reactor, BOOKKEEPING_DELAY, function, *args, **kwargs)
-
-        self.journal = Journal(self.settings.journal, batched, wallclock=reactor.seconds)
+        # SQLite inline, on this reactor's thread; delivery marks share a commit every BOOKKEEPING_DELAY.
+        self.journal = Journal(self.settings.journal, defer.maybeDeferred, wallclock=reactor.seconds,
+                               clock=reactor, marks_delay=BOOKKEEPING_DELAY)
         self.sinks = [make_sink(s, reactor) for s in self.settings.endpoints]
         self.endpoints = [Endpoint(s, self.journal, sink, reactor)
                           for s, sink in zip(self.settings.endpoints, self.sinks)]

@@ -54,15 +54,24 @@ class JournalEntry:
 
 
 class Journal:
-    def __init__(self, path: str, run, wallclock=time.time, checkpoint_pages: int = 1000):
+    def __init__(self, path: str, run, wallclock=time.time, checkpoint_pages: int = 1000,
+                 clock=None, marks_delay: float = 0.0):
         """
         C{checkpoint_pages}: the WAL size at which a commit on this connection
         also copies the WAL back into the database (SQLite's default, 1000).
         The serving side raises it when a delivery process shares the
         journal: that process's commits then do this work, off the commits
         that requests wait for.
+
+        C{marks_delay}: seconds a "delivered" mark may wait on C{clock} for
+        others to share its commit (any other write commits at once, taking
+        the waiting marks along). A mark lost in a crash means sending that
+        event again, with the same id.
         """
         self._path = path
+        self._clock = clock
+        self._marks_delay = marks_delay
+        self._marks_timer = None
         self._checkpoint_pages = checkpoint_pages
         self._run = run
         self._wallclock = wallclock
@@ -92,6 +101,8 @@ class Journal:
     def close(self) -> defer.Deferred:
         """Commit what is queued, then close; later writes fail with JournalClosed."""
         self._closed = True
+        if self._marks_timer is not None and not self._committing:
+            self._commit_waiting()
         if self._committing:
             d: defer.Deferred = defer.Deferred()
             self._quiet.append(d)
@@ -114,11 +125,24 @@ class Journal:
             return defer.fail(JournalClosed(operation))
         d: defer.Deferred = defer.Deferred()
         self._waiting.append((operation, args, d))
-        if not self._committing:
-            self._commit_waiting()
+        if self._committing:
+            return d
+        if operation == "delivered" and self._marks_delay:
+            if self._marks_timer is None:
+                self._marks_timer = self._clock.callLater(self._marks_delay, self._marks_due)
+            return d
+        self._commit_waiting()
         return d
 
+    def _marks_due(self) -> None:
+        self._marks_timer = None
+        if not self._committing and self._waiting:
+            self._commit_waiting()
+
     def _commit_waiting(self) -> None:
+        if self._marks_timer is not None:
+            self._marks_timer.cancel()
+            self._marks_timer = None
         batch, self._waiting = self._waiting, []
         self._committing = True
 

@@ -117,3 +117,45 @@ class JournalTests(SynchronousTestCase):
             "EXPLAIN QUERY PLAN DELETE FROM events WHERE seq = ? AND NOT EXISTS "
             "(SELECT 1 FROM deliveries WHERE seq = ?)", (1, 1)).fetchall()
         self.assertFalse([row for row in plan if "SCAN" in row[-1]], plan)
+
+
+class DelayedMarksTests(SynchronousTestCase):
+    """The delivery process's journal: delivery marks wait to share a commit; nothing else waits."""
+
+    def setUp(self):
+        from twisted.internet.task import Clock
+        self.clock = Clock()
+        self.path = os.path.join(os.path.abspath(self.mktemp()), "journal.sqlite3")
+        self.journal = Journal(self.path, inline_runner, clock=self.clock, marks_delay=0.1, checkpoint_pages=50)
+        self.successResultOf(self.journal.open())
+        self.addCleanup(self.journal._close)
+        self.seqs = [self.successResultOf(self.journal.append(f"e{i}", "{}", ("a",))) for i in range(4)]
+
+    def test_marks_wait_then_commit_together(self):
+        first = self.journal.delivered("a", self.seqs[:1])
+        second = self.journal.delivered("a", self.seqs[1:2])
+        self.assertNoResult(first)
+        self.assertEqual(self.successResultOf(self.journal.counts("a")), (4, 0))
+        self.clock.advance(0.1)
+        self.successResultOf(first)
+        self.successResultOf(second)
+        self.assertEqual(self.successResultOf(self.journal.counts("a")), (2, 0))
+
+    def test_other_writes_commit_at_once_and_take_waiting_marks_along(self):
+        mark = self.journal.delivered("a", self.seqs[:1])
+        self.successResultOf(self.journal.failed("a", self.seqs[1:2], "refused", dead=True))
+        self.successResultOf(mark)
+        self.assertEqual(self.successResultOf(self.journal.counts("a")), (2, 1))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_close_commits_waiting_marks(self):
+        mark = self.journal.delivered("a", self.seqs)
+        self.successResultOf(self.journal.close())
+        self.successResultOf(mark)
+        again = Journal(self.path, inline_runner)
+        self.successResultOf(again.open())
+        self.addCleanup(again._close)
+        self.assertEqual(self.successResultOf(again.counts("a")), (0, 0))
+
+    def test_checkpoint_threshold_is_set_on_the_connection(self):
+        self.assertEqual(self.journal._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0], 50)

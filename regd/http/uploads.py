@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from io import BytesIO
+
 from regd.http.ranges import parse_upload_range
 from regd.http.responses import context_of, header, query, respond
 from regd.oci.digest import Digest
@@ -58,6 +60,9 @@ class UploadHandler:
         digest_text = query(request, "digest")
         if digest_text is not None:
             digest = Digest.parse(digest_text)
+            if isinstance(request.content, BytesIO):  # under the spool threshold: kept in memory
+                await self._registry.uploads.put_small(name, digest, request.content.getvalue(), context)
+                return self._blob_created(request, name, digest)
             spool = self._body_spool(request)
             await self._registry.uploads.put_whole(name, digest, spool, context)
             return self._blob_created(request, name, digest)

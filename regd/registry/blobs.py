@@ -99,6 +99,11 @@ class BlobService:
 
     async def reclaim(self, digest: Digest) -> bool:
         """Put a condemned blob back in the store; False if no collection holds it."""
+        # Looked up first: a stat is cheaper than a move that fails (a thread hop, or an S3 copy),
+        # and nearly every new blob asks. A blob condemned just after the look-up is put back by
+        # the collector itself, which reads the pending notes after condemning (regd.registry.pending).
+        if not await links.exists(self._driver, paths.condemned_blob(digest)):
+            return False
         try:
             await self._driver.move(paths.condemned_blob(digest), paths.blob_data(digest))
         except PathNotFound:
@@ -170,6 +175,20 @@ class BlobService:
         if touch:
             await self.touch(digest)
         await links.write_link(self._driver, paths.layer_link(name, digest), digest)
+
+    async def store_and_link(self, name: str, digest: Digest, data: bytes) -> None:
+        """
+        Write a small blob's bytes (already verified against C{digest}) and
+        link it to C{name}: in one durable write where the driver can write
+        several objects at once (put_contents), else one after the other.
+        """
+        items = [(paths.blob_data(digest), data), (paths.layer_link(name, digest), str(digest).encode("ascii"))]
+        put_contents = getattr(self._driver, "put_contents", None)
+        if put_contents is not None:
+            await put_contents(items)
+            return
+        for path, body in items:
+            await self._driver.put_content(path, body)
 
     async def touch(self, digest: Digest) -> None:
         try:

@@ -383,6 +383,24 @@ class UploadService:
             PUSH, BLOB, name, context, digest=digest, size=size, media_type="application/octet-stream"))
         return BlobInfo(digest, size)
 
+    async def put_small(self, name: str, digest: Digest, data: bytes, context: RequestContext) -> BlobInfo:
+        """
+        Single-request upload of a body the HTTP layer kept in memory (under
+        its spool threshold): hashed and checked before anything is written,
+        then stored and linked with no spool file and no upload session.
+        """
+        received = Digest.of(data, digest.algorithm)
+        if received != digest:
+            raise DigestInvalid(detail={"expected": str(digest), "received": str(received)})
+        async with self._blobs.pending.holding(name, [digest]):
+            if await self._blobs.global_size(digest) is None:
+                await self._blobs.store_and_link(name, digest, data)
+            else:
+                await self._blobs.link(name, digest, touch=True)
+        await self._listeners.emit(RegistryEvent(
+            PUSH, BLOB, name, context, digest=digest, size=len(data), media_type="application/octet-stream"))
+        return BlobInfo(digest, len(data))
+
     async def cancel(self, name: str, upload_id: str) -> None:
         """
         Remove an upload. A chunk or commit of it in progress here finishes

@@ -245,6 +245,48 @@ class UploadTests(SynchronousTestCase):
         self.assertEqual([(e.action, e.kind, str(e.digest)) for e in self.recorder.events],
                          [("push", "blob", str(digest))])
 
+    def test_small_body_is_stored_and_linked_without_a_spool(self):
+        """A body held in memory: checked first, then blob and link written, the event after both."""
+        seen = []
+        data = b"small layer"
+        digest = Digest.of(data)
+
+        class Checker:
+            def registry_event(inner, event):
+                seen.append(os.path.exists(os.path.join(self.root, paths.blob_data(digest))))
+                seen.append(os.path.exists(os.path.join(self.root, paths.layer_link("demo", digest))))
+
+        self.registry.add_listener(Checker())
+        info = run(self, self.registry.uploads.put_small("demo", digest, data, CTX))
+        self.assertEqual((info.digest, info.size), (digest, len(data)))
+        self.assertEqual(seen, [True, True])
+        with open(os.path.join(self.root, paths.blob_data(digest)), "rb") as f:
+            self.assertEqual(f.read(), data)
+        self.assertEqual(run(self, self.registry.blobs.stat("demo", digest)).size, len(data))
+        spool = os.path.join(self.root, "regd", "spool")
+        self.assertEqual(os.listdir(spool) if os.path.isdir(spool) else [], [])
+        # The same bytes again, in another repository: linked to the one stored copy.
+        run(self, self.registry.uploads.put_small("other", digest, data, CTX))
+        self.assertEqual(run(self, self.registry.blobs.stat("other", digest)).size, len(data))
+        self.assertEqual(len(self.recorder.events), 2)
+
+    def test_small_body_with_a_wrong_digest_writes_nothing(self):
+        wrong = Digest.of(b"something else")
+        fail(self, self.registry.uploads.put_small("demo", wrong, b"data", CTX), DigestInvalid)
+        self.assertFalse(os.path.exists(os.path.join(self.root, paths.blob_data(wrong))))
+        self.assertFalse(os.path.exists(os.path.join(self.root, paths.layer_link("demo", wrong))))
+        self.assertEqual(self.recorder.events, [])
+
+    def test_small_body_takes_back_a_blob_a_collection_condemned(self):
+        data = b"condemned meanwhile"
+        digest = Digest.of(data)
+        run(self, self.registry.uploads.put_small("demo", digest, data, CTX))
+        os.makedirs(os.path.dirname(os.path.join(self.root, paths.condemned_blob(digest))), exist_ok=True)
+        os.replace(os.path.join(self.root, paths.blob_data(digest)), os.path.join(self.root, paths.condemned_blob(digest)))
+        run(self, self.registry.uploads.put_small("other", digest, data, CTX))
+        self.assertFalse(os.path.exists(os.path.join(self.root, paths.condemned_blob(digest))))
+        self.assertEqual(run(self, self.registry.blobs.stat("other", digest, fresh=True)).size, len(data))
+
     def test_digest_mismatch_leaves_nothing_visible(self):
         uploads = self.registry.uploads
         upload_id = run(self, uploads.start("demo"))

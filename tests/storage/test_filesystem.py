@@ -53,6 +53,22 @@ class FilesystemTests(SynchronousTestCase):
         self.assertEqual(self.all_files(), ["regd/gc/pending/n"])
         self.assertEqual(self.successResultOf(self.driver.get_content("regd/gc/pending/n")), b"v2")
 
+    def test_put_contents_writes_every_object_and_leaves_no_temporary_files(self):
+        self.successResultOf(self.driver.put_contents([("blobs/x/data", b"bytes"), ("repos/r/x/link", b"x")]))
+        self.successResultOf(self.driver.put_contents([("blobs/x/data", b"again"), ("repos/r/x/link", b"y")]))
+        self.assertEqual(self.all_files(), ["blobs/x/data", "repos/r/x/link"])
+        self.assertEqual(self.successResultOf(self.driver.get_content("blobs/x/data")), b"again")
+        self.assertEqual(self.successResultOf(self.driver.get_content("repos/r/x/link")), b"y")
+
+    def test_put_contents_that_fails_leaves_nothing_behind(self):
+        """The second object cannot be written: neither becomes visible, no temporary file stays."""
+        os.makedirs(os.path.join(self.root, "blocked"))
+        with open(os.path.join(self.root, "blocked", "file"), "wb"):
+            pass
+        self.failureResultOf(self.driver.put_contents([("blobs/x/data", b"bytes"), ("blocked/file/link", b"x")]),
+                             FileExistsError)
+        self.assertEqual(self.all_files(), ["blocked/file"])
+
     def test_put_content_leaves_no_temporary_files(self):
         for i in range(3):
             self.successResultOf(self.driver.put_content("a/b/link", b"v%d" % i))

@@ -14,13 +14,14 @@ import re
 import time
 import uuid
 from io import BytesIO
-from urllib.parse import unquote_to_bytes
+from urllib.parse import parse_qs, unquote_to_bytes
 
 from twisted.logger import Logger
 from twisted.protocols import policies
 from twisted.web import server
 
 from regd.http.limits import ConnectionCounter, ConnectionGuard, ConnectionLimits, _ClosedTransport
+from regd.registry.uploads import FinalBody
 
 API_VERSION_HEADER = b"Docker-Distribution-API-Version"
 API_VERSION = b"registry/2.0"
@@ -69,8 +70,9 @@ class RegdRequest(server.Request):
                 self.content = sink
                 _read_in_large_pieces(self.channel)
                 return
+            ends = _ends_upload(self, method)
             try:
-                self.content = self.spool_factory()
+                self.content = self.spool_factory(ends)
             except OSError as e:  # no room even for an empty spool file
                 self._storage_failed(e)
                 return
@@ -261,6 +263,35 @@ def _upload_target(path: bytes | None, prefix: str) -> tuple[str, str] | None:
     return (match[1], match[2]) if match else None
 
 
+_UPLOAD_PUT = re.compile(r"/v2/(?P<name>.+)/blobs/uploads/(?P<id>[^/]+)")
+_UPLOAD_POST = re.compile(r"/v2/(?P<name>.+)/blobs/uploads/?")
+
+
+def _ends_upload(request, method) -> FinalBody | None:
+    """
+    Whether the request line announces a body that ends an upload with its
+    digest (PUT of the last body without Content-Range, or a monolithic
+    POST), read at head time from the channel: the spool may then send the
+    body toward its blob as it arrives. A wrong guess costs nothing: the
+    handler checks everything as for any body.
+    """
+    raw = getattr(request.channel, "_path", None) or request.uri
+    if method not in (b"PUT", b"POST") or not raw or request.getHeader(b"content-range") is not None:
+        return None
+    try:
+        path, _, query = raw.decode("ascii").partition("?")
+    except UnicodeDecodeError:
+        return None
+    fields = parse_qs(query)
+    digest = fields.get("digest")
+    if not digest or "mount" in fields:
+        return None
+    match = (_UPLOAD_PUT if method == b"PUT" else _UPLOAD_POST).search(path)
+    if match is None or match.end() != len(path):
+        return None
+    return FinalBody(match["name"], match.groupdict().get("id"), digest[0])
+
+
 def _unroutable(request) -> str | None:
     """Why routing would fail with an internal error (werkzeug, Klein), or None."""
     host = request.getHeader(b"host")
@@ -277,6 +308,8 @@ class RegdSite(server.Site):
     """
     A Site whose requests spool bodies into storage; form bodies are never
     parsed (a huge form POST would otherwise be read into memory).
+    C{spool_factory(ends)} makes a body's spool; C{ends} is a
+    L{FinalBody} for a body that ends an upload, else None.
     """
 
     def __init__(self, resource, spool_factory=None, *, upload_sink=None, prefix: str = "",

@@ -51,8 +51,9 @@ class Registry:
         if self.readonly:
             raise ReadOnly()
 
-    def new_spool(self):
-        return self.driver.new_spool()
+    def new_spool(self, ends=None):
+        """A request body's spool; C{ends} (a L{regd.registry.uploads.FinalBody}) when it ends an upload."""
+        return self.uploads.new_spool(ends)
 
     def upload_sink(self, name: str, upload_id: str, start: int | None):
         """Where a PATCH body can be written in place (UploadService.body_sink), or None."""

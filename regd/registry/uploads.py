@@ -30,7 +30,7 @@ from regd.registry.blobs import BlobInfo, BlobService
 from regd.registry.context import RequestContext
 from regd.registry.listener import BLOB, PUSH, ListenerSet, RegistryEvent
 from regd.storage import paths
-from regd.storage.interfaces import IBodySpool, PathNotFound
+from regd.storage.interfaces import IBodySpool, PathNotFound, SpoolAim
 
 log = Logger()
 
@@ -62,6 +62,20 @@ class _Session:
     lock: defer.DeferredLock = attrs.field(factory=defer.DeferredLock)
 
 
+@attrs.frozen
+class FinalBody:
+    """
+    What a request line says of the body that follows, when that body ends
+    an upload with its digest named: C{PUT .../blobs/uploads/<id>?digest=}
+    (no Content-Range) or C{POST .../blobs/uploads/?digest=} (C{upload_id}
+    None). Only a hint for where the bytes may go while they arrive; the
+    handler still checks everything.
+    """
+    name: str
+    upload_id: str | None
+    digest: str
+
+
 def is_upload_id(text: str) -> bool:
     try:
         return str(uuid.UUID(text)) == text
@@ -78,8 +92,35 @@ class UploadService:
         self._sessions: dict[tuple[str, str], _Session] = {}
         self.max_sessions = 4096
 
-    def new_spool(self):
-        return self._driver.new_spool()
+    def new_spool(self, ends: FinalBody | None = None):
+        """
+        A spool for a request body. For a body that ends an upload (C{ends}),
+        a driver that can (S3) sends it toward the blob's own object, which
+        only becomes visible once the digest was checked: no copy afterwards.
+        """
+        aimed = getattr(self._driver, "new_aimed_spool", None)
+        if ends is None or aimed is None or not is_valid_name(ends.name) or (
+                ends.upload_id is not None and not is_upload_id(ends.upload_id)):
+            return self._driver.new_spool()
+        try:
+            digest = Digest.parse(ends.digest)
+        except DigestInvalid:
+            return self._driver.new_spool()
+        if digest.algorithm != CANONICAL:
+            return self._driver.new_spool()
+        return aimed(SpoolAim(paths.blob_data(digest), lambda: defer.ensureDeferred(
+            self._is_empty(ends.name, ends.upload_id))))
+
+    async def _is_empty(self, name: str, upload_id: str | None) -> bool:
+        """Would a body now be the upload's whole content? (Always, without an upload: a monolithic POST.)"""
+        if upload_id is None:
+            return True
+        if not await links.exists(self._driver, paths.upload_started_at(name, upload_id)):
+            return False
+        try:
+            return (await self._driver.stat(paths.upload_data(name, upload_id))).size == 0
+        except PathNotFound:
+            return True
 
     def in_progress(self) -> int:
         """Upload sessions this process has seen and not seen finish (bounded, see _forget_idle)."""
@@ -323,32 +364,43 @@ class UploadService:
         await session.lock.acquire()
         try:
             await self._refresh(name, upload_id, session)
-            try:
-                if spool is not None:
-                    await self._append_locked(name, upload_id, session, spool, None, None)
-                data_path = paths.upload_data(name, upload_id)
-                if session.size == 0 and not await links.exists(self._driver, data_path):
-                    await self._driver.put_content(data_path, b"")
-                actual = await self._verified_digest(data_path, session, digest.algorithm)
-            except (PathNotFound, FileNotFoundError):
-                await self._cancelled_meanwhile(name, upload_id)
-                raise
-            if actual != digest.hex:
-                raise DigestInvalid(detail={"expected": str(digest), "received": f"{digest.algorithm}:{actual}"})
-            size = session.size
-            async with self._blobs.pending.holding(name, [digest]):
-                placed = await self._blobs.global_size(digest) is None
-                if placed:
-                    await self._driver.move(data_path, paths.blob_data(digest))
-                await self._blobs.link(name, digest, touch=not placed)
+            if session.size == 0 and _aimed_at(spool, digest):
+                # The whole upload in this body, already sent toward its blob (S3): verified and
+                # placed as a single-request upload is, without passing through the upload's data.
+                size = await self._place_whole(name, digest, spool)
+            else:
+                size = await self._commit_data(name, upload_id, session, digest, spool)
             await links.delete_if_present(self._driver, paths.upload_dir(name, upload_id))
             self._sessions.pop((name, upload_id), None)
         finally:
             session.lock.release()
-        info = BlobInfo(digest, size)
+        return await self._pushed(name, digest, size, context)
+
+    async def _commit_data(self, name: str, upload_id: str, session: _Session, digest: Digest, spool) -> int:
+        """Append the last body to the upload's data, verify the whole, move it into place and link it."""
+        try:
+            if spool is not None:
+                await self._append_locked(name, upload_id, session, spool, None, None)
+            data_path = paths.upload_data(name, upload_id)
+            if session.size == 0 and not await links.exists(self._driver, data_path):
+                await self._driver.put_content(data_path, b"")
+            actual = await self._verified_digest(data_path, session, digest.algorithm)
+        except (PathNotFound, FileNotFoundError):
+            await self._cancelled_meanwhile(name, upload_id)
+            raise
+        if actual != digest.hex:
+            raise DigestInvalid(detail={"expected": str(digest), "received": f"{digest.algorithm}:{actual}"})
+        async with self._blobs.pending.holding(name, [digest]):
+            placed = await self._blobs.global_size(digest) is None
+            if placed:
+                await self._driver.move(data_path, paths.blob_data(digest))
+            await self._blobs.link(name, digest, touch=not placed)
+        return session.size
+
+    async def _pushed(self, name: str, digest: Digest, size: int, context: RequestContext) -> BlobInfo:
         await self._listeners.emit(RegistryEvent(
             PUSH, BLOB, name, context, digest=digest, size=size, media_type="application/octet-stream"))
-        return info
+        return BlobInfo(digest, size)
 
     async def _verified_digest(self, data_path: str, session: _Session, algorithm: str) -> str:
         if algorithm == CANONICAL and session.hasher is not None:
@@ -367,7 +419,12 @@ class UploadService:
         if digest.algorithm != CANONICAL:
             upload_id = await self.start(name)
             return await self.commit(name, upload_id, digest, spool, context)
-        received = spool.hasher.hexdigest()
+        size = await self._place_whole(name, digest, spool)
+        return await self._pushed(name, digest, size, context)
+
+    async def _place_whole(self, name: str, digest: Digest, spool) -> int:
+        """Check a whole blob's body against its digest, then publish it (unless held already) and link it."""
+        received = spool.hasher.hexdigest() if spool.hasher is not None else None
         if received != digest.hex:
             spool.close()
             raise DigestInvalid(detail={"expected": str(digest), "received": f"{CANONICAL}:{received}"})
@@ -379,9 +436,7 @@ class UploadService:
             else:
                 spool.close()
             await self._blobs.link(name, digest, touch=not placed)
-        await self._listeners.emit(RegistryEvent(
-            PUSH, BLOB, name, context, digest=digest, size=size, media_type="application/octet-stream"))
-        return BlobInfo(digest, size)
+        return size
 
     async def put_small(self, name: str, digest: Digest, data: bytes, context: RequestContext) -> BlobInfo:
         """
@@ -445,6 +500,12 @@ class UploadService:
         except PathNotFound:
             return None
         return parse_started_at(raw.decode("ascii", "replace"))
+
+
+def _aimed_at(spool, digest: Digest) -> bool:
+    """Was this body spooled toward this digest's blob (L{UploadService.new_spool} with C{ends})?"""
+    aim = getattr(spool, "aim", None)
+    return aim is not None and digest.algorithm == CANONICAL and aim.path == paths.blob_data(digest)
 
 
 def _range_header(size: int) -> str:

@@ -95,6 +95,20 @@ class IBodySpool(Interface):
     # client cannot outrun the object store. Detected with getattr.
 
 
+@attrs.frozen
+class SpoolAim:
+    """
+    Where a body that ends an upload may be sent straight away: C{path},
+    the blob's own object, if the awaitable C{confirm()} (asked once, before
+    the first byte leaves) says the body will be the upload's whole content.
+    A driver that can (S3, optional C{new_aimed_spool(aim)}) sends the bytes
+    there without making them visible: only L{IStorageDriver.publish_spool}
+    to that same path, after the digest is checked, does.
+    """
+    path: str
+    confirm: object  # () -> awaitable bool
+
+
 class IBlobReader(Interface):
     """An open stored object, ready to stream to a consumer."""
 

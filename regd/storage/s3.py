@@ -14,7 +14,10 @@ metadata carries the total size), so any instance can take the next chunk:
 all upload state is in the bucket. Publishing a blob is a server-side copy
 (a multipart copy above C{multipartcopythresholdsize}) of the segments to
 C{blobs/.../data}, done only after the service has checked the digest; the
-blob becomes visible when S3 completes the copy, whole.
+blob becomes visible when S3 completes the copy, whole. A body that is a
+whole upload with its digest known up front needs no copy: its spool sends
+the parts to the blob's own key, and completes that multipart upload only
+once the digest matched (L{S3Spool} with an aim).
 
 Segment objects are deleted with their upload (finished, cancelled or
 purged); those of a process killed mid-request are swept by
@@ -38,10 +41,11 @@ import xml.etree.ElementTree as ElementTree
 
 from regd.oci.hashstate import running_hasher
 from regd.storage import paths
-from regd.storage.interfaces import (FileInfo, IStorageDriver, PathNotFound, StorageError,
+from regd.storage.interfaces import (FileInfo, InvalidPath, IStorageDriver, PathNotFound, StorageError,
                                      StorageUnavailable, checked_path)
 from regd.storage.s3client import S3Client, parse_error, static_credentials, xml_children, xml_text
-from regd.storage.s3streams import Collector, Piece, S3Reader, S3Spool, Streamer, spool_path, spool_started, window
+from regd.storage.s3streams import (AIMED, Collector, Piece, S3Reader, S3Spool, Streamer, spool_path, spool_started,
+                                    window)
 
 log = Logger()
 
@@ -330,6 +334,10 @@ class S3Driver:
     def new_spool(self):
         return S3Spool(self)
 
+    def new_aimed_spool(self, aim):
+        """A spool whose parts go straight to C{aim.path} (a blob) if C{aim.confirm()} says so."""
+        return S3Spool(self, aim)
+
     @_run
     async def store_spool(self, spool, path: str, hasher=None):
         try:
@@ -337,6 +345,10 @@ class S3Driver:
             found = await self._head(path)
             existing = found.size if found is not None else 0
             body = await spool.finish()
+            if spool.aimed_at is not None:
+                # Sent toward a blob on the word that it ended an empty upload, which then
+                # received data meanwhile (a client racing itself): the bytes cannot go elsewhere.
+                raise StorageUnavailable("the upload received data while its last body arrived; send it again")
             if existing == 0:
                 if body is not None:
                     await self.client.request("PUT", self._key(path), headers=self._write_headers(), body=body)
@@ -381,6 +393,10 @@ class S3Driver:
             body = await spool.finish()
             if body is not None:
                 await self.client.request("PUT", self._key(path), headers=self._write_headers(), body=body)
+            elif spool.aimed_at == path:
+                await spool.complete()  # the parts are already at the blob's key: no copy
+            elif spool.aimed_at is not None:
+                raise StorageError(f"a body sent toward {spool.aimed_at} cannot be published at {path}")
             else:
                 await self._compose([Piece(spool.path, 0, spool.size, True)], path)
             return spool.size
@@ -439,7 +455,7 @@ class S3Driver:
         removed = 0
         # Finished segments are judged by age alone: a segment is never older than its
         # upload, and an upload older than the purge age is purged with its segments.
-        token, old = None, []
+        token, old, aimed = None, [], []
         while True:
             query = {"list-type": "2", "prefix": prefix, "max-keys": str(self.list_page)}
             if token:
@@ -449,11 +465,24 @@ class S3Driver:
                 try:
                     if _iso(xml_text(item, "LastModified")) < cutoff:
                         old.append(xml_text(item, "Key"))
+                        if old[-1].endswith(AIMED):
+                            aimed.append(old[-1])
                 except ValueError:
                     continue
             token = xml_text(root, "NextContinuationToken") if xml_text(root, "IsTruncated") == "true" else None
             if not token:
                 break
+        for key in aimed:
+            # A body a killed process was sending straight to a blob's key: abort that upload
+            # (never completed, so never visible), then the marker goes with the other leftovers.
+            try:
+                named = json.loads((await self.client.request("GET", key)).body)
+                await self._abort_multipart(named["key"], named["upload"])
+                removed += 1
+            except PathNotFound:
+                continue
+            except (ValueError, KeyError, TypeError, InvalidPath):
+                log.warn("unreadable marker {key} removed", key=key)
         if old:
             await self._delete_keys(old)
             removed += len(old)

@@ -8,6 +8,8 @@ client with the client's backpressure.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 import uuid
 
@@ -55,9 +57,17 @@ class S3Spool:
     a part is being sent and the next is already full, the connection is
     paused. Small bodies (under one part) never leave memory until a
     driver stores them with one PUT.
+
+    With an C{aim} (L{regd.storage.interfaces.SpoolAim}: a body that ends
+    its upload, with its digest known from the request line), the
+    multipart upload is begun on the blob's own key instead, if the aim is
+    confirmed, and left incomplete: S3 shows nothing of it until
+    L{complete} (after the digest was checked), and an abandoned one is
+    aborted. A small object beside the spool's name (C{<path>.aimed}) names
+    that upload, so purging finds it if this process dies.
     """
 
-    def __init__(self, driver: "S3Driver"):
+    def __init__(self, driver: "S3Driver", aim=None):
         self._driver = driver
         self.hasher = running_hasher()
         self.size = 0
@@ -74,6 +84,19 @@ class S3Spool:
         self.adopted = False
         self.closed = False
         self.completed = False  # the multipart upload became the object at self.path
+        self.aim = aim
+        self.aimed_at = None  # the blob key the parts go to, once the aim was confirmed
+        self._marker = None
+
+    def prefer_fast_hash(self) -> None:
+        """A body that ends an upload: hashlib (its state is never saved), as the filesystem spool."""
+        if self.size == 0:
+            self.hasher = hashlib.sha256()
+
+    def skip_hash(self) -> None:
+        """A later chunk: the driver hashes it into the upload's running hash when it is stored."""
+        if self.size == 0:
+            self.hasher = None
 
     # twisted.web's file methods
 
@@ -83,7 +106,8 @@ class S3Spool:
     def write(self, data: bytes) -> None:
         if self.closed:
             raise ValueError("write to a closed spool")
-        self.hasher.update(data)
+        if self.hasher is not None:
+            self.hasher.update(data)
         self.size += len(data)
         if self._failure is not None:
             return  # the body is lost already; store raises the failure
@@ -147,10 +171,30 @@ class S3Spool:
 
     async def _upload_part(self, data):
         if self._upload_id is None:
-            self._upload_id = await self._driver._create_multipart(self.path)
+            if self.closed:
+                return  # refused (a wrong digest, say) before its first part left: nothing to send
+            await self._begin()
         number = len(self._parts) + 1
-        etag = await self._driver._upload_part(self.path, self._upload_id, number, data)
+        etag = await self._driver._upload_part(self.aimed_at or self.path, self._upload_id, number, data)
         self._parts.append((number, etag))
+
+    async def _begin(self):
+        if self.aim is not None and await self._confirmed():
+            self._upload_id = await self._driver._create_multipart(self.aim.path)
+            self.aimed_at = self.aim.path
+            marker = self.path + AIMED
+            await self._driver.put_content(marker, json.dumps(
+                {"key": self.aimed_at, "upload": self._upload_id}).encode("ascii"))
+            self._marker = marker
+        else:
+            self._upload_id = await self._driver._create_multipart(self.path)
+
+    async def _confirmed(self) -> bool:
+        try:
+            return bool(await self.aim.confirm())
+        except Exception as e:
+            log.info("not sending a body straight to its blob: {error}", error=str(e))
+            return False
 
     def _failed(self, failure):
         self._failure = failure
@@ -183,9 +227,24 @@ class S3Spool:
                 await self._sending
             finally:
                 self._sending = None
-        await self._driver._complete_multipart(self.path, self._upload_id, self._parts)
-        self.completed = True
+        if self.aimed_at is None:
+            await self._driver._complete_multipart(self.path, self._upload_id, self._parts)
+            self.completed = True
         return None
+
+    async def complete(self):
+        """Make an aimed body the blob: only once its digest was checked."""
+        await self._driver._complete_multipart(self.aimed_at, self._upload_id, self._parts)
+        self.completed = self.adopted = True
+        await self._forget_marker()
+
+    async def _forget_marker(self):
+        if self._marker is not None:
+            marker, self._marker = self._marker, None
+            try:
+                await self._driver._delete_keys([self._driver._key(marker)])
+            except Exception as e:  # purging removes it later
+                log.info("could not remove {path}: {error}", path=marker, error=str(e))
 
     def close(self) -> None:
         if self.closed:
@@ -208,7 +267,8 @@ class S3Spool:
         if self.completed:
             await self._driver.delete(self.path)
         elif self._upload_id is not None:
-            await self._driver._abort_multipart(self.path, self._upload_id)
+            await self._driver._abort_multipart(self.aimed_at or self.path, self._upload_id)
+        await self._forget_marker()
 
 
 # -- streaming reads -------------------------------------------------------------
@@ -374,6 +434,9 @@ def window(pieces: list[Piece], start: int, end: int) -> list[Piece]:
         position += piece.size
     return out
 
+
+
+AIMED = ".aimed"  # beside a spool's name: the multipart upload it began on a blob's key
 
 
 def spool_path(clock) -> str:

@@ -93,3 +93,98 @@ class S3HTTPTests(TestCase):
             self.assertEqual(response.code, 503, (method, path, content))
             self.assertEqual(json.loads(content)["errors"][0]["code"], "UNAVAILABLE")
         self.flushLoggedErrors()
+
+
+class DirectToBlobTests(TestCase):
+    """A body that ends its upload with the digest named goes straight to the blob's key: no copy."""
+
+    def setUp(self):
+        server = shared_moto()
+        self.moto = server
+        self.bucket = server.new_bucket()
+        settings = s3_settings(server, self.bucket, chunksize=PART, multipartcopychunksize=PART,
+                               multipartcopythresholdsize=PART)
+        self.driver = S3Driver(settings, reactor, min_part=PART)
+        self.addCleanup(self.driver.client.close)
+        self.registry = RegistryServer(self, driver=self.driver, redirect=False, index=False)
+        self.sent = []  # (method, key, headers) of every request to S3, which all still happen
+        real = self.driver.client.request
+
+        def recording(method, key="", **kwargs):
+            self.sent.append((method, key, kwargs.get("headers") or {}, kwargs.get("query") or {}))
+            return real(method, key, **kwargs)
+        self.driver.client.request = recording
+
+    def copies(self):
+        return [key for _, key, headers, _ in self.sent if "x-amz-copy-source" in headers]
+
+    def parts_sent_to(self, key_part):
+        return [key for method, key, headers, query in self.sent
+                if "partNumber" in query and key_part in key and "x-amz-copy-source" not in headers]
+
+    async def settled(self):
+        from twisted.internet import task
+        await task.deferLater(reactor, 0.3, lambda: None)  # spool removals are not awaited
+
+    async def test_monolithic_put_sends_parts_to_the_blob_and_copies_nothing(self):
+        data = os.urandom(4 * PART + 77)
+        digest = await self.registry.push_blob("s3/app", data)
+        response, body = await self.registry.request("GET", f"/v2/s3/app/blobs/{digest}")
+        self.assertEqual((response.code, body), (200, data))
+        self.assertEqual(self.copies(), [])
+        self.assertTrue(self.parts_sent_to(f"blobs/sha256/{digest[7:9]}/{digest[7:]}/data"))
+        await self.settled()
+        self.assertEqual(self.moto.multipart_uploads(self.bucket), [])
+        keys = self.moto.keys(self.bucket)
+        self.assertEqual([k for k in keys if "_uploads" in k or "regd/spool" in k], [])
+
+    async def test_monolithic_post_with_digest(self):
+        data = os.urandom(3 * PART + 1)
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        response, body = await self.registry.request("POST", f"/v2/s3/app/blobs/uploads/?digest={digest}", data)
+        self.assertEqual(response.code, 201, body)
+        self.assertEqual(await self.driver.get_content(f"docker/registry/v2/blobs/sha256/{digest[7:9]}/{digest[7:]}/data"),
+                         data)
+        self.assertEqual(self.copies(), [])
+
+    async def test_a_wrong_digest_leaves_nothing_visible(self):
+        data = os.urandom(3 * PART)
+        wrong = "sha256:" + hashlib.sha256(b"something else").hexdigest()
+        response, _ = await self.registry.request("POST", "/v2/s3/app/blobs/uploads/")
+        location = response.headers.getRawHeaders("Location")[0]
+        response, body = await self.registry.request("PUT", f"{location}?digest={wrong}", data)
+        self.assertEqual(response.code, 400)
+        self.assertEqual(json.loads(body)["errors"][0]["code"], "DIGEST_INVALID")
+        await self.settled()
+        self.assertEqual(self.moto.multipart_uploads(self.bucket), [])
+        self.assertEqual([k for k in self.moto.keys(self.bucket) if "/blobs/" in k or "regd/spool" in k], [])
+        response, _ = await self.registry.request("HEAD", f"/v2/s3/app/blobs/{wrong}")
+        self.assertEqual(response.code, 404)
+
+    async def test_a_last_body_after_chunks_is_appended_as_before(self):
+        first, last = os.urandom(2 * PART), os.urandom(2 * PART + 9)
+        digest = "sha256:" + hashlib.sha256(first + last).hexdigest()
+        response, _ = await self.registry.request("POST", "/v2/s3/app/blobs/uploads/")
+        location = response.headers.getRawHeaders("Location")[0]
+        response, _ = await self.registry.request("PATCH", location, first,
+                                                  headers={"Content-Type": ["application/octet-stream"]})
+        self.assertEqual(response.code, 202)
+        location = response.headers.getRawHeaders("Location")[0]
+        response, body = await self.registry.request("PUT", f"{location}?digest={digest}", last)
+        self.assertEqual(response.code, 201, body)
+        response, body = await self.registry.request("GET", f"/v2/s3/app/blobs/{digest}")
+        self.assertEqual(body, first + last)
+        self.assertEqual(self.parts_sent_to("/blobs/"), [])  # the upload was not empty: no aim
+        self.assertTrue(self.copies())
+
+    async def test_a_blob_already_held_is_only_linked(self):
+        data = os.urandom(3 * PART + 3)
+        digest = await self.registry.push_blob("s3/app", data)
+        before = [k for k in self.moto.keys(self.bucket) if k.endswith("/data")]
+        self.assertEqual(await self.registry.push_blob("s3/other", data), digest)
+        response, body = await self.registry.request("GET", f"/v2/s3/other/blobs/{digest}")
+        self.assertEqual((response.code, body), (200, data))
+        await self.settled()
+        self.assertEqual(self.moto.multipart_uploads(self.bucket), [])
+        self.assertEqual([k for k in self.moto.keys(self.bucket) if k.endswith("/data")], before)
+        self.assertEqual(self.copies(), [])

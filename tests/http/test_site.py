@@ -37,8 +37,8 @@ class SpoolTests(TestCase):
         seen = []
         original = server.site.requestFactory.spool_factory
 
-        def recording_factory():
-            spool = original()
+        def recording_factory(ends=None):
+            spool = original(ends)
             seen.append(spool)
             return spool
 
@@ -168,8 +168,8 @@ class InPlaceChunkTests(TestCase):
         spools = []
         original = server.site.requestFactory.spool_factory
 
-        def recording_factory():
-            spools.append(original())
+        def recording_factory(ends=None):
+            spools.append(original(ends))
             return spools[-1]
 
         server.site.requestFactory.spool_factory = staticmethod(recording_factory)

@@ -61,7 +61,7 @@ class StorageFullTests(TestCase):
 
     async def test_disk_full_while_the_body_arrives(self):
         self.server.site.requestFactory.spool_factory = staticmethod(
-            lambda: _FillingSpool(os.path.join(self.server.root, "regd", "spool")))
+            lambda ends=None: _FillingSpool(os.path.join(self.server.root, "regd", "spool")))
         response, _ = await self.server.request("POST", "/v2/full/blobs/uploads/")
         location = response.headers.getRawHeaders("Location")[0].replace(self.server.base, "")
         with capturedLogs() as events:
@@ -179,7 +179,7 @@ class SpoolCreationFailureTests(TestCase):
     async def test_no_room_for_a_spool_file_is_507(self):
         server = RegistryServer(self)
 
-        def no_room():
+        def no_room(ends=None):
             raise OSError(errno.ENOSPC, "No space left on device")
 
         server.site.requestFactory.spool_factory = staticmethod(no_room)

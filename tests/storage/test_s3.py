@@ -12,11 +12,11 @@ import json
 import os
 import urllib.request
 
-from twisted.internet import reactor
+from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from regd.oci.hashstate import running_hasher
-from regd.storage.interfaces import PathNotFound
+from regd.storage.interfaces import PathNotFound, StorageError
 from regd.storage.s3 import S3Driver, _plan_parts
 from regd.storage.s3streams import Piece
 from tests.support.s3 import s3_settings, shared_moto
@@ -54,8 +54,8 @@ class S3DriverTests(TestCase):
     def keys(self, prefix=""):
         return self.server.keys(self.bucket, prefix)
 
-    async def spool_of(self, data: bytes, piece: int = 10_000, transport=None):
-        spool = self.driver.new_spool()
+    async def spool_of(self, data: bytes, piece: int = 10_000, transport=None, aim=None):
+        spool = self.driver.new_spool() if aim is None else self.driver.new_aimed_spool(aim)
         if transport is not None:
             spool.set_producer(transport)
             transport.spool = spool
@@ -147,6 +147,62 @@ class S3DriverTests(TestCase):
         from twisted.internet import task
         await task.deferLater(reactor, 0.2, lambda: None)  # the spool object's removal is not awaited
         self.assertEqual(self.keys(), ["prod/" + blob])
+
+    async def test_an_aimed_body_is_invisible_until_published_there(self):
+        from regd.storage.interfaces import SpoolAim
+        data = os.urandom(3 * PART + 5)
+        blob = "docker/registry/v2/blobs/sha256/ab/ab12/data"
+        asked = []
+        spool = await self.spool_of(data, aim=SpoolAim(blob, lambda: asked.append(1) or defer.succeed(True)))
+        await spool._sending
+        # Parts are on their way to the blob's own key, which S3 does not show yet.
+        self.assertEqual((asked, spool.aimed_at), ([1], blob))
+        self.assertEqual(self.server.multipart_uploads(self.bucket) != [], True)
+        self.assertEqual(self.keys("prod/docker/"), [])
+        with self.assertRaises(StorageError):  # nowhere else: the bytes are bound to that key
+            await self.driver.publish_spool(spool, "docker/registry/v2/blobs/sha256/cd/cd34/data")
+        spool = await self.spool_of(data, aim=SpoolAim(blob, lambda: defer.succeed(True)))
+        self.assertEqual(await self.driver.publish_spool(spool, blob), len(data))
+        self.assertEqual(await self.driver.get_content(blob), data)
+        await task.deferLater(reactor, 0.2, lambda: None)  # the first spool's abort is not awaited
+        # No copy source was left behind, no upload is pending, nothing else is in the bucket.
+        self.assertEqual(self.keys(), ["prod/" + blob])
+        self.assertEqual(self.server.multipart_uploads(self.bucket), [])
+
+    async def test_an_aim_not_confirmed_spools_as_usual(self):
+        from regd.storage.interfaces import SpoolAim
+        data = os.urandom(2 * PART + 5)
+        blob = "docker/registry/v2/blobs/sha256/ab/ab12/data"
+        spool = await self.spool_of(data, aim=SpoolAim(blob, lambda: defer.succeed(False)))
+        upload = "docker/registry/v2/repositories/a/_uploads/u/data"
+        self.assertEqual(await self.driver.store_spool(spool, upload), len(data))
+        self.assertIsNone(spool.aimed_at)
+        self.assertEqual(await self.driver.get_content(upload), data)
+
+    async def test_an_abandoned_aimed_body_leaves_nothing(self):
+        from regd.storage.interfaces import SpoolAim
+        blob = "docker/registry/v2/blobs/sha256/ab/ab12/data"
+        spool = await self.spool_of(os.urandom(3 * PART), aim=SpoolAim(blob, lambda: defer.succeed(True)))
+        await spool._sending
+        spool.close()  # the client went away, or the digest did not match (the abort is not awaited)
+        for _ in range(50):
+            if not self.server.multipart_uploads(self.bucket) and not self.keys():
+                break
+            await task.deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(self.server.multipart_uploads(self.bucket), [])
+        self.assertEqual(self.keys(), [])
+
+    async def test_sweep_aborts_an_aimed_body_a_dead_process_left(self):
+        import time
+        from regd.storage.interfaces import SpoolAim
+        blob = "docker/registry/v2/blobs/sha256/ab/ab12/data"
+        spool = await self.spool_of(os.urandom(2 * PART), aim=SpoolAim(blob, lambda: defer.succeed(True)))
+        await spool._sending  # then the process died: the spool is never closed
+        self.assertEqual([k.endswith(".aimed") for k in self.keys()], [True])
+        self.assertEqual(await self.driver.sweep_spool(3600, time.time()), 0)
+        self.assertEqual(await self.driver.sweep_spool(3600, time.time() + 7200), 2)  # the upload, its marker
+        self.assertEqual(self.server.multipart_uploads(self.bucket), [])
+        self.assertEqual(self.keys(), [])
 
     async def test_truncate_a_segmented_upload(self):
         upload = "docker/registry/v2/repositories/a/_uploads/u/data"

@@ -254,6 +254,18 @@ class S3DriverTests(TestCase):
         self.assertEqual(self.server.multipart_uploads(self.bucket), [])
         self.assertEqual(self.keys(), [])
 
+    async def test_connections_to_s3_read_large_pieces(self):
+        from twisted.internet.protocol import Factory, Protocol
+        from twisted.web.client import URI
+        from regd.storage.s3client import READ_SIZE, _LargeReads
+        endpoint = _LargeReads(reactor, None).endpointForURI(URI.fromBytes(self.server.endpoint.encode("ascii")))
+        protocol = await endpoint.connect(Factory.forProtocol(Protocol))
+        self.addCleanup(protocol.transport.loseConnection)
+        self.assertEqual(protocol.transport.bufferSize, READ_SIZE)
+        self.assertGreater(READ_SIZE, 65536)
+        await self.driver.put_content("x", b"y")  # and the driver's requests still work through them
+        self.assertEqual(await self.driver.get_content("x"), b"y")
+
     async def test_missing_objects(self):
         with self.assertRaises(PathNotFound):
             await self.driver.stat("nothing")

@@ -158,10 +158,14 @@ class ChunksTests(SynchronousTestCase):
         self.assertEqual(reader.seek(3), 3)
         self.assertEqual(reader.read(), b"defghi")
 
-    def test_signed_like_the_joined_bytes(self):
+    def test_parts_are_signed_without_hashing_their_bytes(self):
         from regd.storage.s3client import Chunks
         s = settings(regionendpoint="http://127.0.0.1:1", secure=False)
         client = S3Client(s, static_credentials(s), Clock(), http=FakeHTTP([]))
         import hashlib
         headers = client.sign("PUT", client.url("k"), {"X-Amz-Date": "20260101T000000Z"}, Chunks([b"ab", b"cd"]))
+        self.assertEqual(headers["X-Amz-Content-SHA256"], "UNSIGNED-PAYLOAD")
+        self.assertIn("Signature=", headers["Authorization"])
+        # Small bodies (links, manifests, upload indexes) are still signed with their hash.
+        headers = client.sign("PUT", client.url("k"), {"X-Amz-Date": "20260101T000000Z"}, b"abcd")
         self.assertEqual(headers["X-Amz-Content-SHA256"], hashlib.sha256(b"abcd").hexdigest())

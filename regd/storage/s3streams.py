@@ -257,6 +257,7 @@ class S3Spool:
         d = defer.ensureDeferred(self._discard())
         d.addErrback(lambda f: log.info("could not remove an abandoned upload spool {path}: {error}",
                                         path=self.path, error=str(f.value)))
+        self.discarded = d  # nobody waits for it but tests
 
     async def _discard(self):
         while self._sending is not None:

@@ -257,7 +257,10 @@ class TLSFileSender:
         self._partial = _lib.SSL_set_mode(ssl, 0) & _lib.SSL_MODE_ENABLE_PARTIAL_WRITE
         _lib.SSL_clear_mode(ssl, _lib.SSL_MODE_ENABLE_PARTIAL_WRITE)  # whole pieces per SSL_write
         self._started = True
-        threading.Thread(target=self._run, args=(ssl,), name="regd-tls-send", daemon=True).start()
+        try:
+            threading.Thread(target=self._run, args=(ssl,), name="regd-tls-send", daemon=True).start()
+        except RuntimeError as e:  # no thread to be had: give the connection back and cut it
+            self._sent(0, f"cannot start a thread: {e}")
 
     def _unpark(self):
         conn, tls = self._conn, self.tls

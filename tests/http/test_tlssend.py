@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import socket
 import ssl
+import threading
+from types import SimpleNamespace
 
 from twisted.internet import reactor, task, threads
 from twisted.logger import globalLogPublisher
@@ -383,3 +385,32 @@ class TLSSendTests(TestCase):
         self.assertEqual([await body for body in bodies], [data, data])
         self.assertEqual(len(self.senders), 1)
         await self._idle(server)
+
+    async def test_no_thread_to_be_had_cuts_that_download_only(self):
+        server, data, _ = await self._server_with_blob(4 * 1024 * 1024)
+
+        class NoThread:
+            def __init__(self, *args, **kwargs):
+                pass
+
+            def start(self):
+                raise RuntimeError("can't start new thread")
+
+        self.patch(tlssend, "threading", SimpleNamespace(Thread=NoThread, Event=threading.Event))
+
+        def fetch():
+            client = self._client()
+            try:
+                client.send("GET", self.url)
+                _, length = client.head()
+                return length, client.read(length)
+            finally:
+                client.close()
+
+        length, body = await threads.deferToThread(fetch)
+        self.assertEqual(length, len(data))
+        self.assertEqual(body, b"", "no byte of the body may go out once the connection was handed over")
+        await self._idle(server)
+        self.assertEqual(self._tracebacks(), [])
+        response, _ = await server.request("GET", "/v2/")
+        self.assertEqual(response.code, 200)

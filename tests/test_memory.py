@@ -163,18 +163,25 @@ class DefaultConfigurationTests(SynchronousTestCase):
         self.assertEqual([name for name in ("OpenSSL", "cryptography", "twisted.protocols.tls")
                           if loaded(modules, name)], [])
 
+    def test_webhook_endpoints_load_no_tls_into_the_serving_process(self):
+        daemon = Daemon(self, "notifications:\n  endpoints:\n  - {name: a, url: 'https://127.0.0.1:1/hook'}\n")
+        daemon.push_and_pull(1 << 20)  # journalled for the endpoint before the 201
+        modules = daemon.modules()
+        self.assertIn("regd.notifications.service", modules)
+        self.assertEqual([name for name in ("OpenSSL", "cryptography", "twisted.protocols.tls", "treq")
+                          if loaded(modules, name)], [])
+
 
 class ImportTwistedTests(SynchronousTestCase):
     def test_what_speaks_tls_through_twisted(self):
         from regd.config import load_config
-        from regd.notifications.settings import parse_notifications
 
         def uses(text: str) -> bool:
             path = self.mktemp()
             with open(path, "w") as f:
                 f.write("version: 0.1\n" + text + ("" if "storage:" in text else "storage:\n  inmemory: {}\n"))
             config = load_config(path, {}).config
-            return memory.uses_twisted_tls(config, parse_notifications(config.notifications, "")[0])
+            return memory.uses_twisted_tls(config)
         self.assertFalse(uses(""))
         self.assertFalse(uses("auth:\n  htpasswd: {realm: r, path: /p}\n"))
         self.assertTrue(uses("http:\n  tls: {certificate: c.pem, key: k.pem}\n"))
@@ -185,7 +192,8 @@ class ImportTwistedTests(SynchronousTestCase):
         self.assertFalse(uses("storage:\n  s3: {bucket: b, regionendpoint: 'http://10.0.0.1:9000'}\n"))
         self.assertFalse(uses("storage:\n  s3: {bucket: b, regionendpoint: '10.0.0.1:9000', secure: false}\n"))
         self.assertTrue(uses("redis:\n  addr: 127.0.0.1:6379\n  tls: {enabled: true}\n"))
-        self.assertTrue(uses("notifications:\n  endpoints:\n  - {name: a, url: 'http://127.0.0.1:1/'}\n"))
+        # The delivery process sends the POSTs, so even an HTTPS endpoint brings no TLS into this one.
+        self.assertFalse(uses("notifications:\n  endpoints:\n  - {name: a, url: 'https://127.0.0.1:1/'}\n"))
 
     def test_in_a_process_that_has_the_reactor_it_changes_nothing(self):
         from twisted.internet import reactor  # noqa: F401  (as in every test process)

@@ -24,16 +24,26 @@ import sys
 _TWISTED_SERVING = ("twisted.internet.reactor", "twisted.internet.endpoints", "twisted.web.server")
 
 
-def uses_twisted_tls(config, notifications) -> bool:
+def uses_twisted_tls(config) -> bool:
     """
     Whether anything configured may make or take a TLS connection through
     Twisted: the listener (certificates or ACME), S3 over HTTPS, Redis over
-    TLS, webhook endpoints (any, since their URLs may be HTTPS).
+    TLS. Webhook endpoints do not count: their POSTs (HTTPS or not) leave
+    from the delivery process, python -m regd.notifications.deliverer.
     """
     s3 = config.storage.s3 if config.storage.driver == "s3" else None
     return bool(config.http.tls.certificate or config.http.tls.key or config.http.tls.letsencrypt
-                or (s3 is not None and _s3_scheme(s3) != "http") or config.redis.tls.enabled
-                or notifications.endpoints)
+                or (s3 is not None and _s3_scheme(s3) != "http") or config.redis.tls.enabled)
+
+
+def early_imports(config, notifications) -> tuple[str, ...]:
+    """
+    What to import with the reactor, so that it loads no TLS support when
+    none is wanted: the S3 driver, and AMP (spoken to the webhook delivery
+    process; it takes twisted.internet.ssl whenever that imports).
+    """
+    return (("regd.storage.s3",) if config.storage.driver == "s3" else ()) + (
+        ("twisted.protocols.amp",) if notifications.endpoints else ())
 
 
 def _s3_scheme(s3) -> str:

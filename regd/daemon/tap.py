@@ -33,14 +33,13 @@ class Options(usage.Options):
 
     def postOptions(self):
         # Refuse to start with one line naming the key and the problem.
-        from regd.daemon.memory import import_twisted, uses_twisted_tls
+        from regd.daemon.memory import early_imports, import_twisted, uses_twisted_tls
         from regd.notifications.settings import parse_notifications
         try:
             self["loaded"] = loaded = load_config(self["config"], os.environ)
             notifications, _ = parse_notifications(loaded.config.notifications, "")
             # Before anything imports the reactor (the S3 check does): what needs no TLS loads none.
-            import_twisted(uses_twisted_tls(loaded.config, notifications),
-                           ("regd.storage.s3",) if loaded.config.storage.driver == "s3" else ())
+            import_twisted(uses_twisted_tls(loaded.config), early_imports(loaded.config, notifications))
             tls = loaded.config.http.tls
             self["acme"] = None
             if tls.letsencrypt:

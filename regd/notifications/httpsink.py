@@ -129,17 +129,6 @@ def _closed_by_peer(error) -> bool:
     return any(reason.check(ConnectionClosed) for reason in getattr(error, "reasons", ()))
 
 
-def redacted_url(url: str) -> str:
-    """The URL without credentials or query string, for logs and status pages."""
-    from urllib.parse import urlsplit
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = host + (f":{parts.port}" if parts.port else "")
-    return f"{parts.scheme}://{netloc}{parts.path}"
-
-
 async def attempt_within(clock, timeout: float, exchange: defer.Deferred, on_failure=lambda: None) -> None:
     """
     Await one delivery attempt under the endpoint's timeout. Every failure

@@ -22,8 +22,8 @@ from zope.interface import implementer
 
 from regd.notifications.endpoint import Endpoint
 from regd.notifications.events import to_distribution
-from regd.notifications.httpsink import redacted_url
 from regd.notifications.journal import JournalEntry
+from regd.notifications.settings import redacted_url
 from regd.registry.listener import IRegistryListener
 
 log = Logger()

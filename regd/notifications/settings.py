@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -180,3 +181,13 @@ def parse_notifications(raw: dict | None, default_journal: str) -> tuple[Notific
         journal=str(raw.get("journal") or default_journal),
         drain_timeout=_duration(raw.get("draintimeout", "5s"), "notifications.draintimeout"),
     ), warnings
+
+
+def redacted_url(url: str) -> str:
+    """The URL without credentials or query string, for logs and status pages."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return f"{parts.scheme}://{netloc}{parts.path}"

@@ -84,6 +84,49 @@ class JournalTests(SynchronousTestCase):
         seqs = [self.successResultOf(d) for d in (first, second, third)]
         self.assertEqual(seqs, sorted(seqs))
 
+    def test_each_append_answers_only_after_the_commit_that_holds_it(self):
+        """Concurrent appends share commits (one fsync for many); no caller hears of its event before it is durable."""
+        runner = DeferredRunner()
+        journal = Journal(self.path, runner)
+        d_open = journal.open()
+        runner.run_all()
+        self.successResultOf(d_open)
+        self.addCleanup(journal._close)
+        fired = []
+        first = journal.append("e1", "{}", ("a", "b"))
+        first.addCallback(fired.append)
+        later = [journal.append(f"e{i}", "{}", ("a", "b")) for i in range(2, 6)]
+        for d in later:
+            d.addCallback(fired.append)
+        self.assertEqual(runner.history, [1])  # e1's transaction is running; e2-e5 wait for the next one
+        self.assertEqual(fired, [])
+
+        function, args, d = runner.calls.pop(0)
+        d.callback(function(*args))  # e1 committed: only e1 is answered, and the next commit starts
+        self.assertEqual(len(fired), 1)
+        self.assertEqual(runner.history, [1, 4])
+        # Nothing of e2-e5 is on disk yet, and none of their callers was answered.
+        self.assertEqual(self._events_on_disk(), ["e1"])
+        journal.append("e6", "{}", ("a",)).addCallback(fired.append)  # arrives during the second commit
+
+        function, args, d = runner.calls.pop(0)
+        d.callback(function(*args))
+        self.assertEqual(len(fired), 5)
+        self.assertEqual(self._events_on_disk(), ["e1", "e2", "e3", "e4", "e5"])
+        runner.run_all()
+        self.assertEqual(runner.history, [1, 4, 1])  # six appends, three commits
+        self.assertEqual(fired, sorted(fired))
+        self.assertEqual(len(set(fired)), 6)
+
+    def _events_on_disk(self) -> list[str]:
+        """Event ids committed, as another connection (another process) sees them."""
+        import sqlite3
+        db = sqlite3.connect(self.path)
+        try:
+            return [row[0] for row in db.execute("SELECT id FROM events ORDER BY seq")]
+        finally:
+            db.close()
+
     def test_replay_by_event_id(self):
         seqs = [self.successResultOf(self.journal.append(f"e{i}", "{}", ("a",))) for i in range(3)]
         self.successResultOf(self.journal.failed("a", seqs, "HTTP 500", dead=True))

@@ -218,7 +218,7 @@ def makeService(options) -> service.MultiService:
     if worker is not None:
         headers["X-Regd-Worker"] = (str(worker),)  # which worker answered (regd.workers)
     site = RegdSite(mount_at_prefix(resource, prefix), registry.new_spool, upload_sink=registry.upload_sink,
-                    prefix=prefix,
+                    credentials_required=access is not None, prefix=prefix,
                     spool_threshold=config.regd.spoolthreshold, max_body_size=config.regd.maxbodysize,
                     extra_headers=headers, access_log=not config.log.accesslog_disabled,
                     limits=connection_limits(config.regd.limits), timeout=config.regd.limits.idletimeout or None)

@@ -36,6 +36,7 @@ class RegdRequest(server.Request):
 
     spool_factory = None
     upload_sink = None  # (name, upload_id, start) -> a body sink written in place, or None
+    credentials_required = False  # access control is on: anonymous bodies never touch an upload in place
     prefix = ""  # http.prefix, before /v2
     spool_threshold = 65536
     max_body_size = 0
@@ -100,6 +101,10 @@ class RegdRequest(server.Request):
         choice of where bytes go; the handler checks everything as usual.
         """
         if self.upload_sink is None:
+            return None
+        if self.credentials_required and self.getHeader(b"authorization") is None:
+            # Refused by the handler anyway; spooled (and dropped) so that nobody without
+            # credentials holds an upload's file, even for the length of one body.
             return None
         target = _upload_target(getattr(self.channel, "_path", None), self.prefix)
         if target is None:
@@ -312,7 +317,8 @@ class RegdSite(server.Site):
     L{FinalBody} for a body that ends an upload, else None.
     """
 
-    def __init__(self, resource, spool_factory=None, *, upload_sink=None, prefix: str = "",
+    def __init__(self, resource, spool_factory=None, *, upload_sink=None, credentials_required: bool = False,
+                 prefix: str = "",
                  spool_threshold: int = 65536,
                  max_body_size: int = 0, extra_headers=None, access_log: bool = True,
                  limits: ConnectionLimits = ConnectionLimits(), **kwargs):
@@ -334,6 +340,7 @@ class RegdSite(server.Site):
 
         _Request.spool_factory = staticmethod(spool_factory) if spool_factory else None
         _Request.upload_sink = staticmethod(upload_sink) if upload_sink else None
+        _Request.credentials_required = credentials_required
         _Request.prefix = prefix.rstrip("/")
         _Request.spool_threshold = spool_threshold
         _Request.max_body_size = max_body_size

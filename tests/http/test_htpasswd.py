@@ -146,6 +146,43 @@ class HTTPTests(TestCase):
         self.assertEqual(server.listener.events[0].context.actor, "alice")
 
 
+    async def test_anonymous_chunks_never_reach_an_upload_in_place(self):
+        """Bodies without credentials are spooled and dropped; only credentialed ones are written in place."""
+        path = write_htpasswd(os.path.abspath(self.mktemp()), {"alice": "wonderland"})
+        from twisted.internet import reactor
+        server = RegistryServer(self, access=HtpasswdAccess("my realm", path, inline_runner, reactor,
+                                                            FailedLogins(base=0.01)))
+        opened = []
+        sink = server.site.requestFactory.upload_sink
+
+        def recording_sink(name, upload_id, start):
+            opened.append((name, start))
+            return sink(name, upload_id, start)
+
+        server.site.requestFactory.upload_sink = staticmethod(recording_sink)
+        auth = {"Authorization": basic("alice", "wonderland")}
+        response, _ = await server.request("POST", "/v2/demo/blobs/uploads/", headers=auth)
+        location = header(response, "Location")
+        first, second = os.urandom(4096), os.urandom(4096)
+        response, _ = await server.request("PATCH", location, first,
+                                           {**auth, "Content-Range": "0-4095"})
+        self.assertEqual(response.code, 202)
+        location = header(response, "Location")
+        response, body = await server.request("PATCH", location, second, {"Content-Range": "4096-8191"})
+        self.assertEqual(response.code, 401)
+        self.assertEqual(errors_of(body), ["UNAUTHORIZED"])
+        self.assertEqual(opened, [("demo", 0)])
+        response, _ = await server.request("PATCH", location, second, {**auth, "Content-Range": "4096-8191"})
+        self.assertEqual(response.code, 202)
+        self.assertEqual(opened, [("demo", 0), ("demo", 4096)])
+        digest = "sha256:" + __import__("hashlib").sha256(first + second).hexdigest()
+        response, _ = await server.request("PUT", f"{location}&digest={digest}" if "?" in location
+                                           else f"{location}?digest={digest}", b"", auth)
+        self.assertEqual(response.code, 201)
+        response, body = await server.request("GET", f"/v2/demo/blobs/{digest}", headers=auth)
+        self.assertEqual(body, first + second)
+
+
 class LoginTimingTests(TestCase):
     """An unknown user name costs what a wrong password costs, so timing tells no names apart."""
 

@@ -49,7 +49,7 @@ class RegistryServer:
             testcase.addCleanup(self.registry.index.close)
         self.api = RegistryAPI(self.registry, urls or UrlBuilder(), access)
         self.site = RegdSite(self.api.resource(), self.registry.new_spool, upload_sink=self.registry.upload_sink,
-                             spool_threshold=spool_threshold, max_body_size=max_body_size)
+                             credentials_required=access is not None, spool_threshold=spool_threshold, max_body_size=max_body_size)
         self.port = reactor.listenTCP(0, self.site, interface="127.0.0.1")
         testcase.addCleanup(self.port.stopListening)
         self.base = f"http://127.0.0.1:{self.port.getHost().port}"

@@ -179,16 +179,15 @@ class GarbageCollector:
         Manifests of C{name} a tag reaches, or a push now in progress names
         (with what they lead to: children, referrers such as signatures).
         """
+        # Notes before tags: a push links its tag before it drops its note, so
+        # one whose note is gone by now has its tag read below.
+        announced = set()
+        for repository, digests in await self._pending.read():
+            if repository == name:
+                announced |= digests
         roots = await self._tagged(name)
-        manifests = set(revisions)
-        for repository, digests in await self._pending.read():
-            if repository == name:
-                roots.extend(digests & manifests)  # layers named by a push are not followed
-        reach = await self._closure(name, roots, set(), set())
-        for repository, digests in await self._pending.read():
-            if repository == name:
-                reach |= digests
-        return reach
+        roots.extend(announced & set(revisions))  # layers named by a push are not followed
+        return await self._closure(name, roots, set(), set()) | announced
 
     async def _unlink_untagged(self, name: str, report: Report) -> None:
         """
@@ -366,13 +365,18 @@ class GarbageCollector:
         """
         Everything marked now: the first mark, plus what links and pending
         pushes name since, plus what revisions another collection is
-        unlinking right now still lead to (it may put them back). Its notes
-        are read before the links: it links again before it drops a note.
+        unlinking right now still lead to (it may put them back). Every kind
+        of note is read before the links: its writer links before it drops
+        the note, so a note gone by the time it is read left its links for
+        the mark to see. (Links first, notes second would miss a push that
+        linked just after the mark read there and dropped its note just
+        before the notes were read.)
         """
+        announced = await self._pending.all_digests()
         for _, name, subjects in await self._unlinking_notes():
             await self._closure(name, list(subjects), marked, traversed)
         await self._mark(marked, traversed)
-        return marked | await self._pending.all_digests()
+        return marked | announced
 
     # -- links to what is gone -------------------------------------------
 

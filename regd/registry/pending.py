@@ -9,8 +9,9 @@ The protocol has two sides, and each writes before it reads:
 - a writer (manifest PUT, upload commit, cross-repository mount) writes its
   note (repository + every digest it will reference) *before* it checks that
   the content exists, and removes the note only after its links are written;
-- the collector *condemns* a blob (moves its bytes to regd/gc/condemned)
-  before it reads the notes and re-reads the links, and deletes condemned
+- the collector *condemns* a blob (moves its bytes to regd/gc/condemned),
+  then reads the notes, then re-reads the links (in that order: a note gone
+  by then was dropped after its links were written), and deletes condemned
   bytes only if neither names them; otherwise it puts them back.
 
 So at least one side sees the other: either the writer finds the blob

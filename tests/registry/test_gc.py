@@ -185,6 +185,7 @@ class HookedDriver(FilesystemDriver):
     stat = _hooked("stat")
     move = _hooked("move")
     put_content = _hooked("put_content")
+    list = _hooked("list")
     del _hooked
 
 
@@ -447,6 +448,71 @@ class ConcurrentPushTests(SynchronousTestCase):
                             note_dropped_and_a_sweep_runs)
         self.run_(GarbageCollector(finishing, self.clock, grace=0)._recover_unlinking(Report()))
         self.run_(announced.__aexit__(None, None, None))
+        self.assert_whole("app", str(child_digest), child)
+
+    def paused_before_linking(self, name, digest):
+        """
+        Make this side's writes of C{name}'s revision link for C{digest} wait
+        until the returned Deferred fires: a push that has announced itself
+        and checked its content, not yet linked.
+        """
+        gate = defer.Deferred()
+        put_content = self.driver.put_content
+
+        def gated(path, data):
+            if path == paths.revision_link(name, digest) and not gate.called:
+                return gate.addCallback(lambda _: put_content(path, data))
+            return put_content(path, data)
+        self.driver.put_content = gated
+        return gate
+
+    def test_push_linked_while_the_sweep_rereads_links_then_notes(self):
+        """
+        A push checked its blobs just before the collection condemned them,
+        then linked and dropped its note while the collection looked again.
+        The collection reads the notes before the links, so it sees the note
+        or the links: the acknowledged push keeps its blobs.
+        """
+        body = self.manifest_for("app", b"layer")
+        gate = self.paused_before_linking("app", Digest.of(body))
+        self.other = Registry(HookedDriver(self.root), self.clock, delete_enabled=True)
+        pushes = []
+
+        def push_checks_its_blobs():
+            pushes.append(defer.ensureDeferred(self.registry.manifests.put("app", "v1", body, OCI, CTX)))
+            self.assertNoResult(pushes[0])
+            # The push links and drops its note as the collection reads the notes again.
+            self.other.driver.on("list", lambda path: path == paths.PENDING, lambda: gate.callback(None))
+        self.other.driver.on("move", lambda source, _: is_blob(source), push_checks_its_blobs)
+        self.other_collects()()
+        self.successResultOf(pushes[0])
+        self.assert_whole("app", "v1", body)
+
+    def test_index_tagged_while_its_child_is_unlinked_and_rechecked(self):
+        """
+        An index push checked its (untagged) child just before the collection
+        unlinked it, then tagged the index and dropped its note while the
+        collection looked again: the child's link is put back.
+        """
+        child = self.manifest_for("app", b"child layer")
+        child_digest = Digest.of(child)
+        self.run_(self.registry.manifests.put("app", str(child_digest), child, OCI, CTX))  # untagged
+        index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+            {"mediaType": OCI, "digest": str(child_digest), "size": len(child),
+             "platform": {"os": "linux", "architecture": "amd64"}}]}).encode()
+        gate = self.paused_before_linking("app", Digest.of(index))
+        self.other = Registry(HookedDriver(self.root), self.clock, delete_enabled=True)
+        pushes = []
+
+        def index_push_checks_its_child():
+            pushes.append(defer.ensureDeferred(self.registry.manifests.put("app", "v1", index, OCI_INDEX, CTX)))
+            self.assertNoResult(pushes[0])
+            self.other.driver.on("list", lambda path: path == paths.PENDING, lambda: gate.callback(None))
+        self.other.driver.on("delete", lambda path: path == paths.revision_dir("app", child_digest),
+                             index_push_checks_its_child)
+        self.other_collects(delete_untagged=True)()
+        self.successResultOf(pushes[0])
+        self.run_(self.registry.manifests.get("app", "v1", CTX))
         self.assert_whole("app", str(child_digest), child)
 
     def test_notes_of_a_killed_push_protect_for_their_lifetime_only(self):

@@ -138,7 +138,11 @@ class DeliveryProcessTests(TestCase):
         await self.wait(lambda: delivery.pid is not None)
         first = delivery.pid
         await self.journal_and_wake(service, 0)
-        await self.wait(lambda: len(receiver.received) == 0 and service.endpoints[0].stats.attempts == 1)
+        # Held by the receiver, not merely started: a POST still on its way when stall is lifted
+        # would be answered and recorded, and the new process's resend of ev0 would then be a
+        # (permitted, at-least-once) duplicate.
+        await self.wait(lambda: receiver.stalled == 1)
+        self.assertEqual(receiver.received, [])
         receiver.stall = False
         os.kill(first, signal.SIGKILL)
         await self.wait(lambda: delivery.pid not in (None, first))

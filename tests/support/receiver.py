@@ -16,6 +16,7 @@ class Receiver:
         self.received = []  # (headers dict, body bytes)
         self.fail_next = 0
         self.stall = False
+        self.stalled = 0  # requests read whole and left unanswered while stall was set
         self.port = None
         self.waiters = []
 
@@ -23,6 +24,7 @@ class Receiver:
     def hook(self, request):
         body = request.content.read()
         if self.stall:
+            self.stalled += 1
             return defer.Deferred()  # never answers
         if self.fail_next:
             self.fail_next -= 1

@@ -26,7 +26,7 @@ from zope.interface import implementer
 
 from regd.oci.hashstate import running_hasher
 from regd.storage import paths
-from regd.storage.interfaces import FileInfo, IBlobReader, IBodySpool, IStorageDriver, InvalidPath, PathNotFound
+from regd.storage.interfaces import BodyPosition, FileInfo, IBlobReader, IBodySpool, IStorageDriver, InvalidPath, PathNotFound
 
 COPY_CHUNK = 1024 * 1024
 # Start the disk writing a spool's bytes every this many bytes, while the
@@ -119,7 +119,7 @@ def _in_directory(directory: str, place):
 
 
 @implementer(IBodySpool)
-class FileSpool:
+class FileSpool(BodyPosition):
     """
     A body spool in <root>/regd/spool, on the storage filesystem so that a
     rename can place it. Appends go straight to the descriptor (no Python
@@ -172,18 +172,6 @@ class FileSpool:
         if self.size == 0:
             self.hasher = None
 
-    def seek(self, offset: int, whence: int = 0) -> int:
-        if whence == os.SEEK_SET:
-            self._position = offset
-        elif whence == os.SEEK_CUR:
-            self._position += offset
-        else:
-            self._position = self.size + offset
-        return self._position
-
-    def tell(self) -> int:
-        return self._position
-
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:
             size = max(self.size - self._position, 0)
@@ -207,7 +195,7 @@ class FileSpool:
 
 
 @implementer(IBodySpool)
-class FileAppender:
+class FileAppender(BodyPosition):
     """
     A request body written in place: straight onto the end of an existing
     file (an upload's data), at the size the file had when it was opened,
@@ -247,18 +235,6 @@ class FileAppender:
         if self.size - self._flushed >= WRITEBACK_EVERY:
             start_writeback(self._fd, self.offset + self._flushed, self.size - self._flushed)
             self._flushed = self.size
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        if whence == os.SEEK_SET:
-            self._position = offset
-        elif whence == os.SEEK_CUR:
-            self._position += offset
-        else:
-            self._position = self.size + offset
-        return self._position
-
-    def tell(self) -> int:
-        return self._position
 
     def read(self, size: int = -1) -> bytes:
         if size is None or size < 0:

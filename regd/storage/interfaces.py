@@ -61,6 +61,28 @@ class FileInfo:
     is_dir: bool
 
 
+class BodyPosition:
+    """
+    The file position twisted.web keeps on C{request.content} (seek, tell)
+    for a body sink that is written only at its end: C{size} bytes so far.
+    """
+
+    size = 0
+    _position = 0
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence == 0:
+            self._position = offset
+        elif whence == 1:
+            self._position += offset
+        else:
+            self._position = self.size + offset
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+
 class IBodySpool(Interface):
     """
     A request body on its way to storage: a write-only file for twisted.web

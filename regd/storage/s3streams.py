@@ -24,7 +24,7 @@ from zope.interface import implementer
 
 from regd.oci.hashstate import running_hasher
 from regd.storage import paths
-from regd.storage.interfaces import IBlobReader, IBodySpool
+from regd.storage.interfaces import BodyPosition, IBlobReader, IBodySpool
 from regd.storage.s3client import Chunks
 
 log = Logger()
@@ -49,7 +49,7 @@ class Piece:
 
 
 @implementer(IBodySpool)
-class S3Spool:
+class S3Spool(BodyPosition):
     """
     A request body on its way into the bucket. Bytes are kept until a part
     of C{chunksize} is full, which is then sent as the next part of a
@@ -119,18 +119,6 @@ class S3Spool:
             else:
                 # Checked on every write: HTTPChannel may resume the transport on its own.
                 self._pause()
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        if whence == 0:
-            self._position = offset
-        elif whence == 1:
-            self._position += offset
-        else:
-            self._position = self.size + offset
-        return self._position
-
-    def tell(self) -> int:
-        return self._position
 
     def read(self, size: int = -1) -> bytes:
         if self._parts or self._sending is not None:

@@ -78,6 +78,9 @@ class RegdRequest(server.Request):
                 self._storage_failed(e)
                 return
             _read_in_large_pieces(self.channel)
+            expect_length = getattr(self.content, "expect_length", None)
+            if expect_length is not None and length is not None:
+                expect_length(length)  # a spool that sends bytes on (S3) declares them as they come
             if method != b"PATCH":  # this body ends its upload: no hash state to save
                 fast = getattr(self.content, "prefer_fast_hash", None)
                 if fast is not None:
@@ -88,7 +91,7 @@ class RegdRequest(server.Request):
                     skip()
             set_producer = getattr(self.content, "set_producer", None)
             if set_producer is not None and self.channel is not None:
-                # A spool that sends bytes on (S3) pauses the socket while a full part waits.
+                # A spool that sends bytes on (S3) pauses the socket while they would pile up.
                 set_producer(self.channel.transport)
         else:
             self.content = BytesIO()

@@ -111,10 +111,15 @@ class IBodySpool(Interface):
     def close() -> None:
         """Release the spool; its bytes are discarded unless a driver adopted it."""
 
-    # Optional: set_producer(producer). A spool that sends bytes on over the
-    # network (S3) pauses the producer (the request's transport) while it
-    # has a full part waiting, and resumes it once the part is sent, so the
-    # client cannot outrun the object store. Detected with getattr.
+    # Optional, detected with getattr:
+    #   expect_length(length): the body's length (its Content-Length), told
+    #       before its first byte when the request declares one; a spool
+    #       that sends bytes on (S3) can then declare each part's length up
+    #       front and stream it instead of holding it.
+    #   set_producer(producer): a spool that sends bytes on over the network
+    #       (S3) pauses the producer (the request's transport) while bytes
+    #       would pile up in it, and resumes it once they would not, so the
+    #       client cannot outrun the object store.
 
 
 @attrs.frozen

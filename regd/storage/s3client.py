@@ -29,7 +29,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.web import client as webclient
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgentEndpointFactory
+from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
 from zope.interface import implementer
 
 from regd.storage.interfaces import PathNotFound, StorageError, StorageUnavailable
@@ -43,65 +43,148 @@ RETRY_EXCEPTIONS = (neterror.ConnectError, neterror.ConnectionLost, neterror.Con
                     webclient.ResponseFailed, webclient.RequestTransmissionFailed)
 
 
-class Chunks:
+class FilePart:
     """
-    A request body held as the pieces it arrived in (an upload part), so
-    it is neither joined into one copy for signing nor for sending.
+    An upload part kept in a local file (a body of unknown length must be
+    counted before its part's Content-Length can be declared). Sent from
+    the file, so a failed attempt can be sent again.
     """
 
-    def __init__(self, pieces: list[bytes]):
-        self.pieces = pieces
-        self.length = sum(len(p) for p in pieces)
+    def __init__(self, file, length: int):
+        self.file = file
+        self.length = length
 
     def __len__(self) -> int:
         return self.length
 
-    def reader(self) -> "_ChunksReader":
-        return _ChunksReader(self.pieces, self.length)
+    def reader(self) -> "_Unclosed":
+        self.file.seek(0)
+        return _Unclosed(self.file)
 
 
-class _ChunksReader:
-    """A read-only file over Chunks (botocore hashes it, FileBodyProducer sends it)."""
+class _Unclosed:
+    """The part's file for FileBodyProducer, which closes what it read: the part's owner closes it."""
 
-    def __init__(self, pieces, length):
-        self._pieces = pieces
-        self._length = length
-        self._position = 0
-        self._index = 0  # piece holding self._position
-        self._offset = 0  # self._position within that piece
+    def __init__(self, file):
+        self._file = file
 
     def read(self, size: int = -1) -> bytes:
-        if size is None or size < 0:
-            size = self._length - self._position
-        out = []
-        while size > 0 and self._index < len(self._pieces):
-            piece = self._pieces[self._index]
-            take = piece[self._offset:self._offset + size]
-            out.append(take)
-            size -= len(take)
-            self._position += len(take)
-            self._offset += len(take)
-            if self._offset >= len(piece):
-                self._index, self._offset = self._index + 1, 0
-        return b"".join(out)
+        return self._file.read(size)
 
     def seek(self, offset: int, whence: int = 0) -> int:
-        target = offset if whence == 0 else (self._position + offset if whence == 1 else self._length + offset)
-        self._position, self._index, self._offset = 0, 0, 0
-        remaining = max(0, min(target, self._length))
-        while self._index < len(self._pieces) and remaining >= len(self._pieces[self._index]):
-            remaining -= len(self._pieces[self._index])
-            self._position += len(self._pieces[self._index])
-            self._index += 1
-        self._offset = remaining
-        self._position += remaining
-        return self._position
+        return self._file.seek(offset, whence)
 
     def tell(self) -> int:
-        return self._position
+        return self._file.tell()
 
     def close(self) -> None:
         pass
+
+
+@implementer(IBodyProducer)
+class StreamedBody:
+    """
+    An upload part of known length written into its request as the bytes
+    arrive (L{write}), never held whole. Bytes written before the request
+    has a connection wait here, and C{blocking} says so; C{changed()} is
+    called whenever C{blocking} may have changed (the connection to S3
+    paused or resumed this producer, the request started or ended), so the
+    writer can hold its own source back.
+
+    Once any byte went to a connection the body cannot be sent again: the
+    client then fails the request instead of retrying it.
+    """
+
+    def __init__(self, length: int, changed=lambda: None):
+        self.length = length
+        self.received = 0  # bytes given to write()
+        self.written = 0  # bytes handed to a connection
+        self.paused = False
+        self.on_sent = None  # called once every byte was handed over (the client's deadline starts)
+        self._changed = changed
+        self._held: list[bytes] = []
+        self._consumer = None
+        self._finished = None
+        self._error = None
+
+    @property
+    def blocking(self) -> bool:
+        """More bytes now would only be held in memory: the source should pause."""
+        if self._error is not None or self.written == self.length or self.lost:
+            return False
+        return bool(self._held) or self.paused
+
+    @property
+    def held(self) -> int:
+        """Bytes written here that no connection has taken yet."""
+        return sum(len(piece) for piece in self._held)
+
+    @property
+    def lost(self) -> bool:
+        """The request this body was being written into ended early: the bytes sent are gone."""
+        return self._consumer is None and self.written > 0
+
+    def write(self, data: bytes) -> None:
+        if self.received + len(data) > self.length:
+            raise ValueError("more bytes than the part's declared length")
+        self.received += len(data)
+        if self._error is not None or self.lost:
+            return  # the request fails; its writer learns it from there
+        if self._consumer is None:
+            self._held.append(data)  # until a connection takes the request (or a retry does)
+            return
+        self._hand_over(data)
+
+    def _hand_over(self, data: bytes) -> None:
+        self.written += len(data)
+        self._consumer.write(data)
+        if self.written == self.length:
+            if self.on_sent is not None:
+                self.on_sent()
+            if not self._finished.called:
+                self._finished.callback(None)
+
+    def fail(self, reason: BaseException) -> None:
+        """Give up on this part (its writer is gone): the request is abandoned and its connection dropped."""
+        if self._error is not None:
+            return
+        self._error = reason
+        self._held = []
+        if self._finished is not None and not self._finished.called:
+            self._finished.errback(reason)
+        self._changed()
+
+    # IBodyProducer, called by the HTTP client
+
+    def startProducing(self, consumer):
+        if self._error is not None:
+            return defer.fail(self._error)
+        self._consumer = consumer
+        self._finished = finished = defer.Deferred(lambda _: self.stopProducing())
+        held, self._held = self._held, []
+        for piece in held:
+            if self._consumer is None:
+                break
+            self._hand_over(piece)
+        self._changed()
+        return finished
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        self._changed()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._changed()
+
+    def stopProducing(self) -> None:
+        # The request ended while sending (its connection went away, or it was cancelled).
+        self._consumer = None
+        self.paused = False
+        self._changed()
+
+
+PART_BODIES = (FilePart, StreamedBody)
 
 
 class S3Error(StorageError):
@@ -267,12 +350,14 @@ class S3Client:
         return base
 
     def sign(self, method: str, url: str, headers: dict, body=b"") -> dict:
-        data = body.reader() if isinstance(body, Chunks) else body
-        request = AWSRequest(method=method, url=url, data=data, headers=dict(headers))
-        if isinstance(body, Chunks):
-            # An upload part is signed without hashing its 10 MiB on the event loop
-            # (UNSIGNED-PAYLOAD, which botocore also sends for streamed uploads): its bytes were
-            # hashed as they arrived, and the digest is checked before the blob is published.
+        part = isinstance(body, PART_BODIES)
+        request = AWSRequest(method=method, url=url, data=b"" if part else body, headers=dict(headers))
+        if part:
+            # An upload part is signed without hashing its bytes (UNSIGNED-PAYLOAD, which
+            # botocore also sends for streamed uploads): a streamed part's bytes are not all
+            # here yet, and none are hashed twice on the event loop. They were hashed as they
+            # arrived, and the digest is checked before the blob is published. SigV2 never
+            # signs a body. Its Content-Length is not signed either: the HTTP client sends it.
             request.context["client_config"] = _UNSIGNED_PAYLOAD
         credentials = self._credentials()
         if self.settings.v4auth:
@@ -303,29 +388,40 @@ class S3Client:
         key raises L{PathNotFound}); persistent failures L{StorageUnavailable}.
         """
         url = self.url(key, query)
+        streamed = isinstance(body, StreamedBody)
         attempt = 0
         while True:
             attempt += 1
+            expired, cancelled, deadline = [], [], []
             try:
                 signed = self.sign(method, url, headers or {}, body)
-                if isinstance(body, Chunks):
+                if isinstance(body, FilePart):
                     data = webclient.FileBodyProducer(body.reader())
+                elif streamed:
+                    data = body
                 else:
                     data = body if (body or method in ("PUT", "POST")) else None
                 pending = self._http.request(
                     method, url, headers=Headers({k: [v] for k, v in signed.items()}), data=data, unbuffered=True)
-                # Our own deadline, so a timeout (retried) is told apart from a caller's cancel (not).
-                expired = []
-                deadline = self._reactor.callLater(timeout or self.timeout,
-                                                   lambda: (expired.append(True), pending.cancel()))
-                cancelled = []
+
+                def arm(pending=pending):
+                    # Our own deadline, so a timeout (retried) is told apart from a caller's cancel (not).
+                    deadline.append(self._reactor.callLater(
+                        timeout or self.timeout, lambda: (expired.append(True), pending.cancel())))
+                if streamed and body.written < body.length:
+                    body.on_sent = arm  # its bytes come at the pace of the request they arrive on
+                else:
+                    arm()
                 outer = defer.Deferred(lambda _: (cancelled.append(True), pending.cancel()))
                 pending.addBoth(lambda result: None if (outer.called or cancelled) else outer.callback(result))
                 try:
                     response = await outer
                 finally:
-                    if deadline.active():
-                        deadline.cancel()
+                    if streamed:
+                        body.on_sent = None
+                    for call in deadline:
+                        if call.active():
+                            call.cancel()
                 if response.code in ok and stream:
                     return response
                 content = await response.content()
@@ -347,6 +443,12 @@ class S3Client:
                     if status in (301, 400, 403, 404):
                         raise StorageUnavailable(f"S3 refused {method} on bucket {self.bucket}: {problem}")
                     raise problem
+            if streamed and body.written:
+                # Its bytes were sent as they arrived and are gone: the part cannot be sent again.
+                log.warn("S3 {method} {key} of a streamed part failed: {problem}", method=method, key=key,
+                         problem=str(problem))
+                raise StorageUnavailable(f"S3 {method} of a streamed part failed after its bytes were sent: "
+                                         f"{problem}")
             if attempt >= self.retries:
                 log.warn("S3 {method} {key} failed {attempts} times: {problem}", method=method, key=key,
                          attempts=attempt, problem=str(problem))

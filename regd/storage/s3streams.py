@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 import time
 import uuid
 
@@ -19,13 +20,14 @@ from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from zope.interface import implementer
 
 from regd.oci.hashstate import running_hasher
 from regd.storage import paths
-from regd.storage.interfaces import BodyPosition, IBlobReader, IBodySpool
-from regd.storage.s3client import Chunks
+from regd.storage.interfaces import BodyPosition, IBlobReader, IBodySpool, StorageError
+from regd.storage.s3client import FilePart, StreamedBody
 
 log = Logger()
 
@@ -47,16 +49,31 @@ class Piece:
 
 # -- uploads into the bucket while the body arrives ----------------------------
 
+# Parts of one body in flight at once: one being written, one waiting for S3's answer.
+PARTS_IN_FLIGHT = 2
+
 
 @implementer(IBodySpool)
 class S3Spool(BodyPosition):
     """
-    A request body on its way into the bucket. Bytes are kept until a part
-    of C{chunksize} is full, which is then sent as the next part of a
-    multipart upload on C{regd/spool/<uuid>} while more bytes arrive; while
-    a part is being sent and the next is already full, the connection is
-    paused. Small bodies (under one part) never leave memory until a
-    driver stores them with one PUT.
+    A request body on its way into the bucket, as the parts of a multipart
+    upload on C{regd/spool/<uuid>}, each sent while the body arrives,
+    hashed on the way. How depends on what the HTTP layer said of the
+    body's length (L{expect_length}):
+
+      - known, at least one part (C{chunksize}): every part's length is
+        known up front, so each part is written into its UploadPart
+        request as its bytes arrive (L{StreamedBody}); when the connection
+        to S3 pushes back, or the next part's request has no connection
+        yet, the client's connection is paused. Memory per body: what the
+        two connections buffer, not the part.
+      - known, under one part: kept in memory, stored with one PUT.
+      - unknown (chunked): each part is counted into a local temporary
+        file (its first C{in_memory_part} bytes in memory), then sent from it
+        while the next fills; the client's connection is paused while a
+        full part waits for the one being sent. At most two parts' worth
+        of local disk per body; a body under one part is stored with one
+        PUT.
 
     With an C{aim} (L{regd.storage.interfaces.SpoolAim}: a body that ends
     its upload, with its digest known from the request line), the
@@ -67,17 +84,27 @@ class S3Spool(BodyPosition):
     that upload, so purging finds it if this process dies.
     """
 
+    # A part of a body of unknown length stays in memory up to this size before its file is made:
+    # such bodies are often small (configs, small layers).
+    in_memory_part = 1024 * 1024
+
     def __init__(self, driver: "S3Driver", aim=None):
         self._driver = driver
         self.hasher = running_hasher()
         self.size = 0
         self.path = spool_path(driver.reactor)
-        self._chunks: list[bytes] = []
-        self._buffered = 0
+        self._length = None  # the body's declared length (expect_length), None while unknown
+        self._chunks: list[bytes] = []  # a known body under one part
+        self._file = None  # unknown length: the part being counted
+        self._streamed = None  # known length: the part being written into its request
         self._position = 0
         self._upload_id = None
+        self._numbered = 0  # parts begun so far
         self._parts: list[tuple[int, str]] = []
-        self._sending = None  # Deferred of the part being sent
+        self._sending: set = set()  # Deferreds of the parts in flight
+        self._settling: list = []  # Deferreds of those waiting for none to be in flight
+        self._beginning = defer.DeferredLock()  # the first part begins the multipart upload; others wait
+        self._slots = defer.DeferredSemaphore(PARTS_IN_FLIGHT)
         self._failure = None
         self._producer = None
         self._paused = False
@@ -87,6 +114,11 @@ class S3Spool(BodyPosition):
         self.aim = aim
         self.aimed_at = None  # the blob key the parts go to, once the aim was confirmed
         self._marker = None
+
+    def expect_length(self, length: int) -> None:
+        """The body's length (its Content-Length), told before its first byte."""
+        if self.size == 0:
+            self._length = length
 
     def prefer_fast_hash(self) -> None:
         """A body that ends an upload: hashlib (its state is never saved), as the filesystem spool."""
@@ -98,6 +130,10 @@ class S3Spool(BodyPosition):
         if self.size == 0:
             self.hasher = None
 
+    @property
+    def _streaming(self) -> bool:
+        return self._length is not None and self._length >= self._driver.chunksize
+
     # twisted.web's file methods
 
     def set_producer(self, producer) -> None:
@@ -106,64 +142,112 @@ class S3Spool(BodyPosition):
     def write(self, data: bytes) -> None:
         if self.closed:
             raise ValueError("write to a closed spool")
+        data = bytes(data)
         if self.hasher is not None:
             self.hasher.update(data)
         self.size += len(data)
         if self._failure is not None:
             return  # the body is lost already; store raises the failure
-        self._chunks.append(bytes(data))
-        self._buffered += len(data)
-        if self._buffered >= self._driver.chunksize:
-            if self._sending is None:
-                self._send_part()
-            else:
-                # Checked on every write: HTTPChannel may resume the transport on its own.
-                self._pause()
+        if self._length is None:
+            self._count(data)
+        elif self._length < self._driver.chunksize:
+            self._chunks.append(data)
+        elif self.size > self._length:
+            self._failed(Failure(StorageError("the body is longer than its declared length")))
+        else:
+            self._stream(data)
+        self._hold_back()
 
     def read(self, size: int = -1) -> bytes:
-        if self._parts or self._sending is not None:
+        if self._numbered:
             raise OSError("an S3 spool cannot be read back once parts were sent")
-        data = b"".join(self._chunks)
-        self._chunks = [data] if data else []
+        data = self.getvalue()
         end = len(data) if size is None or size < 0 else self._position + size
         out = data[self._position:end]
         self._position += len(out)
         return out
 
-    def in_memory(self) -> bool:
-        return not self._parts and self._sending is None and self._upload_id is None
-
     def getvalue(self) -> bytes:
+        """The body, while none of it was sent (under one part)."""
+        if self._file is not None:
+            self._file.seek(0)
+            return self._file.read()
         data = b"".join(self._chunks)
         self._chunks = [data] if data else []
         return data
 
-    # parts
+    # flow control
 
-    def _pause(self):
-        if self._producer is not None:
-            self._paused = True
-            self._producer.pauseProducing()
-
-    def _resume(self):
-        if self._paused and self._producer is not None:
+    def _hold_back(self) -> None:
+        """
+        Pause the client's connection while more bytes would only pile up
+        here, resume it once they would not. Checked on every write too:
+        HTTPChannel may resume the transport on its own.
+        """
+        if self.closed or self._failure is not None:
+            full = False
+        elif self._streamed is not None:
+            full = self._streamed.blocking
+        else:
+            full = self._file is not None and bool(self._sending) and self._file.tell() >= self._driver.chunksize
+        if full:
+            if self._producer is not None:
+                self._paused = True
+                self._producer.pauseProducing()
+        elif self._paused and self._producer is not None:
             self._paused = False
             self._producer.resumeProducing()
 
-    def _send_part(self):
-        data = Chunks(self._chunks)  # sent as the pieces arrived: no joined copy
-        self._chunks, self._buffered = [], 0
-        self._sending = defer.ensureDeferred(self._upload_part(data))
-        self._sending.addErrback(self._failed)
-        self._sending.addBoth(self._sent)
+    # parts
 
-    async def _upload_part(self, data):
-        if self._upload_id is None:
-            if self.closed:
-                return  # refused (a wrong digest, say) before its first part left: nothing to send
-            await self._begin()
-        number = len(self._parts) + 1
-        etag = await self._driver._upload_part(self.aimed_at or self.path, self._upload_id, number, data)
+    def _stream(self, data: bytes) -> None:
+        chunksize = self._driver.chunksize
+        while data:
+            part = self._streamed
+            if part is None or part.received == part.length:
+                length = min(chunksize, self._length - self._numbered * chunksize)
+                part = self._streamed = StreamedBody(length, self._hold_back)
+                self._launch(part)
+            room = part.length - part.received
+            part.write(data[:room])  # the whole of data (no copy) unless it crosses into the next part
+            data = data[room:]
+
+    def _count(self, data: bytes) -> None:
+        if self._file is None:
+            self._file = tempfile.SpooledTemporaryFile(max_size=self.in_memory_part)
+        self._file.write(data)
+        if self._file.tell() >= self._driver.chunksize and not self._sending:
+            self._send_file()
+
+    def _send_file(self) -> None:
+        """The part counted so far goes; the next one is counted into a new file meanwhile."""
+        file, self._file = self._file, None
+        self._launch(FilePart(file, file.tell())).addBoth(lambda result: (file.close(), result)[1])
+
+    def _launch(self, body):
+        self._numbered += 1
+        d = defer.ensureDeferred(self._upload_part(self._numbered, body))
+        self._sending.add(d)
+        d.addErrback(self._failed)
+        d.addBoth(self._sent, d)
+        return d
+
+    async def _upload_part(self, number: int, body) -> None:
+        await self._beginning.acquire()
+        try:
+            if self._upload_id is None:
+                if self.closed or self._failure is not None:
+                    return  # refused (a wrong digest, say) before its first part left: nothing to send
+                await self._begin()
+        finally:
+            self._beginning.release()
+        await self._slots.acquire()
+        try:
+            if self.closed or self._failure is not None:
+                return
+            etag = await self._driver._upload_part(self.aimed_at or self.path, self._upload_id, number, body)
+        finally:
+            self._slots.release()
         self._parts.append((number, etag))
 
     async def _begin(self):
@@ -185,15 +269,43 @@ class S3Spool(BodyPosition):
             return False
 
     def _failed(self, failure):
-        self._failure = failure
-        self._chunks, self._buffered = [], 0
-        log.warn("sending an upload part to S3 failed: {error}", error=str(failure.value))
+        """A part failed: the body is lost (whatever still arrives is dropped) and so is the upload."""
+        if self._failure is None:
+            self._failure = failure
+            if not self.closed:
+                log.warn("sending an upload part to S3 failed: {error}", error=str(failure.value))
+        self._drop(failure.value)
+        self._hold_back()
 
-    def _sent(self, _):
-        self._sending = None
-        if self._failure is None and self._buffered >= self._driver.chunksize and not self.closed:
-            self._send_part()  # the next part was waiting: it goes, and its room fills meanwhile
-        self._resume()
+    def _drop(self, reason: BaseException) -> None:
+        self._chunks = []
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._streamed is not None:
+            self._streamed.fail(reason)  # a part still being written is abandoned with its request
+
+    def _sent(self, _, d):
+        self._sending.discard(d)
+        if (self._failure is None and not self.closed and self._file is not None and not self._sending
+                and self._file.tell() >= self._driver.chunksize):
+            self._send_file()  # the next part was waiting: it goes, and its room fills meanwhile
+        self._hold_back()
+        if not self._sending:
+            waiting, self._settling = self._settling, []
+            for waiter in waiting:
+                waiter.callback(None)
+
+    async def _settled(self) -> None:
+        """
+        Wait until no part is in flight (errors were recorded by _failed).
+        Each wait has a Deferred of its own: resuming the client from a
+        part's callbacks may run a waiter while that part's are unfinished.
+        """
+        while self._sending:
+            waiter = defer.Deferred()
+            self._settling.append(waiter)
+            await waiter
 
     async def finish(self):
         """
@@ -201,28 +313,26 @@ class S3Spool(BodyPosition):
         never filled a part) or None once the whole body is the object at
         C{self.path}.
         """
-        while self._sending is not None:
-            await self._sending
+        if self._streaming and self.size != self._length and self._failure is None:
+            self._failed(Failure(StorageError(f"the body ended after {self.size} of its {self._length} bytes")))
+        await self._settled()
         if self._failure is not None:
             self._failure.raiseException()
-        if self._upload_id is None:
+        if not self._numbered:
             return self.getvalue()
-        if self._buffered:
-            data = Chunks(self._chunks)
-            self._chunks, self._buffered = [], 0
-            self._sending = defer.ensureDeferred(self._upload_part(data))
-            try:
-                await self._sending
-            finally:
-                self._sending = None
+        if self._file is not None and self._file.tell():
+            self._send_file()
+            await self._settled()
+            if self._failure is not None:
+                self._failure.raiseException()
         if self.aimed_at is None:
-            await self._driver._complete_multipart(self.path, self._upload_id, self._parts)
+            await self._driver._complete_multipart(self.path, self._upload_id, sorted(self._parts))
             self.completed = True
         return None
 
     async def complete(self):
         """Make an aimed body the blob: only once its digest was checked."""
-        await self._driver._complete_multipart(self.aimed_at, self._upload_id, self._parts)
+        await self._driver._complete_multipart(self.aimed_at, self._upload_id, sorted(self._parts))
         self.completed = self.adopted = True
         await self._forget_marker()
 
@@ -238,9 +348,9 @@ class S3Spool(BodyPosition):
         if self.closed:
             return
         self.closed = True
-        self._chunks, self._buffered = [], 0
-        self._resume()
-        if self.adopted or (self._upload_id is None and self._sending is None):
+        self._drop(ConnectionDone("the request body was abandoned"))
+        self._hold_back()
+        if self.adopted or (self._upload_id is None and not self._sending):
             return
         d = defer.ensureDeferred(self._discard())
         d.addErrback(lambda f: log.info("could not remove an abandoned upload spool {path}: {error}",
@@ -248,11 +358,7 @@ class S3Spool(BodyPosition):
         self.discarded = d  # nobody waits for it but tests
 
     async def _discard(self):
-        while self._sending is not None:
-            try:
-                await self._sending
-            except Exception:
-                pass
+        await self._settled()
         if self.completed:
             await self._driver.delete(self.path)
         elif self._upload_id is not None:

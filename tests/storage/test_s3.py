@@ -33,8 +33,37 @@ class FakeTransport:
         self.calls.append("pause")
 
     def resumeProducing(self):
-        sending = self.spool is not None and self.spool._sending is not None
+        sending = self.spool is not None and bool(self.spool._sending)
         self.calls.append("resume while sending" if sending else "resume")
+
+
+class ClientConnection:
+    """The client's connection as a spool sees it (set_producer): bytes come only while it is not paused."""
+
+    def __init__(self):
+        self.paused = False
+        self.pauses = 0
+        self._waiting = []
+
+    def pauseProducing(self):
+        if not self.paused:
+            self.pauses += 1
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(None)
+
+    async def send(self, spool, data: bytes, piece: int = 4096, each=lambda: None) -> None:
+        for i in range(0, len(data), piece):
+            while self.paused:
+                d = defer.Deferred()
+                self._waiting.append(d)
+                await d.addTimeout(30, reactor)
+            spool.write(data[i:i + piece])
+            each()
 
 
 class S3DriverTests(TestCase):
@@ -75,7 +104,7 @@ class S3DriverTests(TestCase):
         transport = FakeTransport()
         spool = await self.spool_of(data, transport=transport)
         # Parts went out before the body was finished: a multipart upload is in progress.
-        await spool._sending
+        await spool._settled()
         self.assertEqual(len(self.server.multipart_uploads(self.bucket)), 1)
         self.assertIn("pause", transport.calls)  # the socket was held while a full part waited
         # ... and let go as soon as the waiting part could be sent, to fill the next one meanwhile.
@@ -92,6 +121,94 @@ class S3DriverTests(TestCase):
         # Only the blob is left: no segment, no index, no multipart upload.
         self.assertEqual(self.keys(), ["prod/" + blob])
         self.assertEqual(self.server.multipart_uploads(self.bucket), [])
+
+    async def test_a_body_of_known_length_streams_each_part_into_its_request(self):
+        upload = "docker/registry/v2/repositories/a/_uploads/u/data"
+        for data, sizes in ((os.urandom(2 * PART + 1000), [PART, PART, 1000]),  # the last part short
+                            (os.urandom(2 * PART), [PART, PART])):  # no empty part after the last full one
+            spool = self.driver.new_spool()
+            spool.expect_length(len(data))
+            client = ClientConnection()
+            spool.set_producer(client)
+            held = []
+            await client.send(spool, data, each=lambda: held.append(spool._streamed.held))
+            # Bytes waited in regd only until their part's request had a connection (the client was
+            # held back meanwhile): never more than the one piece that arrived, not a part.
+            self.assertLessEqual(max(held), 4096)
+            self.assertGreater(client.pauses, 0)
+            await spool._settled()
+            [upload_id] = self.server.multipart_uploads(self.bucket)
+            self.assertEqual(self.server.part_sizes(self.bucket, "prod/" + spool.path, upload_id), sizes)
+            self.assertEqual(spool.hasher.hexdigest(), hashlib.sha256(data).hexdigest())
+            self.assertEqual(await self.driver.store_spool(spool, upload), len(data))
+            self.assertFalse(client.paused)
+            self.assertEqual(await self.driver.get_content(upload), data)
+            await self.driver.delete(upload)
+        self.assertEqual((self.keys(), self.server.multipart_uploads(self.bucket)), ([], []))
+
+    async def test_a_body_of_unknown_length_is_counted_into_a_local_file_per_part(self):
+        data = os.urandom(3 * PART + 5)
+        spool = self.driver.new_spool()
+        spool.in_memory_part = 8192
+        client = ClientConnection()
+        spool.set_producer(client)
+        on_disk = []
+        await client.send(spool, data, each=lambda: on_disk.append(spool._file is not None and spool._file._rolled))
+        self.assertIn(True, on_disk)  # a part past in_memory_part was in a file, not in memory
+        await spool._settled()
+        [upload_id] = self.server.multipart_uploads(self.bucket)
+        sizes = self.server.part_sizes(self.bucket, "prod/" + spool.path, upload_id)
+        self.assertTrue(all(size >= PART for size in sizes), sizes)  # each part counted, then sent
+        blob = "docker/registry/v2/blobs/sha256/ab/abcd/data"
+        self.assertEqual(await self.driver.publish_spool(spool, blob), len(data))
+        self.assertEqual(await self.driver.get_content(blob), data)
+        self.assertFalse(client.paused)
+        await spool.discarded  # the spool's own object, copied to the blob, goes
+        self.assertEqual(self.keys(), ["prod/" + blob])
+        # A body of unknown length under one part never leaves memory until it is stored.
+        small = self.driver.new_spool()
+        small.write(b"small body")
+        self.assertEqual(await small.finish(), b"small body")
+        small.close()
+
+    async def test_a_part_that_fails_mid_stream_fails_the_body_and_leaves_nothing(self):
+        from regd.storage.interfaces import SpoolAim, StorageUnavailable
+        from tests.support.s3 import cutting_proxy
+        blob = "docker/registry/v2/blobs/sha256/ab/ab12/data"
+        for aim in (None, SpoolAim(blob, lambda: defer.succeed(True))):
+            port, endpoint = cutting_proxy(self.server, cut_after=PART // 2)
+            self.addCleanup(port.stopListening)
+            driver = self.make(rootdirectory="/prod", regionendpoint=endpoint)
+            data = os.urandom(3 * PART)
+            spool = driver.new_spool() if aim is None else driver.new_aimed_spool(aim)
+            spool.expect_length(len(data))
+            client = ClientConnection()
+            spool.set_producer(client)
+            await client.send(spool, data)  # the rest of the body still arrives, and is dropped
+            self.assertFalse(client.paused)
+            with self.assertRaises(StorageUnavailable) as caught:
+                if aim is None:
+                    await driver.store_spool(spool, "docker/registry/v2/repositories/a/_uploads/u/data")
+                else:
+                    await driver.publish_spool(spool, blob)
+            self.assertIn("streamed part", str(caught.exception))
+            await spool.discarded
+            self.assertEqual((self.keys(), self.server.multipart_uploads(self.bucket)), ([], []))
+
+    async def test_a_client_hanging_up_mid_part_aborts_the_multipart_upload(self):
+        from regd.storage.interfaces import SpoolAim
+        blob = "docker/registry/v2/blobs/sha256/ab/ab12/data"
+        for aim in (None, SpoolAim(blob, lambda: defer.succeed(True))):
+            spool = self.driver.new_spool() if aim is None else self.driver.new_aimed_spool(aim)
+            spool.expect_length(3 * PART)
+            client = ClientConnection()
+            spool.set_producer(client)
+            await client.send(spool, os.urandom(PART + PART // 2))
+            self.assertEqual(len(self.server.multipart_uploads(self.bucket)), 1)
+            spool.close()  # the client went away in the middle of the second part
+            await spool.discarded
+            self.assertEqual((self.keys(), self.server.multipart_uploads(self.bucket)), ([], []))
+            self.assertFalse(client.paused)
 
     async def test_chunks_from_several_requests_become_one_blob(self):
         chunks = [os.urandom(2 * PART + 7), os.urandom(100), os.urandom(PART - 5), os.urandom(3 * PART)]
@@ -154,7 +271,7 @@ class S3DriverTests(TestCase):
         blob = "docker/registry/v2/blobs/sha256/ab/ab12/data"
         asked = []
         spool = await self.spool_of(data, aim=SpoolAim(blob, lambda: asked.append(1) or defer.succeed(True)))
-        await spool._sending
+        await spool._settled()
         # Parts are on their way to the blob's own key, which S3 does not show yet.
         self.assertEqual((asked, spool.aimed_at), ([1], blob))
         self.assertEqual(self.server.multipart_uploads(self.bucket) != [], True)
@@ -183,7 +300,7 @@ class S3DriverTests(TestCase):
         from regd.storage.interfaces import SpoolAim
         blob = "docker/registry/v2/blobs/sha256/ab/ab12/data"
         spool = await self.spool_of(os.urandom(3 * PART), aim=SpoolAim(blob, lambda: defer.succeed(True)))
-        await spool._sending
+        await spool._settled()
         spool.close()  # the client went away, or the digest did not match
         await spool.discarded
         self.assertEqual(self.server.multipart_uploads(self.bucket), [])
@@ -194,7 +311,7 @@ class S3DriverTests(TestCase):
         from regd.storage.interfaces import SpoolAim
         blob = "docker/registry/v2/blobs/sha256/ab/ab12/data"
         spool = await self.spool_of(os.urandom(2 * PART), aim=SpoolAim(blob, lambda: defer.succeed(True)))
-        await spool._sending  # then the process died: the spool is never closed
+        await spool._settled()  # then the process died: the spool is never closed
         self.assertEqual([k.endswith(".aimed") for k in self.keys()], [True])
         self.assertEqual(await self.driver.sweep_spool(3600, time.time()), 0)
         self.assertEqual(await self.driver.sweep_spool(3600, time.time() + 7200), 2)  # the upload, its marker
@@ -244,7 +361,7 @@ class S3DriverTests(TestCase):
     async def test_sweep_removes_old_spool_leftovers_only(self):
         import time
         spool = await self.spool_of(os.urandom(2 * PART))
-        await spool._sending  # a multipart upload begun by a process that then died
+        await spool._settled()  # a multipart upload begun by a process that then died
         await self.driver.put_content("regd/spool/finished-segment", b"x")
         self.assertEqual(await self.driver.sweep_spool(3600, time.time()), 0)
         self.assertEqual(await self.driver.sweep_spool(3600, time.time() + 7200), 2)
@@ -286,3 +403,35 @@ class PlanTests(SynchronousTestCase):
     def test_one_piece_in_copy_chunks(self):
         plan = _plan_parts([Piece("a", 0, 23)], chunk=10, minimum=5)
         self.assertEqual(plan, [[Piece("a", 0, 10)], [Piece("a", 10, 20)], [Piece("a", 20, 23)]])
+
+
+class SignedStreamTests(TestCase):
+    async def test_streamed_and_file_parts_pass_a_server_that_checks_signatures(self):
+        """Parts are signed UNSIGNED-PAYLOAD before their bytes exist; a server checking SigV4 takes them."""
+        from tests.support.s3 import MotoServer
+        server = MotoServer.checking_credentials()
+        self.addCleanup(server.stop)
+        bucket = server.new_bucket()
+        driver = S3Driver(s3_settings(server, bucket, accesskey=server.access_key, secretkey=server.secret_key),
+                          reactor)
+        self.addCleanup(driver.client.close)
+        data = os.urandom(driver.chunksize + 5)  # two parts, at S3's own smallest part
+        for known in (True, False):
+            spool = driver.new_spool()
+            if known:
+                spool.expect_length(len(data))
+            for i in range(0, len(data), 256 * 1024):
+                spool.write(data[i:i + 256 * 1024])
+            path = f"docker/registry/v2/repositories/a/_uploads/{known}/data"
+            self.assertEqual(await driver.store_spool(spool, path), len(data))
+            self.assertEqual(await driver.get_content(path), data)
+        wrong = S3Driver(s3_settings(server, bucket, accesskey=server.access_key, secretkey="wrong"), reactor)
+        self.addCleanup(wrong.client.close)
+        wrong.client.retries = 1
+        spool = wrong.new_spool()
+        spool.expect_length(len(data))
+        spool.write(data)
+        from regd.storage.interfaces import StorageUnavailable
+        with self.assertRaises(StorageUnavailable):  # and the check is real
+            await wrong.store_spool(spool, "docker/registry/v2/repositories/a/_uploads/w/data")
+        await spool.discarded

@@ -141,31 +141,139 @@ class ClientTests(SynchronousTestCase):
         self.assertEqual((credentials.access_key, credentials.secret_key), ("ENVKEY", "ENVSECRET"))
 
 
-class ChunksTests(SynchronousTestCase):
-    def test_reads_and_seeks_across_pieces(self):
-        from regd.storage.s3client import Chunks
-        pieces = [b"abc", b"", b"defgh", b"i"]
-        body = Chunks(pieces)
-        self.assertEqual(len(body), 9)
-        reader = body.reader()
-        self.assertEqual(reader.read(2), b"ab")
-        self.assertEqual(reader.read(4), b"cdef")
-        self.assertEqual(reader.read(), b"ghi")
-        self.assertEqual(reader.read(5), b"")
-        self.assertEqual(reader.seek(0, 2), 9)
-        self.assertEqual(reader.seek(4), 4)
-        self.assertEqual(reader.read(3), b"efg")
-        self.assertEqual(reader.seek(3), 3)
-        self.assertEqual(reader.read(), b"defghi")
+class Connection:
+    """A consumer standing for the connection an HTTP client writes a request body to."""
+
+    def __init__(self):
+        self.data = []
+
+    def write(self, data):
+        self.data.append(data)
+
+
+class StreamingHTTP:
+    """Takes each request's body producer and lets the test decide when it starts and how it ends."""
+
+    def __init__(self):
+        self.requests = []
+
+    def request(self, method, url, headers=None, data=None, unbuffered=False):
+        d = defer.Deferred()
+        self.requests.append((data, d))
+        return d
+
+    def start(self, index=-1):
+        producer, _ = self.requests[index]
+        connection = Connection()
+        producer.startProducing(connection)
+        return connection
+
+
+class PartBodyTests(SynchronousTestCase):
+    def client(self, http):
+        self.clock = Clock()
+        s = settings(regionendpoint="http://127.0.0.1:1", secure=False)
+        return S3Client(s, static_credentials(s), self.clock, http=http)
 
     def test_parts_are_signed_without_hashing_their_bytes(self):
-        from regd.storage.s3client import Chunks
-        s = settings(regionendpoint="http://127.0.0.1:1", secure=False)
-        client = S3Client(s, static_credentials(s), Clock(), http=FakeHTTP([]))
         import hashlib
-        headers = client.sign("PUT", client.url("k"), {"X-Amz-Date": "20260101T000000Z"}, Chunks([b"ab", b"cd"]))
-        self.assertEqual(headers["X-Amz-Content-SHA256"], "UNSIGNED-PAYLOAD")
-        self.assertIn("Signature=", headers["Authorization"])
+        import io
+        from regd.storage.s3client import FilePart, StreamedBody
+        client = self.client(FakeHTTP([]))
+        for part in (FilePart(io.BytesIO(b"abcd"), 4), StreamedBody(4)):
+            headers = client.sign("PUT", client.url("k"), {"X-Amz-Date": "20260101T000000Z"}, part)
+            self.assertEqual(headers["X-Amz-Content-SHA256"], "UNSIGNED-PAYLOAD")
+            self.assertIn("Signature=", headers["Authorization"])
         # Small bodies (links, manifests, upload indexes) are still signed with their hash.
         headers = client.sign("PUT", client.url("k"), {"X-Amz-Date": "20260101T000000Z"}, b"abcd")
         self.assertEqual(headers["X-Amz-Content-SHA256"], hashlib.sha256(b"abcd").hexdigest())
+
+    def test_a_file_part_is_sent_again_from_its_start_and_stays_open(self):
+        import io
+        from regd.storage.s3client import FilePart
+        file = io.BytesIO(b"part bytes")
+        file.seek(0, 2)
+        part = FilePart(file, 10)
+        http = FakeHTTP([FakeResponse(503, SLOW_DOWN), FakeResponse(200)])
+        client = self.client(http)
+        d = defer.ensureDeferred(client.request("PUT", "k", body=part))
+        self.clock.advance(client.max_backoff)
+        self.successResultOf(d)
+        producers = [data for _, _, _, data in http.requests]
+        self.assertEqual([p.length for p in producers], [10, 10])
+        reader = part.reader()
+        reader.close()  # what FileBodyProducer does when it is done: the file stays the part's owner's
+        self.assertEqual((file.closed, reader.read()), (False, b"part bytes"))
+
+    def test_a_streamed_part_goes_out_as_it_arrives(self):
+        from regd.storage.s3client import StreamedBody
+        http = StreamingHTTP()
+        client = self.client(http)
+        changes = []
+        body = StreamedBody(6, lambda: changes.append(body.blocking))
+        d = defer.ensureDeferred(client.request("PUT", "k", body=body))
+        body.write(b"ab")  # no connection yet: held, and the writer is told to hold back
+        self.assertTrue(body.blocking)
+        connection = http.start()
+        self.assertEqual((connection.data, body.blocking, changes[-1]), ([b"ab"], False, False))
+        body.pauseProducing()  # the connection to S3 pushes back: so does the writer
+        self.assertEqual(changes[-1], True)
+        body.resumeProducing()
+        body.write(b"cd")
+        # The deadline for the answer starts only once the body is sent: the client sets its pace.
+        self.clock.advance(client.timeout * 2)
+        self.assertNoResult(d)
+        body.write(b"ef")
+        self.assertEqual(b"".join(connection.data), b"abcdef")
+        self.assertRaises(ValueError, body.write, b"g")
+        http.requests[-1][1].callback(FakeResponse(200, headers={"ETag": ['"e"']}))
+        self.assertEqual(self.successResultOf(d).code, 200)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_streamed_part_that_fails_after_its_bytes_left_is_not_retried(self):
+        from twisted.web.client import ResponseFailed
+        from regd.storage.s3client import StreamedBody
+        for ending in (FakeResponse(503, SLOW_DOWN), ResponseFailed([])):
+            http = StreamingHTTP()
+            client = self.client(http)
+            body = StreamedBody(4)
+            d = defer.ensureDeferred(client.request("PUT", "k", body=body))
+            http.start()
+            body.write(b"abcd")
+            if isinstance(ending, Exception):
+                body.stopProducing()
+                http.requests[-1][1].errback(ending)
+            else:
+                http.requests[-1][1].callback(ending)
+            failure = self.failureResultOf(d, StorageUnavailable)
+            self.assertIn("streamed part", str(failure.value))
+            self.assertEqual(len(http.requests), 1)
+
+    def test_a_streamed_part_whose_connection_failed_before_any_byte_is_retried(self):
+        from twisted.internet.error import ConnectionRefusedError
+        from regd.storage.s3client import StreamedBody
+        http = StreamingHTTP()
+        client = self.client(http)
+        body = StreamedBody(4)
+        d = defer.ensureDeferred(client.request("PUT", "k", body=body))
+        body.write(b"ab")
+        http.requests[0][1].errback(ConnectionRefusedError())
+        body.write(b"cd")  # still held: nothing was lost
+        self.clock.advance(client.max_backoff)
+        self.assertEqual(len(http.requests), 2)
+        self.assertEqual(b"".join(http.start().data), b"abcd")
+        http.requests[1][1].callback(FakeResponse(200))
+        self.successResultOf(d)
+
+    def test_a_streamed_part_given_up_by_its_writer_fails_its_request(self):
+        from regd.storage.s3client import StreamedBody
+        body = StreamedBody(4)
+        connection = Connection()
+        finished = body.startProducing(connection)
+        body.write(b"ab")
+        body.fail(ValueError("the client went away"))
+        self.failureResultOf(finished, ValueError)
+        body.write(b"cd")
+        self.assertEqual((connection.data, body.blocking), ([b"ab"], False))
+        # A request that only now gets its connection fails at once.
+        self.failureResultOf(body.startProducing(Connection()), ValueError)

@@ -114,6 +114,15 @@ class MotoServer:
         import xml.etree.ElementTree as ET
         return [e.text for e in ET.fromstring(body).iter() if e.tag.endswith("}UploadId")]
 
+    def part_sizes(self, bucket: str, key: str, upload_id: str) -> list[int]:
+        """The sizes of the parts a multipart upload received so far, in part order (ListParts)."""
+        import xml.etree.ElementTree as ET
+        query = f"uploadId={urllib.request.quote(upload_id, safe='')}"
+        _, body = self.request("GET", f"/{bucket}/{urllib.request.quote(key)}?{query}")
+        parts = [p for p in ET.fromstring(body).iter() if p.tag.endswith("}Part")]
+        field = lambda part, name: [e.text for e in part if e.tag.endswith("}" + name)][0]
+        return [int(field(p, "Size")) for p in sorted(parts, key=lambda p: int(field(p, "PartNumber")))]
+
     def yaml(self, bucket: str, rootdirectory: str = "", chunksize: int | None = None, indent: str = "  ") -> str:
         """A storage.s3 section (under `storage:`) for regd or the reference registry."""
         lines = ["s3:", f"  region: {REGION}", f"  regionendpoint: {self.endpoint}", f"  bucket: {bucket}",
@@ -187,3 +196,34 @@ def shared_moto() -> MotoServer:
         _shared = MotoServer(min_part=64 * 1024).start()
         atexit.register(_shared.stop)
     return _shared
+
+
+def cutting_proxy(server: MotoServer, cut_after: int):
+    """
+    A TCP proxy to C{server} on 127.0.0.1 (returns its listening port and
+    its endpoint URL) that aborts the first connection to carry more than
+    C{cut_after} bytes toward S3, as a connection reset in the middle of a
+    request would; every other connection passes untouched.
+    """
+    from twisted.internet import reactor
+    from twisted.protocols import portforward
+
+    armed = [True]
+
+    class Cutting(portforward.ProxyServer):
+        carried = 0
+
+        def dataReceived(self, data):
+            self.carried += len(data)
+            if armed[0] and self.carried > cut_after:
+                armed[0] = False
+                self.transport.abortConnection()
+                if self.peer is not None:
+                    self.peer.transport.abortConnection()
+                return
+            super().dataReceived(data)
+
+    factory = portforward.ProxyFactory("127.0.0.1", server.port)
+    factory.protocol = Cutting
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    return port, f"http://127.0.0.1:{port.getHost().port}"

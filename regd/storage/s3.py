@@ -5,9 +5,11 @@ S3 storage: the reference registry's tree under a bucket prefix
 written by registry:2's S3 driver is served by regd and back.
 
 Bodies never sit whole in memory or on local disk. A request body goes into
-an L{S3Spool} (regd.storage.s3streams, with the streaming reader), which sends it on as the parts of a multipart upload, in
-C{chunksize} parts, while it arrives (hashed on the way) and pauses the
-client's connection while a full part waits. A finished body is one object
+an L{S3Spool} (regd.storage.s3streams, with the streaming reader), which
+sends it on as the parts of a multipart upload, in C{chunksize} parts, while
+it arrives (hashed on the way): streamed into each part's request when the
+body's length is known, else counted into a local file per part first; the
+client's connection is paused whenever bytes would pile up. A finished body is one object
 under C{regd/spool/}. An upload's C{_uploads/<id>/data} is then a small index
 object listing the bodies received so far, in order ("segments"; its
 metadata carries the total size), so any instance can take the next chunk:

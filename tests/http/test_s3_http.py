@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
+from types import SimpleNamespace
 
 import attrs
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
-from zope.interface import implementer
+from twisted.web.client import FileBodyProducer
+from twisted.web.iweb import UNKNOWN_LENGTH
 
 from regd.config import S3Config
 from regd.storage.s3 import S3Driver
@@ -98,29 +100,13 @@ class S3HTTPTests(TestCase):
         self.flushLoggedErrors()
 
 
-@implementer(IBodyProducer)
-class UnknownLength:
+def unknown_length(data: bytes) -> FileBodyProducer:
     """A request body sent with Transfer-Encoding: chunked, as docker sends a layer's PATCH."""
-
-    length = UNKNOWN_LENGTH
-
-    def __init__(self, data: bytes, piece: int = 16384):
-        self._data = data
-        self._piece = piece
-
-    def startProducing(self, consumer):
-        for i in range(0, len(self._data), self._piece):
-            consumer.write(self._data[i:i + self._piece])
-        return defer.succeed(None)
-
-    def pauseProducing(self):
-        pass
-
-    def resumeProducing(self):
-        pass
-
-    def stopProducing(self):
-        pass
+    # A file that cannot seek: FileBodyProducer cannot tell its length, so treq sends it chunked.
+    unseekable = SimpleNamespace(read=io.BytesIO(data).read, close=lambda: None)
+    producer = FileBodyProducer(unseekable)
+    assert producer.length == UNKNOWN_LENGTH
+    return producer
 
 
 class StreamedPushTests(TestCase):
@@ -162,7 +148,7 @@ class StreamedPushTests(TestCase):
         digest = "sha256:" + hashlib.sha256(first + last).hexdigest()
         response, _ = await registry.request("POST", "/v2/s3/app/blobs/uploads/")
         location = response.headers.getRawHeaders("Location")[0]
-        response, body = await registry.request("PATCH", location, UnknownLength(first),
+        response, body = await registry.request("PATCH", location, unknown_length(first),
                                                 headers={"Content-Type": ["application/octet-stream"]})
         self.assertEqual(response.code, 202, body)
         self.assertEqual(set(self.bodies), {"FilePart"})

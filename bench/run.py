@@ -42,6 +42,7 @@ ROWS = [
     ("webhook_ratio", "pushes with 5 webhook endpoints (4 live, 1 dead) / none", "ratio", 0.95, "self"),
     ("webhook_drain", "webhook backlog drain, batch 1", "events/s", 3000, "abs"),
     ("small_blobs", "{count} small blob pushes, {workers} clients", "blobs/s", 3.0, "ratio"),
+    ("small_pulls", "{count} small blob pulls, {workers} clients", "blobs/s", 1.0, "ratio"),
     ("skopeo_push", "skopeo push, 5 layers, {image} MiB", "MiB/s", 1.25, "ratio"),
     ("skopeo_pull", "skopeo pull, 5 layers, {image} MiB", "MiB/s", 1.0, "ratio"),
     ("rss_big", "peak RSS during {size} transfers", "MiB", 64, "max"),
@@ -192,12 +193,16 @@ def bench_server(kind: str, args, shared: Shared, moto=None) -> dict:
         except Exception as e:
             res["manifest_get"] = res["blob_head"] = {"error": f"pushing the test image: {e}"}
         small = {}
+        blobs = w.make_small_blobs(args.small_count, 4096)
 
         def small_blobs():
-            secs, small["monolithic_post"] = w.small_blobs(port, args.small_count, 4096, args.small_workers)
+            secs, small["monolithic_post"] = w.small_blobs(port, blobs, args.small_workers)
             return secs
         if "small" not in args.skip:
             run(server, "small_blobs", small_blobs, unit="blobs/s", amount=args.small_count)
+            if "small_blobs" in res and "error" not in res["small_blobs"]:
+                run(server, "small_pulls", lambda: w.small_pulls(port, blobs, args.small_workers),
+                    unit="blobs/s", amount=args.small_count)
         if shared.layout:
             run(server, "skopeo_push", lambda: x.skopeo_push(port, shared.layout), amount=args.image_mib)
             run(server, "skopeo_pull", lambda: x.skopeo_pull(port, shared.tmp), amount=args.image_mib)

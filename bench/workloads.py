@@ -239,16 +239,18 @@ def probe_monolithic_post(port: int, data: bytes, digest: str) -> bool:
     return False
 
 
-def small_blobs(port: int, count: int, size: int, workers: int) -> tuple[float, bool]:
-    """Push `count` distinct blobs of `size` bytes with `workers` threads. Returns (seconds, monolithic?)."""
+def make_small_blobs(count: int, size: int) -> list[tuple[bytes, str]]:
+    """`count` distinct blobs of `size` bytes, with their digests."""
     seed = os.urandom(size)
     blobs = []
     for i in range(count):
         data = i.to_bytes(8, "little") + seed[8:]
         blobs.append((data, sha256_digest(data)))
-    t0 = time.perf_counter()
-    monolithic = probe_monolithic_post(port, *blobs[0])
-    rest = blobs[1:]
+    return blobs
+
+
+def on_persistent_connections(port: int, workers: int, items, task) -> None:
+    """Run task(client, item) for every item on `workers` threads, each with one keep-alive connection."""
     local = threading.local()
     clients = []
     lock = threading.Lock()
@@ -259,16 +261,38 @@ def small_blobs(port: int, count: int, size: int, workers: int) -> tuple[float, 
             c = local.client = Client(port)
             with lock:
                 clients.append(c)
-        push_small_blob(c, item[0], item[1], monolithic)
+        task(c, item)
 
     try:
         with ThreadPoolExecutor(workers) as pool:
-            for _ in pool.map(one, rest):
+            for _ in pool.map(one, items):
                 pass
     finally:
         for c in clients:
             c.close()
+
+
+def small_blobs(port: int, blobs: list[tuple[bytes, str]], workers: int) -> tuple[float, bool]:
+    """Push the blobs with `workers` threads. Returns (seconds, monolithic?)."""
+    t0 = time.perf_counter()
+    monolithic = probe_monolithic_post(port, *blobs[0])
+    on_persistent_connections(port, workers, blobs[1:],
+                              lambda c, item: push_small_blob(c, item[0], item[1], monolithic))
     return time.perf_counter() - t0, monolithic
+
+
+def pull_small_blob(client: Client, data: bytes, digest: str) -> None:
+    """GET one blob; its bytes must be the ones pushed (a redirect, if any, is not followed)."""
+    _, body = client.request("GET", f"/v2/{REPO}/blobs/{digest}", expect=(200,))
+    if body != data:
+        raise RuntimeError(f"GET {digest}: {len(body)} bytes that are not the blob pushed")
+
+
+def small_pulls(port: int, blobs: list[tuple[bytes, str]], workers: int) -> float:
+    """GET every blob (pushed by small_blobs) with `workers` threads. Returns seconds."""
+    t0 = time.perf_counter()
+    on_persistent_connections(port, workers, blobs, lambda c, item: pull_small_blob(c, *item))
+    return time.perf_counter() - t0
 
 
 @attrs.frozen

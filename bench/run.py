@@ -89,9 +89,17 @@ def parse_args(argv=None):
                    help="also measure regd.workers: 2 against 1 (bench/workers.py), after the throughput table")
     p.add_argument("--workers-only", action="store_true", help="run only bench/workers.py")
     p.add_argument("--webhooks-only", action="store_true", help="run only the two webhook rows (regd only)")
+    p.add_argument("--small-only", action="store_true",
+                   help="only the small blob rows, pushes then pulls (both servers, or --only): no big payload, "
+                        "disk, TLS, skopeo, concurrent, webhook or push profile runs")
+    p.add_argument("--small-profile", metavar="FILE",
+                   help="with the small row: py-spy's raw collapsed stacks of regd while it takes those pushes")
     a = p.parse_args(argv)
     if a.tls_only:
         a.skip = sorted(set(a.skip) - {"tls"} | {"skopeo", "webhooks", "profile", "concurrent"})
+    if a.small_only:
+        a.skip = sorted(set(a.skip) - {"small"} | {"tls", "skopeo", "webhooks", "profile", "concurrent", "pull",
+                                                   "requests"})
     a.size_mib = a.size_mib or (64 if a.quick else 1024)
     a.chunk_mib = a.chunk_mib or (16 if a.quick else 64)
     a.duration = a.duration or (2.0 if a.quick else 5.0)
@@ -128,7 +136,8 @@ class Shared:
     """Inputs made once per run and used for both servers."""
 
     def __init__(self, args, tmp: str):
-        self.payload = w.make_payload(os.path.join(tmp, "payload.bin"), args.size_mib * MIB)
+        self.payload = None if args.small_only else w.make_payload(os.path.join(tmp, "payload.bin"),
+                                                                   args.size_mib * MIB)
         self.tmp = tmp
         self.cert = self.key = None
         if "tls" not in args.skip:
@@ -150,7 +159,7 @@ def s3_storage(moto) -> str:
 def bench_server(kind: str, args, shared: Shared, moto=None) -> dict:
     res: dict = {}
     payload = shared.payload
-    mib = payload.size / MIB
+    mib = payload.size / MIB if payload is not None else 0.0
 
     def run(server, key, fn, unit="MiB/s", amount=mib, **extra):
         try:
@@ -173,13 +182,14 @@ def bench_server(kind: str, args, shared: Shared, moto=None) -> dict:
         server.start()
         res["idle_rss_mib"] = (read_rss_kib(server.pid) or 0) / 1024
         port = server.port
-        run(server, "push_monolithic", lambda: w.push_monolithic(port, payload))
-        try:
-            # The chunked push lands on a repository that no longer links the blob (the bytes may stay).
-            w.delete_blob(port, payload.digest)
-        except Exception as e:
-            log(f"[{kind}] blob DELETE before the chunked push failed (continuing): {e}")
-        run(server, "push_chunked", lambda: w.push_chunked(port, payload, args.chunk_mib * MIB))
+        if payload is not None:
+            run(server, "push_monolithic", lambda: w.push_monolithic(port, payload))
+            try:
+                # The chunked push lands on a repository that no longer links the blob (the bytes may stay).
+                w.delete_blob(port, payload.digest)
+            except Exception as e:
+                log(f"[{kind}] blob DELETE before the chunked push failed (continuing): {e}")
+            run(server, "push_chunked", lambda: w.push_chunked(port, payload, args.chunk_mib * MIB))
         if "pull" not in args.skip:
             run(server, "pull", lambda: w.pull(port, payload, verify=False))
             run(server, "pull_verified", lambda: w.pull(port, payload, verify=True))
@@ -196,7 +206,12 @@ def bench_server(kind: str, args, shared: Shared, moto=None) -> dict:
         blobs = w.make_small_blobs(args.small_count, 4096)
 
         def small_blobs():
-            secs, small["monolithic_post"] = w.small_blobs(port, blobs, args.small_workers)
+            profiler = x.Profiler(server.pid, args.small_profile) if args.small_profile and kind == "regd" else None
+            try:
+                secs, small["monolithic_post"] = w.small_blobs(port, blobs, args.small_workers)
+            finally:
+                if profiler is not None:
+                    profiler.stop()
             return secs
         if "small" not in args.skip:
             run(server, "small_blobs", small_blobs, unit="blobs/s", amount=args.small_count)
@@ -416,6 +431,10 @@ def render(results: dict, args) -> str:
         for key, entry in res.items():
             if isinstance(entry, dict) and "error" in entry:
                 out.append(f"ERROR {kind} {key}: {entry['error']}")
+    if args.small_profile and os.path.exists(args.small_profile):
+        out.append("")
+        out.append(f"regd CPU profile (py-spy) during the small blob pushes ({args.small_profile}):")
+        out.extend(x.summarize_profile(args.small_profile, top=25))
     if results.get("profile"):
         out.append("")
         out.append("regd CPU profile (py-spy) during the monolithic and chunked pushes:")
@@ -492,8 +511,9 @@ def main(argv=None) -> int:
             log(f"S3: moto server on {moto.endpoint}")
         t0 = time.perf_counter()
         shared = Shared(args, tmp)
-        log(f"inputs: {args.size_mib} MiB payload {shared.payload.digest} ({time.perf_counter() - t0:.1f} s)")
-        if not args.tls_only:
+        if shared.payload is not None:
+            log(f"inputs: {args.size_mib} MiB payload {shared.payload.digest} ({time.perf_counter() - t0:.1f} s)")
+        if not args.tls_only and shared.payload is not None:
             seconds = x.disk_rate(shared.payload, tempfile.gettempdir())
             results["disk"] = {"value": args.size_mib / seconds, "unit": "MiB/s"}
             log(f"disk: {args.size_mib} MiB written and fsynced in {seconds:.2f} s "

@@ -6,6 +6,8 @@ decide which repositories may serve which blobs.
 
 from __future__ import annotations
 
+import copy
+
 import attrs
 
 from regd.cache.descriptors import BlobDescriptorCache
@@ -78,6 +80,13 @@ class BlobService:
         self._delete_enabled = delete_enabled
         # Clients fetch blob bytes straight from the storage when it can hand out URLs (S3).
         self._redirect = redirect and getattr(driver, "redirect_url", None) is not None
+
+    def using(self, driver) -> BlobService:
+        """This service over C{driver}: the same storage, seen from inside one of its jobs (in_one_job)."""
+        twin = copy.copy(self)
+        twin._driver = driver
+        twin.pending = self.pending.using(driver)
+        return twin
 
     async def global_size(self, digest: Digest, reclaim: bool = True) -> int | None:
         """

@@ -48,6 +48,10 @@ class PendingReferences:
         self._driver = driver
         self._clock = clock
 
+    def using(self, driver) -> PendingReferences:
+        """The same notes written and read through C{driver} (see BlobService.using)."""
+        return PendingReferences(driver, self._clock)
+
     @contextlib.asynccontextmanager
     async def holding(self, repository: str, digests):
         """Keep C{digests} safe from collection while the body of the block links them."""

@@ -447,11 +447,19 @@ class UploadService:
         received = Digest.of(data, digest.algorithm)
         if received != digest:
             raise DigestInvalid(detail={"expected": str(digest), "received": str(received)})
-        async with self._blobs.pending.holding(name, [digest]):
-            if await self._blobs.global_size(digest) is None:
-                await self._blobs.store_and_link(name, digest, data)
-            else:
-                await self._blobs.link(name, digest, touch=True)
+
+        async def store(driver):
+            blobs = self._blobs.using(driver)
+            async with blobs.pending.holding(name, [digest]):
+                if await blobs.global_size(digest) is None:
+                    await blobs.store_and_link(name, digest, data)
+                else:
+                    await blobs.link(name, digest, touch=True)
+
+        # The note, the look-ups, the writes and the note's removal: one storage job where the
+        # driver can run them together, in the same order as the protocol of regd.registry.pending.
+        in_one_job = getattr(self._driver, "in_one_job", None)
+        await (in_one_job(store) if in_one_job is not None else store(self._driver))
         await self._listeners.emit(RegistryEvent(
             PUSH, BLOB, name, context, digest=digest, size=len(data), media_type="application/octet-stream"))
         return BlobInfo(digest, len(data))

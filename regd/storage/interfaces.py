@@ -236,3 +236,7 @@ class IStorageDriver(Interface):
     #       client may fetch the object from directly (S3: presigned).
     #   check() -> None: raise StorageUnavailable with one line when the
     #       storage cannot be used at all (called once at startup, blocking).
+    #   in_one_job(steps) -> Deferred: run the coroutine function
+    #       C{steps(driver)} as one blocking job, C{driver} being this driver
+    #       doing each of its calls at once on that job's thread: a sequence of
+    #       small storage calls costs one thread hop instead of one each.

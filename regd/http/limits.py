@@ -85,6 +85,15 @@ class ConnectionGuard(policies.ProtocolWrapper):
         transport.write(_BUSY)
         transport.loseConnection()
 
+    # A connection's addresses never change: asked for on every request (twisted.web, Klein,
+    # Location headers), they are answered without a getsockname(2) each time.
+
+    def getPeer(self):
+        return self._addresses[0]
+
+    def getHost(self):
+        return self._addresses[1]
+
     def dataReceived(self, data):
         if self._refused is not None:
             return

@@ -10,9 +10,9 @@ once, hashed on the way, and the service can adopt it with a rename.
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 from io import BytesIO
 from urllib.parse import parse_qs, unquote_to_bytes
 
@@ -44,7 +44,7 @@ class RegdRequest(server.Request):
 
     def __init__(self, channel, *args, **kwargs):
         super().__init__(channel, *args, **kwargs)
-        self.request_id = uuid.uuid4().hex
+        self.request_id = os.urandom(16).hex()
         self.started = time.monotonic()
         self._received = 0
         self._too_large = False
@@ -120,6 +120,19 @@ class RegdRequest(server.Request):
         except Exception:
             log.failure("opening an upload to write a PATCH body in place; spooling it instead")
             return None
+
+    def isSecure(self):
+        """
+        Asked several times per request (Klein, Location headers, the access
+        log); a connection's transport never changes, so its answer is kept
+        on the channel instead of adapting the transport each time.
+        """
+        if self._forceSSL or self.channel is None:
+            return super().isSecure()
+        secure = getattr(self.channel, "_regd_secure", None)
+        if secure is None:
+            secure = self.channel._regd_secure = self.channel.isSecure()
+        return secure
 
     @property
     def body_bytes(self) -> int:

@@ -64,6 +64,10 @@ class ListenerSet:
     def emit(self, event: RegistryEvent):
         if not self._listeners:
             return defer.succeed(None)
+        if len(self._listeners) == 1:  # the common case: no list of Deferreds to gather
+            listener = self._listeners[0]
+            d = defer.maybeDeferred(listener.registry_event, event)
+            return d.addCallbacks(lambda _: None, self._failed, errbackArgs=(listener, event))
         waits = []
         for listener in self._listeners:
             d = defer.maybeDeferred(listener.registry_event, event)

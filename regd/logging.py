@@ -31,3 +31,12 @@ def make_observer(log_config, stream=None):
 
     predicate = LogLevelFilterPredicate(defaultLogLevel=_LEVELS[log_config.level])
     return FilteringLogObserver(with_fields, [predicate])
+
+
+def access_log_observed(log_config) -> bool:
+    """
+    Whether access log lines (events at info level) reach the log: not when
+    they are disabled or the level is above info, and then no request
+    formats a line only for the level filter to drop it.
+    """
+    return not log_config.accesslog_disabled and log_config.level in ("debug", "info")

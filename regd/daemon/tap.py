@@ -18,6 +18,7 @@ from twisted.python.threadpool import ThreadPool
 # Nothing here imports the reactor or TLS: Options decides what the configuration needs first (daemon.memory).
 from regd.daemon.authsetup import admin_authorizer, auth_settings, build_token_access
 from regd.config import ConfigError, load_config
+from regd.logging import access_log_observed
 from regd.daemon.services import (CertificateReloader, ClosingService, DrainService, ListenerService, RegdService,
                                   ThreadPoolService)
 
@@ -220,7 +221,7 @@ def makeService(options) -> service.MultiService:
     site = RegdSite(mount_at_prefix(resource, prefix), registry.new_spool, upload_sink=registry.upload_sink,
                     credentials_required=access is not None, prefix=prefix,
                     spool_threshold=config.regd.spoolthreshold, max_body_size=config.regd.maxbodysize,
-                    extra_headers=headers, access_log=not config.log.accesslog_disabled,
+                    extra_headers=headers, access_log=access_log_observed(config.log),
                     limits=connection_limits(config.regd.limits), timeout=config.regd.limits.idletimeout or None)
     from twisted.internet.endpoints import serverFromString
     tls = options["tls"]

@@ -65,6 +65,12 @@ def _inline(function, *args):
     return defer.execute(function, *args)
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def _fsync_dir(directory: str) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -141,10 +147,7 @@ class FileSpool(BodyPosition):
         self._flushed = 0  # bytes whose writeback was started
 
     def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
+        _write_all(self._fd, data)
         if self.hasher is not None:
             self.hasher.update(data)
         self.size += len(data)
@@ -522,9 +525,7 @@ class FilesystemDriver:
                 fd = _in_directory(os.path.dirname(full),
                                    lambda temp=temp: os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
                 written.append((temp, full, fd))
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
+                _write_all(fd, data)
             for _, _, fd in written:
                 os.fsync(fd)
         except BaseException:
@@ -576,12 +577,20 @@ class FilesystemDriver:
         return self._deferred(self._put_transient, path, data)
 
     def _put_transient(self, path, data):
+        # Plain descriptor calls, and the directory made only when missing: every push writes
+        # one of these, and each system call is a hand-over of the interpreter lock.
         full = self._full(path)
-        os.makedirs(os.path.dirname(full), exist_ok=True)
         temp = f"{full}.{uuid.uuid4().hex}.tmp"
+        create = os.O_WRONLY | os.O_CREAT | os.O_EXCL
         try:
-            with open(temp, "xb") as f:
-                f.write(data)
+            fd = os.open(temp, create, 0o666)
+        except FileNotFoundError:
+            fd = _in_directory(os.path.dirname(full), lambda: os.open(temp, create, 0o666))
+        try:
+            try:
+                _write_all(fd, data)
+            finally:
+                os.close(fd)
             os.replace(temp, full)
         except BaseException:
             try:

@@ -8,8 +8,17 @@ import socket
 import tempfile
 
 from twisted.internet import reactor, task, threads
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.http import HTTPChannel
+from twisted.web.resource import Resource
+from zope.interface import directlyProvides
 
+from regd.http.site import RegdSite
 from regd.storage.interfaces import IBodySpool
 from tests.support.server import RegistryServer, header
 
@@ -258,3 +267,60 @@ class UploadTargetTests(SynchronousTestCase):
                      f"/x/v2/a/blobs/uploads/{upload}", "/v2/%ff/blobs/uploads/u", ""):
             self.assertIsNone(_upload_target(path.encode(), ""), path)
         self.assertIsNone(_upload_target(f"/v2/a/blobs/uploads/{upload}".encode(), "/reg"))
+
+
+class ConnectionFactsTests(SynchronousTestCase):
+    """What does not change during a connection is asked of its transport once, not on every request."""
+
+    HOST = IPv4Address("TCP", "127.0.0.1", 5000)
+    PEER = IPv4Address("TCP", "127.0.0.1", 40000)
+
+    def connect(self, site, secure=False):
+        transport = StringTransport(hostAddress=self.HOST, peerAddress=self.PEER)
+        if secure:
+            directlyProvides(transport, ISSLTransport)
+        asked = []
+        for name in ("getHost", "getPeer"):
+            real = getattr(transport, name)
+            setattr(transport, name, lambda real=real, name=name: asked.append(name) or real())
+        guard = site.buildProtocol(self.PEER)
+        guard.makeConnection(transport)
+        return guard, asked
+
+    def test_addresses_come_from_the_transport_once_and_stay_after_close(self):
+        guard, asked = self.connect(RegdSite(Resource()))
+        for _ in range(3):
+            self.assertEqual((guard.getHost(), guard.getPeer()), (self.HOST, self.PEER))
+        self.assertEqual(sorted(asked), ["getHost", "getPeer"])
+        guard.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual((guard.getHost(), guard.getPeer()), (self.HOST, self.PEER))
+
+    def requests_on(self, secure):
+        site = RegdSite(Resource())
+        channel = HTTPChannel()
+        channel.site = site
+        channel.makeConnection(StringTransport(hostAddress=self.HOST, peerAddress=self.PEER))
+        if secure:
+            directlyProvides(channel.transport, ISSLTransport)
+        asked = []
+        real = channel.isSecure
+        channel.isSecure = lambda: asked.append(1) or real()
+        return [site.requestFactory(channel) for _ in range(3)], asked
+
+    def test_tls_is_asked_of_the_channel_once(self):
+        for secure in (False, True):
+            requests, asked = self.requests_on(secure)
+            self.assertEqual([r.isSecure() for r in requests for _ in range(2)], [secure] * 6)
+            self.assertEqual(len(asked), 1)
+
+    def test_a_host_set_as_secure_is_secure(self):
+        requests, _ = self.requests_on(False)
+        requests[0].setHost(b"registry.example", 443, ssl=True)
+        self.assertEqual([r.isSecure() for r in requests], [True, False, False])
+
+    def test_every_request_has_its_own_request_id(self):
+        requests, _ = self.requests_on(False)
+        ids = [r.request_id for r in requests]
+        self.assertEqual(len(set(ids)), 3)
+        for request_id in ids:
+            self.assertRegex(request_id, "^[0-9a-f]{32}$")

@@ -270,6 +270,35 @@ class UploadTests(SynchronousTestCase):
         self.assertEqual(run(self, self.registry.blobs.stat("other", digest)).size, len(data))
         self.assertEqual(len(self.recorder.events), 2)
 
+    def test_small_body_is_one_storage_job_that_holds_its_note_while_it_writes(self):
+        """
+        The pending note, the look-ups, the blob and link writes and the
+        note's removal go to the storage runner as one job, in the order of
+        the collection protocol: the note names the blob while it is written.
+        """
+        data = b"one job"
+        digest = Digest.of(data)
+        pending = os.path.join(self.root, paths.PENDING)
+        jobs, notes = [], []
+
+        class Watched(FilesystemDriver):
+            def _put_contents(inner, items):
+                notes.extend(open(os.path.join(pending, n), "rb").read() for n in os.listdir(pending))
+                return super()._put_contents(items)
+
+        def runner(function, *args):
+            jobs.append(function.__name__)
+            return inline_runner(function, *args)
+        registry = Registry(Watched(self.root, runner, inline_reads=False), self.clock, listeners=[self.recorder])
+        run(self, registry.uploads.put_small("demo", digest, data, CTX))
+        self.assertEqual(jobs, ["_in_one_job"])
+        self.assertEqual(len(notes), 1)
+        self.assertIn(str(digest).encode(), notes[0])
+        self.assertIn(b'"demo"', notes[0])
+        self.assertEqual(os.listdir(pending), [])
+        self.assertEqual(run(self, registry.blobs.stat("demo", digest, fresh=True)).size, len(data))
+        self.assertEqual([(e.action, e.digest) for e in self.recorder.events], [("push", digest)])
+
     def test_small_body_with_a_wrong_digest_writes_nothing(self):
         wrong = Digest.of(b"something else")
         fail(self, self.registry.uploads.put_small("demo", wrong, b"data", CTX), DigestInvalid)

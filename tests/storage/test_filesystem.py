@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import threading
 
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from regd.storage.filesystem import FilesystemDriver
+from regd.storage.interfaces import PathNotFound
 from regd.storage.threads import inline_runner, thread_pool_runner
 
 
@@ -52,6 +54,47 @@ class FilesystemTests(SynchronousTestCase):
             self.successResultOf(self.driver.put_transient("regd/gc/pending/n", b"v%d" % i))
         self.assertEqual(self.all_files(), ["regd/gc/pending/n"])
         self.assertEqual(self.successResultOf(self.driver.get_content("regd/gc/pending/n")), b"v2")
+
+    def test_put_transient_makes_its_directory_when_missing(self):
+        self.successResultOf(self.driver.put_transient("regd/gc/pending/first", b"note"))
+        self.successResultOf(self.driver.put_transient("regd/gc/pending/second", b"note"))
+        self.assertEqual(self.all_files(), ["regd/gc/pending/first", "regd/gc/pending/second"])
+
+    def test_in_one_job_runs_every_step_as_one_job_of_the_runner(self):
+        jobs = []
+
+        def counting_runner(function, *args):
+            jobs.append(function.__name__)
+            return inline_runner(function, *args)
+        driver = FilesystemDriver(self.root, counting_runner, inline_reads=False)
+
+        async def steps(inner):
+            await inner.put_transient("regd/gc/pending/n", b"note")
+            await inner.put_contents([("blobs/x/data", b"bytes"), ("repos/r/x/link", b"x")])
+            size = (await inner.stat("blobs/x/data")).size
+            await inner.delete("regd/gc/pending/n")
+            return size
+        self.assertEqual(self.successResultOf(driver.in_one_job(steps)), 5)
+        self.assertEqual(jobs, ["_in_one_job"])
+        self.assertEqual(self.all_files(), ["blobs/x/data", "repos/r/x/link"])
+        # The driver itself still hands each call to its runner.
+        self.successResultOf(driver.put_content("a/link", b"y"))
+        self.assertEqual(jobs, ["_in_one_job", "_put_content"])
+
+    def test_in_one_job_fails_as_its_failing_step_did_and_stops_there(self):
+        async def steps(inner):
+            await inner.put_content("a/link", b"x")
+            await inner.get_content("missing")
+            await inner.put_content("b/link", b"never")
+        self.failureResultOf(self.driver.in_one_job(steps), PathNotFound)
+        self.assertEqual(self.all_files(), ["a/link"])
+
+    def test_in_one_job_refuses_steps_that_wait_on_something_else(self):
+        elsewhere = defer.Deferred()
+
+        async def steps(inner):
+            await elsewhere
+        self.failureResultOf(self.driver.in_one_job(steps), RuntimeError)
 
     def test_put_contents_writes_every_object_and_leaves_no_temporary_files(self):
         self.successResultOf(self.driver.put_contents([("blobs/x/data", b"bytes"), ("repos/r/x/link", b"x")]))
@@ -250,3 +293,18 @@ class ThreadPoolTests(TestCase):
         spool = driver.new_spool()
         spool.write(b"abc")
         self.assertEqual(await driver.store_spool(spool, "x/z"), 3)
+
+    async def test_one_job_runs_off_the_reactor_thread(self):
+        pool = ThreadPool(minthreads=1, maxthreads=2, name="test-storage")
+        pool.start()
+        self.addCleanup(pool.stop)
+        driver = FilesystemDriver(self.mktemp(), thread_pool_runner(reactor, pool), inline_reads=False)
+        seen = []
+
+        async def steps(inner):
+            await inner.put_content("x/y", b"threaded")
+            seen.append(threading.current_thread())
+            return await inner.get_content("x/y")
+        self.assertEqual(await driver.in_one_job(steps), b"threaded")
+        self.assertEqual(len(seen), 1)
+        self.assertIsNot(seen[0], threading.main_thread())

@@ -24,7 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import extra as x  # noqa: E402
 import workloads as w  # noqa: E402
-from servers import Server, read_cpu_seconds, read_rss_kib  # noqa: E402
+import pulls  # noqa: E402
+from servers import Measure, Server, read_cpu_seconds, read_rss_kib  # noqa: E402
 
 MIB = 1 << 20
 KINDS = ("regd", "reference")
@@ -73,11 +74,16 @@ def parse_args(argv=None):
     p.add_argument("--webhook-rounds", type=int, default=2, help="alternating rounds per webhook configuration")
     p.add_argument("--skip", action="append", default=[], choices=["tls", "skopeo", "webhooks", "profile",
                                                                     "concurrent", "pull", "requests", "small"],
-                   help="leave a group out (pull: both pull rows; requests: manifest GET and blob HEAD)")
+                   help="leave a group out (pull: the pull rows, plain and TLS; tls: the TLS push and pull; "
+                        "requests: manifest GET and blob HEAD)")
     p.add_argument("--only", choices=KINDS, help="benchmark one server only")
     p.add_argument("--tls-only", action="store_true",
                    help="only the TLS rows (push and pull over TLS, both servers): no plain-HTTP server, "
                         "disk, skopeo, concurrent, webhook or profile runs")
+    p.add_argument("--pull-only", action="store_true",
+                   help="only the pull rows, plain and TLS, both servers (with the TLS push, ~2 min)")
+    p.add_argument("--pull-rounds", type=int,
+                   help="alternating rounds per pull row, median reported (default 5, or 3 with --quick)")
     p.add_argument("--json", metavar="FILE", help="also write results as JSON")
     p.add_argument("--s3", action="store_true",
                    help="both servers on S3 (one moto server started here, a bucket each; redirects off so "
@@ -95,11 +101,12 @@ def parse_args(argv=None):
     p.add_argument("--small-profile", metavar="FILE",
                    help="with the small row: py-spy's raw collapsed stacks of regd while it takes those pushes")
     a = p.parse_args(argv)
-    if a.tls_only:
+    if a.tls_only or a.pull_only:
         a.skip = sorted(set(a.skip) - {"tls"} | {"skopeo", "webhooks", "profile", "concurrent"})
     if a.small_only:
         a.skip = sorted(set(a.skip) - {"small"} | {"tls", "skopeo", "webhooks", "profile", "concurrent", "pull",
                                                    "requests"})
+    a.pull_rounds = a.pull_rounds or (3 if a.quick else 5)
     a.size_mib = a.size_mib or (64 if a.quick else 1024)
     a.chunk_mib = a.chunk_mib or (16 if a.quick else 64)
     a.duration = a.duration or (2.0 if a.quick else 5.0)
@@ -111,25 +118,6 @@ def parse_args(argv=None):
 
 def log(msg):
     print(msg, file=sys.stderr, flush=True)
-
-
-class Measure:
-    """Brackets one workload: wall time is the workload's own; RSS peak and CPU are the server's."""
-
-    def __init__(self, server: Server):
-        self.server = server
-
-    def __enter__(self):
-        self.server.sampler.reset()
-        self.cpu0 = read_cpu_seconds(self.server.pid) or 0.0
-        self.client0 = time.process_time()
-        return self
-
-    def __exit__(self, *exc):
-        self.peak_mib = self.server.sampler.peak_kib() / 1024
-        self.cpu = (read_cpu_seconds(self.server.pid) or 0.0) - self.cpu0
-        self.client_cpu = time.process_time() - self.client0
-        return False
 
 
 class Shared:
@@ -176,8 +164,6 @@ def bench_server(kind: str, args, shared: Shared, moto=None) -> dict:
 
     server = Server(kind, storage=s3_storage(moto) if moto is not None else None)
     try:
-        if args.tls_only:
-            raise _Skipped()
         log(f"[{kind}] starting on 127.0.0.1:{server.port}")
         server.start()
         res["idle_rss_mib"] = (read_rss_kib(server.pid) or 0) / 1024
@@ -190,9 +176,6 @@ def bench_server(kind: str, args, shared: Shared, moto=None) -> dict:
             except Exception as e:
                 log(f"[{kind}] blob DELETE before the chunked push failed (continuing): {e}")
             run(server, "push_chunked", lambda: w.push_chunked(port, payload, args.chunk_mib * MIB))
-        if "pull" not in args.skip:
-            run(server, "pull", lambda: w.pull(port, payload, verify=False))
-            run(server, "pull_verified", lambda: w.pull(port, payload, verify=True))
         try:
             if "requests" not in args.skip:
                 image = w.push_image(port)
@@ -226,25 +209,70 @@ def bench_server(kind: str, args, shared: Shared, moto=None) -> dict:
                 amount=args.parallel * args.part_mib)
         if server.proc.poll() is not None:
             log(f"[{kind}] server died:\n{server.log_tail()}")
-    except _Skipped:
-        pass
     finally:
         log(f"[{kind}] stopping")
         server.stop()
 
-    if shared.cert:
-        server = Server(kind, x.tls_yaml(shared.cert, shared.key), tls=True,
-                        storage=s3_storage(moto) if moto is not None else None)
-        try:
-            log(f"[{kind}] starting with TLS on 127.0.0.1:{server.port}")
-            server.start()
-            run(server, "tls_push", lambda: x.tls_push(server.port, payload))
-            run(server, "tls_pull", lambda: x.tls_pull(server.port, payload))
-        except Exception as e:
-            res.setdefault("tls_push", {"error": str(e)})
-            log(f"[{kind}] TLS server FAILED: {e}")
-        finally:
+    return res
+
+
+def bench_pair(kinds: list[str], args, shared: Shared, results: dict, tls: bool, moto=None) -> None:
+    """
+    The pull rows (and, with TLS, the TLS push): both servers up at once, the blob pushed to each, then
+    alternating pull rounds (bench/pulls.py). Figures go into results[kind].
+    """
+    payload = shared.payload
+    mib = payload.size / MIB
+    mode = "TLS" if tls else "plain HTTP"
+    servers = {}
+    try:
+        for kind in kinds:
+            servers[kind] = Server(kind, x.tls_yaml(shared.cert, shared.key) if tls else "", tls=tls,
+                                   storage=s3_storage(moto) if moto is not None else None)
+            log(f"[{kind}] starting ({mode}, for the pulls) on 127.0.0.1:{servers[kind].port}")
+            servers[kind].start()
+        for kind, server in list(servers.items()):
+            res = results.setdefault(kind, {})
+            try:
+                if tls:  # the TLS push row: one sample per server, on a settled disk
+                    pulls.settle()
+                    with Measure(server) as m:
+                        secs = x.tls_push(server.port, payload)
+                    res["tls_push"] = {"value": mib / secs, "unit": "MiB/s", "peak_rss_mib": m.peak_mib,
+                                       "server_cpu_s": m.cpu, "client_cpu_s": m.client_cpu, "seconds": secs}
+                    log(f"[{kind}] tls_push: {mib / secs:.1f} MiB/s  (server peak RSS {m.peak_mib:.1f} MiB, "
+                        f"server cpu {m.cpu:.2f} s, client cpu {m.client_cpu:.2f} s)")
+                else:
+                    w.push_monolithic(server.port, payload)
+            except Exception as e:
+                res["tls_pull" if tls else "pull"] = {"error": f"pushing the blob: {e}"}
+                if tls:
+                    res["tls_push"] = {"error": str(e)}
+                log(f"[{kind}] push before the pulls FAILED: {e}")
+                servers.pop(kind).stop()
+        if "pull" in args.skip or not servers:
+            return
+        if tls:
+            rows = [("tls_pull", "TLS pull", lambda port: x.tls_pull(port, payload))]
+        else:
+            rows = [("pull", "pull", lambda port: w.pull(port, payload, verify=False)),
+                    ("pull_verified", "pull + sha256", lambda port: w.pull(port, payload, verify=True))]
+        for key, label, fn in rows:
+            try:
+                for kind, entry in pulls.rounds(servers, payload.digest, args.pull_rounds, fn, mib, label,
+                                                log).items():
+                    results[kind][key] = entry
+            except Exception as e:
+                for kind in servers:
+                    results[kind][key] = {"error": str(e)}
+                log(f"{label} FAILED: {e}")
+    finally:
+        for server in servers.values():
             server.stop()
+
+
+def peak_rows(res: dict) -> None:
+    """The RSS rows from the peaks of the workloads they cover."""
     peaks = [res[k]["peak_rss_mib"] for k in BIG if "peak_rss_mib" in res.get(k, {})]
     if peaks:
         res["rss_big"] = {"value": max(peaks), "unit": "MiB"}
@@ -253,11 +281,6 @@ def bench_server(kind: str, args, shared: Shared, moto=None) -> dict:
         res["rss_push"] = {"value": max(peaks), "unit": "MiB"}
     if "peak_rss_mib" in res.get("concurrent", {}):
         res["rss_concurrent"] = {"value": res["concurrent"]["peak_rss_mib"], "unit": "MiB"}
-    return res
-
-
-class _Skipped(Exception):
-    """The plain-HTTP server's workloads are left out (--tls-only)."""
 
 
 def _rate(result):
@@ -513,12 +536,14 @@ def main(argv=None) -> int:
         shared = Shared(args, tmp)
         if shared.payload is not None:
             log(f"inputs: {args.size_mib} MiB payload {shared.payload.digest} ({time.perf_counter() - t0:.1f} s)")
-        if not args.tls_only and shared.payload is not None:
+        if not (args.tls_only or args.pull_only) and shared.payload is not None:
             seconds = x.disk_rate(shared.payload, tempfile.gettempdir())
             results["disk"] = {"value": args.size_mib / seconds, "unit": "MiB/s"}
             log(f"disk: {args.size_mib} MiB written and fsynced in {seconds:.2f} s "
                 f"({args.size_mib / seconds:.0f} MiB/s)")
         for kind in kinds:
+            if args.tls_only or args.pull_only:
+                break
             try:
                 results[kind] = bench_server(kind, args, shared, moto)
             except KeyboardInterrupt:
@@ -526,6 +551,19 @@ def main(argv=None) -> int:
             except Exception as e:
                 traceback.print_exc()
                 results[kind] = {"error": str(e)}
+        for tls in (False, True):
+            if (tls and not shared.cert) or (not tls and ("pull" in args.skip or args.tls_only)):
+                continue
+            try:
+                bench_pair(kinds, args, shared, results, tls, moto)
+            except KeyboardInterrupt:
+                raise
+            except Exception as e:
+                traceback.print_exc()
+                for kind in kinds:
+                    results.setdefault(kind, {})["tls_pull" if tls else "pull"] = {"error": str(e)}
+        for kind in kinds:
+            peak_rows(results.setdefault(kind, {}))
         if "regd" in kinds and "webhooks" not in args.skip:
             try:
                 results.setdefault("regd", {}).update(bench_webhooks(args))

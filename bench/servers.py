@@ -206,3 +206,22 @@ class Server:
                 self.proc.kill()
                 self.proc.wait(10)
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class Measure:
+    """Brackets one workload: wall time is the workload's own; RSS peak and CPU are the server's."""
+
+    def __init__(self, server: Server):
+        self.server = server
+
+    def __enter__(self):
+        self.server.sampler.reset()
+        self.cpu0 = read_cpu_seconds(self.server.pid) or 0.0
+        self.client0 = time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.peak_mib = self.server.sampler.peak_kib() / 1024
+        self.cpu = (read_cpu_seconds(self.server.pid) or 0.0) - self.cpu0
+        self.client_cpu = time.process_time() - self.client0
+        return False

@@ -14,7 +14,7 @@ and no Python per record.
 How, for one response body (the head goes out through twisted.web first):
 
 1. Like L{regd.http.zerocopy}, a pull producer takes the TCP transport's
-   producer slot, so we learn when the head's ciphertext is on the wire and
+   producer slot (L{regd.http.zerocopy.ProducerSlot}), so we learn when the head's ciphertext is on the wire and
    the transport's buffer is empty.
 2. The connection is parked: the TLS protocol's OpenSSL object is swapped
    for L{_Parked}, a stand-in that keeps Twisted's hands off it (reads,
@@ -55,7 +55,7 @@ from twisted.logger import Logger
 from twisted.protocols import policies
 from zope.interface import implementer
 
-from regd.http.zerocopy import tls_layer
+from regd.http.zerocopy import ProducerSlot, tls_layer
 
 log = Logger()
 
@@ -166,7 +166,7 @@ class TLSFileSender:
         self._reactor = reactor
         self.request, self.tls, self.transport = request, tls, transport
         self._fd, self._offset, self._length = fd, offset, length
-        self._saved_producer = None
+        self._slot = ProducerSlot(transport)
         self._primed = False
         self._started = False
         self._finished = False
@@ -193,11 +193,7 @@ class TLSFileSender:
         if transport.disconnected or getattr(request, "_disconnected", False) or self.tls._lostTLSConnection:
             self._end(ConnectionDone("client went away before the body"))
             return self.done
-        self._saved_producer = (transport.producer, transport.streamingProducer)
-        transport.unregisterProducer()
-        # registerProducer calls resumeProducing at once with the head still buffered; the
-        # transport calls it again once the buffer is empty.
-        transport.registerProducer(self, False)
+        self._slot.take(self)
         self._primed = True
         return self.done
 
@@ -209,7 +205,7 @@ class TLSFileSender:
             return
         tls = self.tls
         if tls._lostTLSConnection or not isinstance(tls._tlsConnection, Connection) or tls._appSendBuffer:
-            self._restore_producer()
+            self._slot.give_back()
             self.transport.abortConnection()
             self._end(ConnectionLost("TLS connection not in a state to send the body"))
             return
@@ -255,7 +251,7 @@ class TLSFileSender:
         if _lib.SSL_set_fd(ssl, self._sock.fileno()) != 1:  # nothing was replaced
             self._sock.close()
             self._sock = None
-            self._restore_producer()
+            self._slot.give_back()
             self._resume_reading()
             transport.abortConnection()
             self._end(ConnectionLost("SSL_set_fd failed"))
@@ -286,16 +282,6 @@ class TLSFileSender:
         if tls._tlsConnection is self._parked:
             tls._tlsConnection = conn
 
-    def _restore_producer(self):
-        transport, saved = self.transport, self._saved_producer
-        self._saved_producer = None
-        if saved is None or transport.producer is not self:
-            return
-        transport.unregisterProducer()
-        producer, streaming = saved
-        if producer is not None and not transport.disconnected:
-            transport.registerProducer(producer, streaming)
-
     def _resume_reading(self):
         transport = self.transport
         if self._was_reading and transport.connected and not transport.disconnecting:
@@ -311,7 +297,7 @@ class TLSFileSender:
         self._progress(sent)
         parked = self._parked
         self._unpark()
-        self._restore_producer()
+        self._slot.give_back()
         if error is None:
             self._resume_reading()
             self._end(None)

@@ -66,6 +66,47 @@ def plain_tcp_transport(request):
     return transport
 
 
+class ProducerSlot:
+    """
+    A TCP transport's producer slot, lent to a pull producer for one body
+    (L{SendfileProducer}, L{regd.http.tlssend.TLSFileSender}) and given back.
+
+    The transport calls a pull producer's resumeProducing only once its own
+    buffer is empty and the socket writable, which is how the borrower
+    learns that the response head is on the wire and when to send more.
+    Under TLS what held the slot is the TLS layer's wrapper of the channel,
+    never the channel itself, and the TLS sender restores reading itself.
+    """
+
+    def __init__(self, transport):
+        self.transport = transport
+        self._borrower = None
+        self._saved = None
+
+    def take(self, borrower) -> None:
+        transport = self.transport
+        self._borrower, self._saved = borrower, (transport.producer, transport.streamingProducer)
+        transport.unregisterProducer()
+        # registerProducer calls resumeProducing at once, with the head still buffered; the transport
+        # calls it again once the head is on the wire.
+        transport.registerProducer(borrower, False)
+
+    def give_back(self) -> None:
+        """Put back what held the slot before, unless the connection is gone; once only."""
+        transport, borrower, saved = self.transport, self._borrower, self._saved
+        self._borrower = self._saved = None
+        if saved is None or transport.producer is not borrower:
+            return
+        transport.unregisterProducer()
+        producer, streaming = saved
+        if producer is not None and not transport.disconnected:
+            transport.registerProducer(producer, streaming)
+            # Nothing is buffered any more: an HTTP channel the transport paused (its buffer was full
+            # when the slot was taken) would otherwise wait for a resume that never comes.
+            if getattr(producer, "_waitingForTransport", False):
+                producer.resumeProducing()
+
+
 @implementer(IPullProducer)
 class SendfileProducer:
     """
@@ -82,7 +123,7 @@ class SendfileProducer:
         self._offset = offset
         self._remaining = length
         self._socket = transport.fileno()
-        self._saved = None
+        self._slot = ProducerSlot(transport)
         self._primed = False
         self.done = defer.Deferred()
 
@@ -92,11 +133,7 @@ class SendfileProducer:
         if transport.disconnected or getattr(request, "_disconnected", False):
             self._fail(ConnectionDone("client went away before the body"))
             return self.done
-        self._saved = (transport.producer, transport.streamingProducer)
-        transport.unregisterProducer()
-        # registerProducer calls resumeProducing at once, with the head still
-        # buffered; the transport calls it again once the head is on the wire.
-        transport.registerProducer(self, False)
+        self._slot.take(self)
         self._primed = True
         return self.done
 
@@ -132,28 +169,14 @@ class SendfileProducer:
         """The transport lost its connection (client hang-up)."""
         self._fail(ConnectionDone("client went away mid-body"))
 
-    def _restore(self):
-        transport, saved = self._transport, self._saved
-        self._saved = None
-        if saved is None or transport.producer is not self:
-            return
-        transport.unregisterProducer()
-        producer, streaming = saved
-        if producer is not None and not transport.disconnected:
-            transport.registerProducer(producer, streaming)
-            # Nothing is buffered any more: a channel that was waiting for
-            # the transport may go on.
-            if getattr(producer, "_waitingForTransport", False):
-                producer.resumeProducing()
-
     def _finish(self):
-        self._restore()
+        self._slot.give_back()
         if not self.done.called:
             self.done.callback(None)
 
     def _abort(self, why: Exception):
         log.info("zero-copy download cut: {why}", why=why)
-        self._restore()
+        self._slot.give_back()
         self._fail(why)
         self._transport.abortConnection()
 

@@ -6,12 +6,15 @@ import os
 import socket
 
 from twisted.internet import reactor, task, threads
+from twisted.python.threadpool import ThreadPool
 from twisted.protocols import policies
 from twisted.protocols.tls import TLSMemoryBIOProtocol
 from twisted.trial.unittest import TestCase
 
 from regd.http import zerocopy
-from tests.support.server import RegistryServer, header
+from regd.storage.filesystem import FilesystemDriver
+from regd.storage.threads import thread_pool_runner
+from tests.support.server import RegistryServer, header, simple_image
 
 BIG = 24 * 1024 * 1024
 
@@ -59,6 +62,34 @@ class _Raw:
 
     def close(self):
         self.sock.close()
+
+
+class _Responses:
+    """Reads pipelined HTTP/1.1 responses with a Content-Length, one after another, from a blocking socket."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buffer = b""
+
+    def _fill(self):
+        chunk = self.sock.recv(1 << 20)
+        if not chunk:
+            raise AssertionError("connection closed")
+        self.buffer += chunk
+
+    def next(self) -> tuple[int, bytes]:
+        while b"\r\n\r\n" not in self.buffer:
+            self._fill()
+        head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        while len(self.buffer) < length:
+            self._fill()
+        body, self.buffer = self.buffer[:length], self.buffer[length:]
+        return int(head[9:12]), body
 
 
 class ZeroCopyTests(TestCase):
@@ -214,6 +245,67 @@ class ZeroCopyTests(TestCase):
         self.assertLessEqual(len(body), BIG // 2)
         self.assertEqual(body, data[:len(body)], "bytes sent are a prefix of the blob, never mixed")
         await self._idle(server)
+
+    async def test_channel_paused_by_a_full_buffer_goes_on_after_a_zero_copy_body(self):
+        """
+        A pipelined blob GET whose head is queued behind a response the client has not read yet: the
+        transport had paused the HTTP channel when the sendfile producer took its slot, and reading was
+        paused for the pipelined requests behind it. Once the body is out, the channel must be resumed,
+        or the connection never reads again.
+        """
+        pool = ThreadPool(minthreads=1, maxthreads=2, name="test-storage")
+        pool.start()
+        self.addCleanup(pool.stop)
+        # Storage in real threads: the manifest GET is answered a reactor turn later, after the pipelined
+        # requests behind it were read and buffered (more than the channel takes before it stops reading).
+        root = self.mktemp()
+        driver = FilesystemDriver(root, thread_pool_runner(reactor, pool), inline_reads=False)
+        server = RegistryServer(self, driver=driver, root=root)
+        data = _payload(256 * 1024)
+        digest = await server.push_blob("demo/zc", data)
+        document = await simple_image(server, "demo/zc")
+        document["annotations"] = {"pad": "x" * 200_000}  # a response well over the transport's 64 KiB
+        response, _, manifest = await server.push_manifest("demo/zc", "big", document)
+        self.assertEqual(response.code, 201)
+        connections = []
+        build = server.site.buildProtocol
+
+        def recording(addr):
+            protocol = build(addr)
+            connections.append(protocol)
+            return protocol
+
+        self.patch(server.site, "buildProtocol", recording)
+        address = ("127.0.0.1", server.port.getHost().port)
+        client = await threads.deferToThread(socket.create_connection, address, 20)
+        self.addCleanup(client.close)
+        while not connections or connections[0].transport is None:
+            await task.deferLater(reactor, 0.01, lambda: None)
+        # Small kernel buffers both ways, so the unread manifest stays in the transport's own buffer.
+        connections[0].transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        # 20 KiB of pipelined requests, more than the channel buffers before it stops reading, whose answers
+        # stay well under the transport's 64 KiB (a buffer that fills pauses and resumes the channel anew).
+        fillers = 20
+        filler = b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 1000 + b"\r\n\r\n"
+
+        def pipeline():
+            client.sendall(b"GET /v2/demo/zc/manifests/big HTTP/1.1\r\nHost: x\r\n"
+                           b"Accept: application/vnd.oci.image.manifest.v1+json\r\n\r\n"
+                           + f"GET /v2/demo/zc/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+                           + filler * fillers)
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            reader = _Responses(client)
+            answers = [reader.next() for _ in range(2 + fillers)]
+            client.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+            answers.append(reader.next())
+            return answers
+
+        answers = await threads.deferToThread(pipeline)
+        self.assertEqual([status for status, _ in answers], [200] * (3 + fillers))
+        self.assertEqual(answers[0][1], manifest)
+        self.assertEqual(answers[1][1], data)
+        self.assertTrue(self.calls, "the blob went by sendfile")
 
 
 class TransportDetectionTests(TestCase):

@@ -37,8 +37,9 @@ def build_notifications(raw, *, reactor, default_journal: str, source_addr: str,
 
     # The delivery process's commits copy the WAL back into the database; ours only when it grew far (that
     # process down a long time), so that requests do not wait on that copy.
+    # Appends write event rows only; the delivery process (this one's or worker 0's) writes the delivery rows.
     journal = Journal(settings.journal, run_in_thread, wallclock=reactor.seconds,
-                      checkpoint_pages=SERVING_CHECKPOINT_PAGES)
+                      checkpoint_pages=SERVING_CHECKPOINT_PAGES, fan_out=False)
     delivery = None
     if deliver:
         from regd.notifications.process import DeliveryProcess

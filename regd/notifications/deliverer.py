@@ -95,6 +95,7 @@ class Deliverer:
             return
         await self.journal.open()
         self._opened = True
+        self.journal.fan_out_pending()  # what regd journaled while no delivery process ran
         for endpoint in self.endpoints:
             await endpoint.start()
         if self._stopped:

@@ -5,10 +5,12 @@ Feeding the endpoints from the journal, in the delivery process
 
 The request path only appends each event to the durable journal (and the
 request waits for that). The delivery side is fed from the journal, not
-from memory: a wake-up from the serving process after each commit, and a
+from memory: a wake-up from the serving process after its commits, and a
 poll that notices commits by other processes (several workers share one
 journal; one delivery process runs per journal) both read the rows past
-the last sequence number each endpoint has seen. Sequence numbers are
+the last sequence number each endpoint has seen, after writing the
+delivery rows of the events appended since the last read (the serving
+side appends event rows only; see L{regd.notifications.journal}). Sequence numbers are
 assigned under SQLite's write lock, so commit order is sequence order and
 the "after the last one seen" read never skips a row.
 """
@@ -66,6 +68,8 @@ class JournalFeed:
         self._timer = self._clock.callLater(self._interval, self._tick)
 
     def poll(self) -> None:
+        # Events appended since the last poll get their delivery rows first (one transaction for all).
+        self._journal.fan_out_pending()
         for endpoint in self._endpoints:
             if endpoint.stopped:
                 continue

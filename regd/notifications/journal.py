@@ -7,10 +7,21 @@ SIGKILL until every endpoint has it or gave up on it (a dead letter).
 All SQLite work runs through one injected runner (a single dedicated
 thread in the daemon, inline in tests). Writes that arrive while a commit
 is running are committed together in the next transaction.
+
+Where a delivery process reads the journal (the daemon), appends write the
+event row alone, naming its endpoints (fan_out=False): one INSERT statement
+per commit, in autocommit mode, so a commit is one call into SQLite (the
+journal thread takes the interpreter lock once, not once per statement)
+and writes two pages instead of one per endpoint and index. The delivery
+process then writes the delivery rows of every event past the fan-out
+cursor in one transaction of its own (L{Journal.fan_out_pending}), before
+it reads them. Journals written before events named their endpoints have
+the delivery rows already; opening one adds the column and the cursor.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
@@ -23,7 +34,10 @@ CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL,
     created REAL NOT NULL,
-    body TEXT NOT NULL
+    body TEXT NOT NULL,
+    -- JSON list of endpoint names while the delivery rows are not written yet (see fan_out_pending);
+    -- NULL when they were written with the event (and in journals from before this column)
+    targets TEXT
 );
 CREATE TABLE IF NOT EXISTS deliveries (
     endpoint TEXT NOT NULL,
@@ -36,7 +50,15 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_pending ON deliveries(endpoint, dead, seq);
 -- "is any endpoint still owed this event?" without scanning every delivery
 CREATE INDEX IF NOT EXISTS deliveries_seq ON deliveries(seq);
+-- fan_out: every event up to this seq has its delivery rows
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+
+APPEND_ROWS = 1000  # events per INSERT statement (4 bound values each; SQLite allows 32,766)
+
+# The delivery rows of every event past the cursor that names its endpoints, in one statement.
+FAN_OUT = ("INSERT OR IGNORE INTO deliveries (endpoint, seq) SELECT t.value, e.seq FROM events e, "
+           "json_each(e.targets) t WHERE e.seq > ? AND e.targets IS NOT NULL")
 
 
 class JournalClosed(Exception):
@@ -55,8 +77,13 @@ class JournalEntry:
 
 class Journal:
     def __init__(self, path: str, run, wallclock=time.time, checkpoint_pages: int = 1000,
-                 clock=None, marks_delay: float = 0.0):
+                 clock=None, marks_delay: float = 0.0, fan_out: bool = True):
         """
+        C{fan_out}: appends write each endpoint's delivery row with the
+        event (a journal delivered from this process). False: they write the
+        event row only, and the process that delivers writes those rows with
+        L{fan_out_pending} before reading (the daemon's serving side).
+
         C{checkpoint_pages}: the WAL size at which a commit on this connection
         also copies the WAL back into the database (SQLite's default, 1000).
         The serving side raises it when a delivery process shares the
@@ -81,6 +108,8 @@ class Journal:
         self._closed = False
         self._quiet: list[defer.Deferred] = []  # close() waiting for the commit in progress
         self._synchronous = ""
+        self._fan_out = fan_out
+        self._fanned_out = 0  # the fan-out cursor as last read or written on this connection
 
     # -- lifecycle (runner thread) -------------------------------------
 
@@ -94,9 +123,28 @@ class Journal:
         db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None, timeout=30.0)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
+        self._synchronous = "FULL"
         db.execute(f"PRAGMA wal_autocheckpoint={int(self._checkpoint_pages)}")
         db.executescript(SCHEMA)
+        self._upgrade(db)
         self._db = db
+
+    @staticmethod
+    def _upgrade(db: sqlite3.Connection) -> None:
+        """
+        A journal from before events named their endpoints gets the column
+        and the cursor; its queued events keep the delivery rows they have.
+        Under the write lock: worker processes open the file at once.
+        """
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if "targets" not in {row[1] for row in db.execute("PRAGMA table_info(events)")}:
+                db.execute("ALTER TABLE events ADD COLUMN targets TEXT")
+            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('fan_out', 0)")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def close(self) -> defer.Deferred:
         """Commit what is queued, then close; later writes fail with JournalClosed."""
@@ -178,6 +226,8 @@ class Journal:
         if synchronous != self._synchronous:  # each statement costs a GIL round trip; skip the no-ops
             db.execute(f"PRAGMA synchronous={synchronous}")
             self._synchronous = synchronous
+        if not self._fan_out and all(operation == "append" for operation, _ in operations):
+            return self._append_rows(db, now, [args for _, args in operations])
         db.execute("BEGIN IMMEDIATE")
         try:
             for operation, args in operations:
@@ -192,11 +242,61 @@ class Journal:
         """Deferred[int seq], fired once the event is durably on disk."""
         return self._write("append", event_id, body, endpoints)
 
-    @staticmethod
-    def _op_append(db, now, event_id, body, endpoints) -> int:
+    def _op_append(self, db, now, event_id, body, endpoints) -> int:
+        if not self._fan_out:
+            return self._append_rows(db, now, [(event_id, body, endpoints)])[0]
         seq = db.execute("INSERT INTO events (id, created, body) VALUES (?, ?, ?)", (event_id, now, body)).lastrowid
         db.executemany("INSERT INTO deliveries (endpoint, seq) VALUES (?, ?)", [(name, seq) for name in endpoints])
         return seq
+
+    @staticmethod
+    def _append_rows(db, now, appends: list[tuple]) -> list[int]:
+        """
+        Event rows naming their endpoints, APPEND_ROWS to an INSERT
+        statement: outside a transaction each statement is one (all its
+        events are on disk when it returns). Its rows get consecutive
+        sequence numbers, the last of which SQLite reports: the statement
+        holds the write lock throughout.
+        """
+        seqs: list[int] = []
+        for start in range(0, len(appends), APPEND_ROWS):
+            chunk = appends[start:start + APPEND_ROWS]
+            values = [value for event_id, body, endpoints in chunk
+                      for value in (event_id, now, body, json.dumps(list(endpoints)))]
+            last = db.execute("INSERT INTO events (id, created, body, targets) VALUES "
+                              + ", ".join(["(?, ?, ?, ?)"] * len(chunk)), values).lastrowid
+            seqs.extend(range(last - len(chunk) + 1, last + 1))
+        return seqs
+
+    def fan_out_pending(self) -> int:
+        """
+        Synchronous, for the process that delivers: write the delivery rows
+        of every event appended without them, in one transaction (no fsync:
+        lost to a power cut, it is done again from the same event rows), and
+        move the cursor past them. Returns how many events it fanned out.
+        Sequence numbers are taken under the write lock, so no event commits
+        behind the cursor.
+        """
+        db = self._db
+        if db.execute("SELECT 1 FROM events WHERE seq > ? LIMIT 1", (self._fanned_out,)).fetchone() is None:
+            return 0  # the common case, without taking the write lock
+        if self._synchronous != "NORMAL":
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._synchronous = "NORMAL"
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            cursor = db.execute("SELECT value FROM meta WHERE key = 'fan_out'").fetchone()[0]
+            last, count = db.execute("SELECT MAX(seq), COUNT(targets) FROM events WHERE seq > ?",
+                                     (cursor,)).fetchone()
+            if last is not None:
+                db.execute(FAN_OUT, (cursor,))
+                db.execute("UPDATE meta SET value = ? WHERE key = 'fan_out'", (last,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._fanned_out = last or cursor
+        return count
 
     # -- delivery bookkeeping ------------------------------------------
 
@@ -294,6 +394,15 @@ class Journal:
         return self._run(self._counts, endpoint)
 
     def _counts(self, endpoint: str) -> tuple[int, int]:
-        rows = dict(self._db.execute(
-            "SELECT dead, COUNT(*) FROM deliveries WHERE endpoint = ? GROUP BY dead", (endpoint,)).fetchall())
-        return rows.get(0, 0), rows.get(1, 0)
+        db = self._db
+        db.execute("BEGIN")  # one snapshot: an event is counted either before or after its fan-out
+        try:
+            rows = dict(db.execute(
+                "SELECT dead, COUNT(*) FROM deliveries WHERE endpoint = ? GROUP BY dead", (endpoint,)).fetchall())
+            waiting = db.execute(
+                "SELECT COUNT(*) FROM events e, json_each(e.targets) t WHERE e.seq > "
+                "(SELECT value FROM meta WHERE key = 'fan_out') AND e.targets IS NOT NULL AND t.value = ?",
+                (endpoint,)).fetchone()[0]
+        finally:
+            db.execute("COMMIT")
+        return rows.get(0, 0) + waiting, rows.get(1, 0)

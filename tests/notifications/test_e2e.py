@@ -39,11 +39,17 @@ class WebhookRegd(RegdProcess):
         return text + self.notifications
 
     def journal_rows(self) -> list[tuple[str, str, int]]:
-        """(endpoint, event id, dead) for every delivery still owed, read from the journal on disk."""
+        """
+        (endpoint, event id, dead) for every delivery still owed, read from
+        the journal on disk: delivery rows, and the endpoints named by events
+        the delivery process has not yet written rows for.
+        """
         db = sqlite3.connect(str(self.root / "regd" / "notifications.sqlite3"))
         try:
-            return db.execute("SELECT d.endpoint, e.id, d.dead FROM deliveries d JOIN events e ON e.seq = d.seq "
-                              "ORDER BY d.seq").fetchall()
+            return [row[1:] for row in db.execute(
+                "SELECT d.seq, d.endpoint, e.id, d.dead FROM deliveries d JOIN events e ON e.seq = d.seq "
+                "UNION ALL SELECT e.seq, t.value, e.id, 0 FROM events e, json_each(e.targets) t "
+                "WHERE e.seq > (SELECT value FROM meta WHERE key = 'fan_out') ORDER BY 1").fetchall()]
         finally:
             db.close()
 

@@ -202,3 +202,95 @@ class DelayedMarksTests(SynchronousTestCase):
 
     def test_checkpoint_threshold_is_set_on_the_connection(self):
         self.assertEqual(self.journal._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0], 50)
+
+
+class ServingSideJournalTests(SynchronousTestCase):
+    """
+    The daemon's serving side (fan_out=False): appends write event rows
+    only, in one statement per commit; the delivery process writes the
+    delivery rows (fan_out_pending) before it reads them.
+    """
+
+    def setUp(self):
+        self.path = os.path.join(os.path.abspath(self.mktemp()), "journal.sqlite3")
+        self.runner = DeferredRunner()
+        self.journal = Journal(self.path, self.runner, wallclock=lambda: 100.0, fan_out=False)
+        d = self.journal.open()
+        self.runner.run_all()
+        self.successResultOf(d)
+        self.addCleanup(self.journal._close)
+        self.delivering = Journal(self.path, inline_runner)  # the delivery process's connection
+        self.delivering._open()
+        self.addCleanup(self.delivering._close)
+
+    def statements(self) -> list[str]:
+        seen: list[str] = []
+        self.journal._db.set_trace_callback(seen.append)
+        self.addCleanup(self.journal._db.set_trace_callback, None)
+        return seen
+
+    def test_a_commit_of_appends_is_one_statement_and_its_sequence_numbers_are_the_rows(self):
+        first = self.journal.append("e0", "{}", ("a",))
+        later = [self.journal.append(f"e{i}", f'{{"n": {i}}}', ("a", "b")) for i in range(1, 4)]
+        seen = self.statements()
+        self.runner.run_all()
+        self.assertEqual(self.runner.history, [1, 3])
+        self.assertEqual([s.split(" ", 1)[0] for s in seen], ["INSERT", "INSERT"])  # no BEGIN, no COMMIT
+        seqs = [self.successResultOf(d) for d in [first] + later]
+        rows = dict(self.journal._db.execute("SELECT seq, id FROM events"))
+        self.assertEqual([rows[seq] for seq in seqs], ["e0", "e1", "e2", "e3"])
+        self.assertEqual(self.journal._db.execute("SELECT COUNT(*) FROM deliveries").fetchone()[0], 0)
+
+    def test_appends_are_delivered_once_fanned_out_in_order(self):
+        for i in range(3):
+            self.journal.append(f"e{i}", "{}", ("a", "b") if i != 1 else ("b",))
+        self.runner.run_all()
+        # Owed before the delivery rows exist, as /debug/notifications reports it.
+        self.assertEqual(self.successResultOf(self.delivering.counts("b")), (3, 0))
+        self.assertEqual(self.delivering.pending_after("b", 0), [])
+        self.assertEqual(self.delivering.fan_out_pending(), 3)
+        self.assertEqual([e.event_id for e in self.delivering.pending_after("a", 0)], ["e0", "e2"])
+        self.assertEqual([e.event_id for e in self.delivering.pending_after("b", 0)], ["e0", "e1", "e2"])
+        self.assertEqual(self.successResultOf(self.delivering.counts("b")), (3, 0))
+        self.assertEqual(self.delivering.fan_out_pending(), 0)  # done once, never again
+        self.journal.append("e3", "{}", ("a",))
+        self.runner.run_all()
+        self.assertEqual(self.delivering.fan_out_pending(), 1)
+        self.assertEqual([e.event_id for e in self.delivering.pending_after("a", 0)], ["e0", "e2", "e3"])
+
+    def test_nothing_to_fan_out_takes_no_write_lock(self):
+        self.delivering.fan_out_pending()
+        seen: list[str] = []
+        self.delivering._db.set_trace_callback(seen.append)
+        self.addCleanup(self.delivering._db.set_trace_callback, None)
+        self.assertEqual(self.delivering.fan_out_pending(), 0)
+        self.assertFalse([s for s in seen if s.startswith("BEGIN")], seen)
+
+    def test_an_event_leaves_the_journal_once_every_endpoint_has_it(self):
+        self.journal.append("e0", "{}", ("a", "b"))
+        self.runner.run_all()
+        self.delivering.fan_out_pending()
+        [entry] = self.delivering.pending_after("a", 0)
+        self.successResultOf(self.delivering.delivered("a", [entry.seq]))
+        self.successResultOf(self.delivering.delivered("b", [entry.seq]))
+        self.assertEqual(self.delivering._db.execute("SELECT COUNT(*) FROM events").fetchone()[0], 0)
+        self.assertEqual(self.delivering.fan_out_pending(), 0)
+
+    def test_a_journal_of_the_old_format_keeps_its_queued_events_and_dead_letters(self):
+        from tests.notifications.test_delivery import write_old_format_journal
+        path = os.path.join(os.path.abspath(self.mktemp()), "old.sqlite3")
+        os.makedirs(os.path.dirname(path))
+        write_old_format_journal(path, [("o0", "{}", ("a", "b")), ("o1", "{}", ("a",))], dead=("o1",))
+        serving = Journal(path, inline_runner, fan_out=False)
+        self.successResultOf(serving.open())
+        self.addCleanup(serving._close)
+        delivering = Journal(path, inline_runner)
+        self.successResultOf(delivering.open())
+        self.addCleanup(delivering._close)
+        self.successResultOf(serving.append("n0", "{}", ("a",)))
+        self.assertEqual(delivering.fan_out_pending(), 1)
+        self.assertEqual([e.event_id for e in self.successResultOf(delivering.pending("a"))], ["o0", "n0"])
+        self.assertEqual([e.event_id for e in self.successResultOf(delivering.pending("b"))], ["o0"])
+        self.assertEqual([e.event_id for e in self.successResultOf(delivering.dead_letters("a"))], ["o1"])
+        self.assertEqual([e.event_id for e in self.successResultOf(delivering.replay("a"))], ["o1"])
+        self.assertEqual([e.event_id for e in self.successResultOf(delivering.pending("a"))], ["o0", "o1", "n0"])

@@ -6,7 +6,7 @@ watched and stopped by regd (L{regd.notifications.process}).
 It has an interpreter of its own, so the endpoints' loops, their HTTP
 clients, retries and journal bookkeeping never take the interpreter lock
 from the process that serves requests. It reads events only from the
-journal (woken after each commit by regd, and polling for commits of other
+journal (woken by regd after its commits, and polling for commits of other
 worker processes); regd talks to it with AMP over a pipe pair: stdin from
 regd, fd 3 back to it. Its log goes to stdout, which is regd's.
 
@@ -158,6 +158,11 @@ class Deliverer:
         if self._figures.running:
             self._figures.stop()
         if self.feed is not None:
+            if drain:  # events journaled since the last wake-up are drained too
+                try:
+                    self.feed.poll()
+                except Exception:
+                    log.failure("notifications: reading the journal failed")
             self.feed.stop()
         if drain and self._opened:
             await defer.gatherResults([e.drain(self.settings.drain_timeout) for e in self.endpoints])

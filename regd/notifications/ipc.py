@@ -4,7 +4,7 @@ What regd and its delivery process say to each other, as AMP commands over
 a pipe pair (see L{regd.notifications.process} and
 L{regd.notifications.deliverer}). Events never travel here: the journal is
 the only channel for them. These commands carry the settings at start, a
-wake-up after each journal commit, dead letters to send again, figures
+wake-up after journal commits, dead letters to send again, figures
 for /debug/notifications and /metrics, and the request to drain and stop.
 """
 

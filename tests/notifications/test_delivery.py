@@ -9,15 +9,43 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
+import types
 
 from twisted.internet import reactor, task
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from regd.notifications.build import build_notifications
 from regd.notifications.deliverer import lock_path
 from regd.notifications.journal import Journal
 from regd.storage.threads import inline_runner
 from tests.support.receiver import Receiver
+
+# The journal's tables before events named their endpoints: each append wrote one delivery row per endpoint.
+OLD_SCHEMA = """
+CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL, created REAL NOT NULL,
+                     body TEXT NOT NULL);
+CREATE TABLE deliveries (endpoint TEXT NOT NULL, seq INTEGER NOT NULL REFERENCES events(seq),
+                         attempts INTEGER NOT NULL DEFAULT 0, dead INTEGER NOT NULL DEFAULT 0,
+                         last_error TEXT NOT NULL DEFAULT '', PRIMARY KEY (endpoint, seq));
+CREATE INDEX deliveries_pending ON deliveries(endpoint, dead, seq);
+CREATE INDEX deliveries_seq ON deliveries(seq);
+"""
+
+
+def write_old_format_journal(path: str, events, dead: tuple[str, ...] = ()) -> None:
+    """(event id, body, endpoints) as the old journal held them; those named in C{dead} as dead letters."""
+    import sqlite3
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(OLD_SCHEMA)
+        for event_id, body, endpoints in events:
+            seq = db.execute("INSERT INTO events (id, created, body) VALUES (?, 100.0, ?)", (event_id, body)).lastrowid
+            for name in endpoints:
+                db.execute("INSERT INTO deliveries (endpoint, seq, dead, attempts) VALUES (?, ?, ?, ?)",
+                           (name, seq, int(event_id in dead), int(event_id in dead)))
+    finally:
+        db.close()
 
 
 def _event(i: int) -> str:
@@ -60,7 +88,7 @@ class DeliveryProcessTests(TestCase):
 
     def other_process_journal(self):
         """A second connection to the same journal file, as another worker process would hold."""
-        other = Journal(self.path, inline_runner)
+        other = Journal(self.path, inline_runner, fan_out=False)
         other._open()
         self.addCleanup(other._close)
         return other
@@ -93,7 +121,7 @@ class DeliveryProcessTests(TestCase):
         url = receiver.listen(self)
         self.path = os.path.join(os.path.abspath(self.mktemp()), "journal.sqlite3")
         os.makedirs(os.path.dirname(self.path))
-        earlier = Journal(self.path, inline_runner)
+        earlier = Journal(self.path, inline_runner, fan_out=False)  # as regd journals: no delivery rows yet
         earlier._open()
         for i in range(3):
             earlier.append(f"ev{i}", _event(i), ("ci",))
@@ -104,6 +132,34 @@ class DeliveryProcessTests(TestCase):
         self.addCleanup(service.stopService)
         await receiver.wait_for(3)
         self.assertEqual([e["id"] for e in receiver.events()], ["ev0", "ev1", "ev2"])
+
+    async def test_events_queued_in_a_journal_of_the_old_format_are_delivered(self):
+        """A journal written before events named their endpoints (delivery rows written with each event)."""
+        receiver = Receiver()
+        url = receiver.listen(self)
+        self.path = os.path.join(os.path.abspath(self.mktemp()), "journal.sqlite3")
+        os.makedirs(os.path.dirname(self.path))
+        write_old_format_journal(self.path, [(f"ev{i}", _event(i), ("ci",)) for i in range(3)])
+        raw = {"endpoints": [{"name": "ci", "url": url}]}
+        service, _, _ = build_notifications(raw, reactor=reactor, default_journal=self.path, source_addr="x")
+        service.startService()
+        self.addCleanup(service.stopService)
+        await self.wait(lambda: service._opened)
+        await self.journal_and_wake(service, 3)  # a new event, in the new format, behind the old ones
+        await receiver.wait_for(4)
+        self.assertEqual([e["id"] for e in receiver.events()], ["ev0", "ev1", "ev2", "ev3"])
+
+    async def test_a_stop_drains_events_journaled_since_the_last_wake_up(self):
+        receiver = Receiver()
+        self.path = os.path.join(os.path.abspath(self.mktemp()), "journal.sqlite3")
+        raw = {"draintimeout": "5s", "endpoints": [{"name": "ci", "url": receiver.listen(self)}]}
+        service, _, _ = build_notifications(raw, reactor=reactor, default_journal=self.path, source_addr="x",
+                                            log_settings={"level": "warn"})
+        service.startService()
+        await self.wait(lambda: _lock_held(self.path))  # the delivery process is up and reading the journal
+        await service.journal.append("ev0", _event(0), ("ci",))  # no wake-up
+        await service.stopService()
+        self.assertEqual([e["id"] for e in receiver.events()], ["ev0"])
 
     async def test_deliver_false_only_journals(self):
         receiver = Receiver()
@@ -170,3 +226,40 @@ class DeliveryProcessTests(TestCase):
         await child.ended
         self.assertEqual(child.transport.status, 0)
         self.assertFalse(_lock_held(self.path))  # released: a new delivery process may start
+
+
+class WakeUpTests(SynchronousTestCase):
+    """regd's wake-ups to the delivery process: the first at once, then at most one per WAKE_INTERVAL."""
+
+    def setUp(self):
+        from twisted.internet.task import Clock
+        from twisted.internet.testing import StringTransport
+        from twisted.protocols import amp
+
+        from regd.notifications.process import DeliveryProcess
+        self.clock = Clock()
+        self.delivery = DeliveryProcess(self.clock, {}, "unused.sqlite3")
+        self.pipe = StringTransport()
+        protocol = amp.AMP()
+        protocol.makeConnection(self.pipe)
+        self.delivery._child = types.SimpleNamespace(amp=protocol)  # the AMP end of the pipe to the child
+
+    def sent(self) -> int:
+        return self.pipe.value().count(b"Wake")
+
+    def test_commits_within_an_interval_share_one_wake_up(self):
+        from regd.notifications.process import WAKE_INTERVAL
+        self.delivery.wake()
+        self.clock.advance(0)
+        self.assertEqual(self.sent(), 1)  # the first one on the next turn
+        for _ in range(10):
+            self.delivery.wake()
+            self.clock.advance(WAKE_INTERVAL / 20)
+        self.assertEqual(self.sent(), 1)  # later commits wait for the interval to pass...
+        self.clock.advance(WAKE_INTERVAL)
+        self.assertEqual(self.sent(), 2)  # ...and then share one wake-up
+        self.clock.advance(WAKE_INTERVAL * 10)
+        self.assertEqual(self.sent(), 2)  # none without a commit
+        self.delivery.wake()
+        self.clock.advance(0)
+        self.assertEqual(self.sent(), 3)  # after a quiet spell, at once again

@@ -228,9 +228,17 @@ class Journal:
             self._synchronous = synchronous
         if not self._fan_out and all(operation == "append" for operation, _ in operations):
             return self._append_rows(db, now, [args for _, args in operations])
+        # The delivery marks of the batch (one per POST) go in one statement pair, where the first was.
+        marks = [(args[0], seq) for operation, args in operations if operation == "delivered" for seq in args[1]]
         db.execute("BEGIN IMMEDIATE")
         try:
             for operation, args in operations:
+                if operation == "delivered":
+                    if marks:
+                        self._delete_deliveries(db, marks)
+                        marks = []
+                    results.append(None)
+                    continue
                 results.append(getattr(self, f"_op_{operation}")(db, now, *args))
             db.execute("COMMIT")
         except BaseException:
@@ -345,10 +353,11 @@ class Journal:
         return self._write("delivered", endpoint, list(seqs))
 
     @staticmethod
-    def _op_delivered(db, now, endpoint: str, seqs: list[int]) -> None:
-        db.executemany("DELETE FROM deliveries WHERE endpoint = ? AND seq = ?", [(endpoint, s) for s in seqs])
+    def _delete_deliveries(db, marks: list[tuple[str, int]]) -> None:
+        """(endpoint, seq) delivered: the rows go, and each event once no endpoint is owed it."""
+        db.executemany("DELETE FROM deliveries WHERE endpoint = ? AND seq = ?", marks)
         db.executemany("DELETE FROM events WHERE seq = ? AND NOT EXISTS "
-                       "(SELECT 1 FROM deliveries WHERE seq = ?)", [(s, s) for s in seqs])
+                       "(SELECT 1 FROM deliveries WHERE seq = ?)", [(s, s) for s in dict.fromkeys(s for _, s in marks)])
 
     def failed(self, endpoint: str, seqs: list[int], error: str, dead: bool,
                keep_dead: int = 0) -> defer.Deferred:
@@ -369,9 +378,7 @@ class Journal:
         doomed = [row[0] for row in db.execute(
             "SELECT seq FROM deliveries WHERE endpoint = ? AND dead = 1 ORDER BY seq DESC LIMIT -1 OFFSET ?",
             (endpoint, keep_dead)).fetchall()]
-        db.executemany("DELETE FROM deliveries WHERE endpoint = ? AND seq = ?", [(endpoint, s) for s in doomed])
-        db.executemany("DELETE FROM events WHERE seq = ? AND NOT EXISTS (SELECT 1 FROM deliveries WHERE seq = ?)",
-                       [(s, s) for s in doomed])
+        Journal._delete_deliveries(db, [(endpoint, s) for s in doomed])
         pruned = len(doomed)
         return pruned
 

@@ -184,6 +184,18 @@ class DelayedMarksTests(SynchronousTestCase):
         self.successResultOf(second)
         self.assertEqual(self.successResultOf(self.journal.counts("a")), (2, 0))
 
+    def test_marks_of_several_endpoints_in_one_commit_remove_the_events_they_complete(self):
+        seq = self.successResultOf(self.journal.append("both", "{}", ("a", "b")))
+        marks = [self.journal.delivered("a", self.seqs[:2] + [seq]), self.journal.delivered("b", [seq]),
+                 self.journal.delivered("a", self.seqs[2:3])]
+        self.clock.advance(0.1)
+        for mark in marks:
+            self.assertIsNone(self.successResultOf(mark))
+        self.assertEqual([e.seq for e in self.successResultOf(self.journal.pending("a"))], self.seqs[3:])
+        self.assertEqual(self.successResultOf(self.journal.pending("b")), [])
+        remaining = [row[0] for row in self.journal._db.execute("SELECT seq FROM events ORDER BY seq")]
+        self.assertEqual(remaining, self.seqs[3:])
+
     def test_other_writes_commit_at_once_and_take_waiting_marks_along(self):
         mark = self.journal.delivered("a", self.seqs[:1])
         self.successResultOf(self.journal.failed("a", self.seqs[1:2], "refused", dead=True))

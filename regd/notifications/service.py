@@ -181,11 +181,15 @@ class NotificationService(service.Service):
         return len(revived)
 
     async def status(self) -> dict:
+        # The journal first, the delivery process's figures second: a failure is counted there before
+        # its dead letter is written here, so figures read after the counts are never older than they
+        # are (the other order could show a dead letter beside fewer failures than it took).
+        counts = {endpoint.name: await self.journal.counts(endpoint.name) for endpoint in self.endpoints}
         if self._delivery is not None:
             await self._delivery.refresh()
         report = {}
         for endpoint in self.endpoints:
-            pending, dead = await self.journal.counts(endpoint.name)
+            pending, dead = counts[endpoint.name]
             stats = endpoint.stats
             report[endpoint.name] = {
                 "url": redacted_url(endpoint.settings.url), "pending": endpoint.pending,

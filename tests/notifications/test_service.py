@@ -128,6 +128,36 @@ class NullSink:
         pass
 
 
+class SecondFailureRacingARefresh:
+    """
+    A delivery process whose endpoint's second (last) failed attempt lands right after it answered a
+    request for figures: counted in its figures, then written to the journal as a dead letter.
+    """
+
+    def __init__(self, journal):
+        self.journal = journal
+        self.on_figures = None
+        self.failures = 1
+        self.seq = None
+
+    def start(self):
+        pass
+
+    def wake(self):
+        pass
+
+    async def stop(self, timeout):
+        pass
+
+    async def refresh(self):
+        self.on_figures({"endpoint": "ci", "attempts": self.failures, "successes": 0, "failures": self.failures,
+                         "delivered_events": 0, "dead_letters": self.failures // 2, "last_error": "refused",
+                         "pending": 0, "pending_bytes": 0, "oldest_pending_age": 0.0})
+        if self.failures == 1:
+            self.failures = 2
+            await self.journal.failed("ci", [self.seq], "refused", dead=True)
+
+
 class ServiceUnitTests(SynchronousTestCase):
     def settings(self, url="http://user:pw@hooks.example:8080/in?token=t0p"):
         settings, _ = parse_notifications({"endpoints": [{"name": "ci", "url": url}]}, "/nonexistent/j.sqlite3")
@@ -155,3 +185,20 @@ class ServiceUnitTests(SynchronousTestCase):
         status = self.successResultOf(defer.ensureDeferred(service.status()))
         self.assertEqual(status["ci"]["url"], "http://hooks.example:8080/in")
         self.assertNotIn("pw", json.dumps(status))
+
+    def test_status_never_shows_a_dead_letter_beside_fewer_failures_than_it_took(self):
+        journal = Journal(os.path.join(os.path.abspath(self.mktemp()), "j.sqlite3"), inline_runner)
+        settings, _ = parse_notifications({"endpoints": [{"name": "ci", "url": "http://hooks.example/in",
+                                                          "maxretries": 2}]}, "/nonexistent/j.sqlite3")
+        delivery = SecondFailureRacingARefresh(journal)
+        service = NotificationService(settings, journal, lambda s: NullSink(), task.Clock(), delivery=delivery)
+        service.startService()
+        self.addCleanup(lambda: self.successResultOf(defer.ensureDeferred(service.stopService())))
+        seq = self.successResultOf(journal.append("ev1", json.dumps({"id": "ev1"}), ("ci",)))
+        self.successResultOf(journal.failed("ci", [seq], "refused", dead=False))  # the first attempt
+        delivery.seq = seq
+        first = self.successResultOf(defer.ensureDeferred(service.status()))["ci"]
+        # maxretries 2: each dead letter shown took two failures, whenever the second one lands.
+        self.assertGreaterEqual(first["failures"], 2 * first["dead_letters"])
+        second = self.successResultOf(defer.ensureDeferred(service.status()))["ci"]
+        self.assertEqual((second["failures"], second["dead_letters"]), (2, 1))

@@ -143,11 +143,13 @@ def test_failures_retry_then_dead_letters_replay_through_the_debug_address(parts
     deadline = time.monotonic() + 20
     while True:
         status = json.loads(urllib.request.urlopen(admin, timeout=5).read())["endpoints"]["ci"]
-        if status["dead_letters"] == 1:
+        # Dead letters are counted in the journal, the queue by the delivery process: it may
+        # still hold the event for a moment after the journal made it a dead letter.
+        if status["dead_letters"] == 1 and status["pending"] == 0:
             break
         assert time.monotonic() < deadline, status
         time.sleep(0.05)
-    assert status["failures"] == 2 and status["pending"] == 0 and "refused" in status["last_error"].lower()
+    assert status["failures"] == 2 and "refused" in status["last_error"].lower()
     dead = json.loads(urllib.request.urlopen(f"{admin}/ci/deadletters", timeout=5).read())["deadletters"]
     assert [d["event"]["target"]["digest"] for d in dead] == [digest]
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{debug_port}/metrics", timeout=5).read().decode()

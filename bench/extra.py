@@ -18,7 +18,10 @@ import subprocess
 import tempfile
 import threading
 import time
+import zlib
 
+import pulls
+from servers import Measure
 from workloads import MIB, REPO, Payload, location, with_digest
 
 # -- TLS ---------------------------------------------------------------------
@@ -131,7 +134,14 @@ def disk_rate(payload: Payload, directory: str) -> float:
 
 
 def make_oci_layout(directory: str, layers: int, layer_size: int) -> str:
-    """An OCI image layout with C{layers} random layers; returns 'oci:DIR:bench'."""
+    """
+    An OCI image layout with C{layers} gzip layers of fresh random bytes (C{layer_size} each, stored
+    deflate blocks) and a config naming their uncompressed digests; returns 'oci:DIR:bench'.
+
+    The layers are compressed, as in any image a user pushes: skopeo copies them as they are. With
+    plain tar layers it would gzip each one on the way to a registry, and its own compression, not the
+    server, would set the push rate.
+    """
     blobs = os.path.join(directory, "blobs", "sha256")
     os.makedirs(blobs)
 
@@ -141,21 +151,26 @@ def make_oci_layout(directory: str, layers: int, layer_size: int) -> str:
             f.write(data)
         return {"digest": f"sha256:{digest}", "size": len(data)}
 
-    seed = os.urandom(MIB)
-    descriptors = []
-    for i in range(layers):
-        h = hashlib.sha256()
+    descriptors, diff_ids = [], []
+    for _ in range(layers):
+        compressed, uncompressed = hashlib.sha256(), hashlib.sha256()
+        gzip = zlib.compressobj(0, zlib.DEFLATED, 31)  # level 0: stored blocks; 31: gzip framing
+        size = 0
         tmp = os.path.join(blobs, "tmp")
         with open(tmp, "wb") as f:
-            for block in range(layer_size // MIB):
-                chunk = i.to_bytes(4, "little") + block.to_bytes(4, "little") + seed[8:]
-                f.write(chunk)
-                h.update(chunk)
-        os.rename(tmp, os.path.join(blobs, h.hexdigest()))
-        descriptors.append({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": f"sha256:{h.hexdigest()}",
-                            "size": layer_size // MIB * MIB})
+            for last in range(layer_size // MIB, 0, -1):
+                block = os.urandom(MIB)
+                uncompressed.update(block)
+                piece = gzip.compress(block) + (gzip.flush() if last == 1 else b"")
+                f.write(piece)
+                compressed.update(piece)
+                size += len(piece)
+        os.rename(tmp, os.path.join(blobs, compressed.hexdigest()))
+        descriptors.append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                            "digest": f"sha256:{compressed.hexdigest()}", "size": size})
+        diff_ids.append(f"sha256:{uncompressed.hexdigest()}")
     config = put(json.dumps({"architecture": "amd64", "os": "linux",
-                             "rootfs": {"type": "layers", "diff_ids": [d["digest"] for d in descriptors]}}).encode())
+                             "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode())
     manifest = put(json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
                                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
                                "layers": descriptors}).encode())
@@ -176,17 +191,49 @@ def skopeo(*args: str) -> float:
     return time.perf_counter() - t0
 
 
-def skopeo_push(port: int, layout: str) -> float:
-    return skopeo("copy", "--quiet", "--dest-tls-verify=false", layout, f"docker://127.0.0.1:{port}/skopeo/img:bench")
+def skopeo_push(port: int, layout: str, repository: str) -> float:
+    return skopeo("copy", "--quiet", "--dest-tls-verify=false", layout,
+                  f"docker://127.0.0.1:{port}/{repository}:bench")
 
 
-def skopeo_pull(port: int, scratch: str) -> float:
+def skopeo_pull(port: int, scratch: str, repository: str) -> float:
     out = tempfile.mkdtemp(dir=scratch)
     try:
-        return skopeo("copy", "--quiet", "--src-tls-verify=false", f"docker://127.0.0.1:{port}/skopeo/img:bench",
+        return skopeo("copy", "--quiet", "--src-tls-verify=false", f"docker://127.0.0.1:{port}/{repository}:bench",
                       f"oci:{out}:bench")
     finally:
         shutil.rmtree(out, ignore_errors=True)
+
+
+def skopeo_rounds(servers: dict, count: int, scratch: str, image_mib: int, log) -> dict[str, dict]:
+    """
+    The skopeo rows, with both servers up: C{count} rounds, each with a fresh 5-layer image (so no
+    layer is on a server before its push) pushed to every server, then pulled from every server, the
+    order of the servers alternating from round to round and every copy starting on a settled disk
+    (bench/pulls.py). Returns {kind: {"skopeo_push": entry, "skopeo_pull": entry}}.
+    """
+    kinds = list(servers)
+    samples = {kind: {"skopeo_push": [], "skopeo_pull": []} for kind in kinds}
+    for number in range(count):
+        layout_dir = tempfile.mkdtemp(dir=scratch)
+        try:
+            layout = make_oci_layout(os.path.join(layout_dir, "layout"), 5, image_mib * MIB // 5)
+            repository = f"skopeo/round{number}"
+            order = kinds if number % 2 == 0 else kinds[::-1]
+            for key, copy in (("skopeo_push", lambda port: skopeo_push(port, layout, repository)),
+                              ("skopeo_pull", lambda port: skopeo_pull(port, scratch, repository))):
+                for kind in order:
+                    server = servers[kind]
+                    waited = pulls.settle()
+                    with Measure(server) as m:
+                        seconds = copy(server.port)
+                    samples[kind][key].append((image_mib / seconds, m))
+                    log(f"[{kind}] {key} round {number + 1}/{count}: {image_mib / seconds:.1f} MiB/s (server cpu "
+                        f"{m.cpu:.2f} s, client cpu {m.client_cpu:.2f} s; settled in {waited:.1f} s)")
+        finally:
+            shutil.rmtree(layout_dir, ignore_errors=True)
+    return {kind: {key: pulls.summary(taken, key, kind, log) for key, taken in rows.items()}
+            for kind, rows in samples.items()}
 
 
 # -- 50 concurrent pushes ------------------------------------------------------

@@ -91,19 +91,21 @@ def rounds(servers: dict[str, Server], digest: str, count: int, pull, amount_mib
             samples[kind].append((amount_mib / seconds, m))
             log(f"[{kind}] {label} round {number + 1}/{count}: {amount_mib / seconds:.1f} MiB/s (server cpu "
                 f"{m.cpu:.2f} s, client cpu {m.client_cpu:.2f} s; settled in {waited:.1f} s)")
-    results = {}
-    for kind, taken in samples.items():
-        values = [value for value, _ in taken]
-        median = statistics.median(values)
-        results[kind] = {
-            "value": median, "unit": "MiB/s", "rounds": count,
-            "min": min(values), "max": max(values), "spread": (max(values) - min(values)) / median,
-            "samples": values,
-            "seconds": amount_mib / median,
-            "server_cpu_s": statistics.median(m.cpu for _, m in taken),
-            "client_cpu_s": statistics.median(m.client_cpu for _, m in taken),
-            "peak_rss_mib": max(m.peak_mib for _, m in taken),
-        }
-        log(f"[{kind}] {label}: median {median:.1f} MiB/s over {count} rounds (min {min(values):.1f}, "
-            f"max {max(values):.1f}, spread {results[kind]['spread'] * 100:.0f} %)")
-    return results
+    return {kind: summary(taken, label, kind, log) for kind, taken in samples.items()}
+
+
+def summary(taken: list[tuple[float, Measure]], label: str, kind: str, log) -> dict:
+    """One row's entry from its rounds' (MiB/s, Measure) samples: the median as "value", and the spread."""
+    values = [value for value, _ in taken]
+    median = statistics.median(values)
+    entry = {
+        "value": median, "unit": "MiB/s", "rounds": len(values),
+        "min": min(values), "max": max(values), "spread": (max(values) - min(values)) / median,
+        "samples": values,
+        "server_cpu_s": statistics.median(m.cpu for _, m in taken),
+        "client_cpu_s": statistics.median(m.client_cpu for _, m in taken),
+        "peak_rss_mib": max(m.peak_mib for _, m in taken),
+    }
+    log(f"[{kind}] {label}: median {median:.1f} MiB/s over {len(values)} rounds (min {min(values):.1f}, "
+        f"max {max(values):.1f}, spread {entry['spread'] * 100:.0f} %)")
+    return entry

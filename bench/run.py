@@ -84,6 +84,11 @@ def parse_args(argv=None):
                    help="only the pull rows, plain and TLS, both servers (with the TLS push, ~2 min)")
     p.add_argument("--pull-rounds", type=int,
                    help="alternating rounds per pull row, median reported (default 5, or 3 with --quick)")
+    p.add_argument("--skopeo-rounds", type=int,
+                   help="alternating rounds of the skopeo rows, a fresh image each, median reported (default 3, "
+                        "or 1 with --quick)")
+    p.add_argument("--skopeo-only", action="store_true",
+                   help="only the skopeo rows (both servers up, alternating rounds)")
     p.add_argument("--json", metavar="FILE", help="also write results as JSON")
     p.add_argument("--s3", action="store_true",
                    help="both servers on S3 (one moto server started here, a bucket each; redirects off so "
@@ -103,10 +108,14 @@ def parse_args(argv=None):
     a = p.parse_args(argv)
     if a.tls_only or a.pull_only:
         a.skip = sorted(set(a.skip) - {"tls"} | {"skopeo", "webhooks", "profile", "concurrent"})
+    if a.skopeo_only:
+        a.skip = sorted(set(a.skip) - {"skopeo"} | {"tls", "webhooks", "profile", "concurrent", "pull", "requests",
+                                                    "small"})
     if a.small_only:
         a.skip = sorted(set(a.skip) - {"small"} | {"tls", "skopeo", "webhooks", "profile", "concurrent", "pull",
                                                    "requests"})
     a.pull_rounds = a.pull_rounds or (3 if a.quick else 5)
+    a.skopeo_rounds = a.skopeo_rounds or (1 if a.quick else 3)
     a.size_mib = a.size_mib or (64 if a.quick else 1024)
     a.chunk_mib = a.chunk_mib or (16 if a.quick else 64)
     a.duration = a.duration or (2.0 if a.quick else 5.0)
@@ -124,15 +133,14 @@ class Shared:
     """Inputs made once per run and used for both servers."""
 
     def __init__(self, args, tmp: str):
-        self.payload = None if args.small_only else w.make_payload(os.path.join(tmp, "payload.bin"),
-                                                                   args.size_mib * MIB)
+        self.payload = None
+        if not (args.small_only or args.skopeo_only):
+            self.payload = w.make_payload(os.path.join(tmp, "payload.bin"), args.size_mib * MIB)
         self.tmp = tmp
         self.cert = self.key = None
         if "tls" not in args.skip:
             self.cert, self.key = x.make_certificate(tmp)
-        self.layout = None
-        if "skopeo" not in args.skip and shutil.which("skopeo"):
-            self.layout = x.make_oci_layout(os.path.join(tmp, "layout"), 5, args.image_mib * MIB // 5)
+        self.skopeo = "skopeo" not in args.skip and shutil.which("skopeo") is not None
         self.parts = []
         if "concurrent" not in args.skip:
             self.parts = x.slices(self.payload, args.parallel, args.part_mib * MIB)
@@ -201,9 +209,6 @@ def bench_server(kind: str, args, shared: Shared, moto=None) -> dict:
             if "small_blobs" in res and "error" not in res["small_blobs"]:
                 run(server, "small_pulls", lambda: w.small_pulls(port, blobs, args.small_workers),
                     unit="blobs/s", amount=args.small_count)
-        if shared.layout:
-            run(server, "skopeo_push", lambda: x.skopeo_push(port, shared.layout), amount=args.image_mib)
-            run(server, "skopeo_pull", lambda: x.skopeo_pull(port, shared.tmp), amount=args.image_mib)
         if shared.parts:
             run(server, "concurrent", lambda: x.concurrent_pushes(port, payload, shared.parts, args.part_mib * MIB),
                 amount=args.parallel * args.part_mib)
@@ -218,11 +223,11 @@ def bench_server(kind: str, args, shared: Shared, moto=None) -> dict:
 
 def bench_pair(kinds: list[str], args, shared: Shared, results: dict, tls: bool, moto=None) -> None:
     """
-    The pull rows (and, with TLS, the TLS push): both servers up at once, the blob pushed to each, then
-    alternating pull rounds (bench/pulls.py). Figures go into results[kind].
+    The pull rows (and, with TLS, the TLS push; without, the skopeo rows): both servers up at once, the
+    blob pushed to each, then alternating pull rounds (bench/pulls.py). Figures go into results[kind].
     """
     payload = shared.payload
-    mib = payload.size / MIB
+    mib = payload.size / MIB if payload is not None else 0.0
     mode = "TLS" if tls else "plain HTTP"
     servers = {}
     try:
@@ -242,7 +247,7 @@ def bench_pair(kinds: list[str], args, shared: Shared, results: dict, tls: bool,
                                        "server_cpu_s": m.cpu, "client_cpu_s": m.client_cpu, "seconds": secs}
                     log(f"[{kind}] tls_push: {mib / secs:.1f} MiB/s  (server peak RSS {m.peak_mib:.1f} MiB, "
                         f"server cpu {m.cpu:.2f} s, client cpu {m.client_cpu:.2f} s)")
-                else:
+                elif "pull" not in args.skip:
                     w.push_monolithic(server.port, payload)
             except Exception as e:
                 res["tls_pull" if tls else "pull"] = {"error": f"pushing the blob: {e}"}
@@ -250,9 +255,11 @@ def bench_pair(kinds: list[str], args, shared: Shared, results: dict, tls: bool,
                     res["tls_push"] = {"error": str(e)}
                 log(f"[{kind}] push before the pulls FAILED: {e}")
                 servers.pop(kind).stop()
-        if "pull" in args.skip or not servers:
+        if not servers:
             return
-        if tls:
+        if "pull" in args.skip:
+            rows = []
+        elif tls:
             rows = [("tls_pull", "TLS pull", lambda port: x.tls_pull(port, payload))]
         else:
             rows = [("pull", "pull", lambda port: w.pull(port, payload, verify=False)),
@@ -266,6 +273,15 @@ def bench_pair(kinds: list[str], args, shared: Shared, results: dict, tls: bool,
                 for kind in servers:
                     results[kind][key] = {"error": str(e)}
                 log(f"{label} FAILED: {e}")
+        if shared.skopeo and not tls:
+            try:
+                for kind, entries in x.skopeo_rounds(servers, args.skopeo_rounds, shared.tmp, args.image_mib,
+                                                     log).items():
+                    results[kind].update(entries)
+            except Exception as e:
+                for kind in servers:
+                    results[kind]["skopeo_push"] = results[kind]["skopeo_pull"] = {"error": str(e)}
+                log(f"skopeo FAILED: {e}")
     finally:
         for server in servers.values():
             server.stop()
@@ -536,13 +552,13 @@ def main(argv=None) -> int:
         shared = Shared(args, tmp)
         if shared.payload is not None:
             log(f"inputs: {args.size_mib} MiB payload {shared.payload.digest} ({time.perf_counter() - t0:.1f} s)")
-        if not (args.tls_only or args.pull_only) and shared.payload is not None:
+        if not (args.tls_only or args.pull_only or args.skopeo_only) and shared.payload is not None:
             seconds = x.disk_rate(shared.payload, tempfile.gettempdir())
             results["disk"] = {"value": args.size_mib / seconds, "unit": "MiB/s"}
             log(f"disk: {args.size_mib} MiB written and fsynced in {seconds:.2f} s "
                 f"({args.size_mib / seconds:.0f} MiB/s)")
         for kind in kinds:
-            if args.tls_only or args.pull_only:
+            if args.tls_only or args.pull_only or args.skopeo_only:
                 break
             try:
                 results[kind] = bench_server(kind, args, shared, moto)
@@ -552,7 +568,8 @@ def main(argv=None) -> int:
                 traceback.print_exc()
                 results[kind] = {"error": str(e)}
         for tls in (False, True):
-            if (tls and not shared.cert) or (not tls and ("pull" in args.skip or args.tls_only)):
+            if (tls and not shared.cert) or (not tls and (("pull" in args.skip and not shared.skopeo)
+                                                           or args.tls_only)):
                 continue
             try:
                 bench_pair(kinds, args, shared, results, tls, moto)

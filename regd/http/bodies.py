@@ -20,7 +20,7 @@ from twisted.web.resource import Resource
 from zope.interface import implementer
 from twisted.web.server import NOT_DONE_YET
 
-from regd.http.zerocopy import SendfileProducer, bulk_tls_writes, plain_tcp_transport, tls_layer
+from regd.http.zerocopy import SendfileProducer, bulk_writes, plain_tcp_transport, tls_layer
 
 
 class StreamingBody(Resource):
@@ -39,7 +39,7 @@ class StreamingBody(Resource):
         request.notifyFinish().addErrback(gone.append)
         d = self._send_file(request) if self.zero_copy else None
         if d is None:
-            bulk_tls_writes(request)
+            bulk_writes(request)
             d = self._blob.stream_to(_Pump(request), self._offset, self._length)
         else:
             d.addBoth(self._closed)

@@ -209,8 +209,8 @@ def bulk_writes(request) -> None:
     bodies) go out in as few calls as the socket allows. On plain TCP,
     Twisted sends at most 128 KiB per writable event: a 1 GiB blob read
     from S3 took 8,200 send(2) calls, each a trip through the reactor, and
-    that was most of regd's CPU for the pull. The socket takes what its
-    buffer has room for either way; only this connection changes.
+    they cost about a quarter of regd's CPU for the pull. The socket takes
+    what its buffer has room for either way; only this connection changes.
     """
     transport = plain_tcp_transport(request)
     if transport is not None:

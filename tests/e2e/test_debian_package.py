@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -51,7 +52,9 @@ def package(tmp_path_factory):
 
 
 def test_lintian_reports_no_errors(package):
-    result = subprocess.run(["lintian", str(package)], capture_output=True, text=True, timeout=600)
+    # lintian leaves files in its TMPDIR: the session's scratch directory (tests/conftest.py) takes them.
+    result = subprocess.run(["lintian", str(package)], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "TMPDIR": tempfile.gettempdir()})
     errors = [line for line in result.stdout.splitlines() if line.startswith("E:")]
     assert errors == [], "\n".join(errors)
 

@@ -21,7 +21,6 @@ import time
 import zlib
 
 import pulls
-from servers import Measure
 from workloads import MIB, REPO, Payload, location, with_digest
 
 # -- TLS ---------------------------------------------------------------------
@@ -223,13 +222,8 @@ def skopeo_rounds(servers: dict, count: int, scratch: str, image_mib: int, log) 
             for key, copy in (("skopeo_push", lambda port: skopeo_push(port, layout, repository)),
                               ("skopeo_pull", lambda port: skopeo_pull(port, scratch, repository))):
                 for kind in order:
-                    server = servers[kind]
-                    waited = pulls.settle()
-                    with Measure(server) as m:
-                        seconds = copy(server.port)
-                    samples[kind][key].append((image_mib / seconds, m))
-                    log(f"[{kind}] {key} round {number + 1}/{count}: {image_mib / seconds:.1f} MiB/s (server cpu "
-                        f"{m.cpu:.2f} s, client cpu {m.client_cpu:.2f} s; settled in {waited:.1f} s)")
+                    samples[kind][key].append(pulls.sample(servers[kind], kind, f"{key} round {number + 1}/{count}",
+                                                           image_mib, copy, log))
         finally:
             shutil.rmtree(layout_dir, ignore_errors=True)
     return {kind: {key: pulls.summary(taken, key, kind, log) for key, taken in rows.items()}

@@ -83,15 +83,24 @@ def rounds(servers: dict[str, Server], digest: str, count: int, pull, amount_mib
     for number in range(count):
         order = kinds if number % 2 == 0 else kinds[::-1]
         for kind in order:
-            server = servers[kind]
-            waited = settle()
-            warm(files[kind])
-            with Measure(server) as m:
-                seconds = pull(server.port)
-            samples[kind].append((amount_mib / seconds, m))
-            log(f"[{kind}] {label} round {number + 1}/{count}: {amount_mib / seconds:.1f} MiB/s (server cpu "
-                f"{m.cpu:.2f} s, client cpu {m.client_cpu:.2f} s; settled in {waited:.1f} s)")
+            samples[kind].append(sample(servers[kind], kind, f"{label} round {number + 1}/{count}", amount_mib,
+                                        pull, log, before=lambda: warm(files[kind])))
     return {kind: summary(taken, label, kind, log) for kind, taken in samples.items()}
+
+
+def sample(server: Server, kind: str, label: str, amount_mib: float, copy, log, before=None) -> tuple[float, Measure]:
+    """
+    One timed C{copy(port)} (seconds) of C{amount_mib} on a settled disk (C{before}() between the
+    settling and the timing): (MiB/s, Measure), and a progress line.
+    """
+    waited = settle()
+    if before is not None:
+        before()
+    with Measure(server) as m:
+        seconds = copy(server.port)
+    log(f"[{kind}] {label}: {amount_mib / seconds:.1f} MiB/s (server cpu {m.cpu:.2f} s, client cpu "
+        f"{m.client_cpu:.2f} s; settled in {waited:.1f} s)")
+    return amount_mib / seconds, m
 
 
 def summary(taken: list[tuple[float, Measure]], label: str, kind: str, log) -> dict:

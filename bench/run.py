@@ -86,7 +86,7 @@ def parse_args(argv=None):
     p.add_argument("--pull-rounds", type=int,
                    help="alternating rounds per pull row, median reported (default 5, or 3 with --quick)")
     p.add_argument("--skopeo-rounds", type=int,
-                   help="alternating rounds of the skopeo rows, a fresh image each, median reported (default 3, "
+                   help="alternating rounds of the skopeo rows, a fresh image each, median reported (default 5, "
                         "or 1 with --quick)")
     p.add_argument("--skopeo-only", action="store_true",
                    help="only the skopeo rows (both servers up, alternating rounds)")
@@ -118,7 +118,7 @@ def parse_args(argv=None):
         a.skip = sorted(set(a.skip) - {"small"} | {"tls", "skopeo", "webhooks", "profile", "concurrent", "pull",
                                                    "requests"})
     a.pull_rounds = a.pull_rounds or (3 if a.quick else 5)
-    a.skopeo_rounds = a.skopeo_rounds or (1 if a.quick else 3)
+    a.skopeo_rounds = a.skopeo_rounds or (1 if a.quick else 5)
     a.size_mib = a.size_mib or (64 if a.quick else 1024)
     a.chunk_mib = a.chunk_mib or (16 if a.quick else 64)
     a.duration = a.duration or (2.0 if a.quick else 5.0)

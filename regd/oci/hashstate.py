@@ -59,14 +59,17 @@ def running_hasher(algorithm: str = CANONICAL):
     return hashlib.new(algorithm)
 
 
-def encode_state(offset: int, hasher: ResumableSha256) -> bytes:
-    return b"%d:" % offset + hasher.state().hex().encode("ascii")
+def encode_state(offset: int, hasher: ResumableSha256, writer: str = "") -> bytes:
+    """C{writer}: the boot of the kernel that wrote the state (see UploadService._stored_hasher)."""
+    raw = b"%d:" % offset + hasher.state().hex().encode("ascii")
+    return raw + b":" + writer.encode("ascii") if writer else raw
 
 
-def decode_state(raw: bytes) -> tuple[int, ResumableSha256] | None:
-    """(offset, hasher) from a stored state, or None when it is unreadable."""
+def decode_state(raw: bytes) -> tuple[int, ResumableSha256, str] | None:
+    """(offset, hasher, writer) from a stored state ('' for a state that names none), or None when unreadable."""
     try:
-        offset, _, state = raw.partition(b":")
-        return int(offset), ResumableSha256.restore(bytes.fromhex(state.decode("ascii")))
+        offset, _, rest = raw.partition(b":")
+        state, _, writer = rest.partition(b":")
+        return int(offset), ResumableSha256.restore(bytes.fromhex(state.decode("ascii"))), writer.decode("ascii")
     except (ValueError, UnicodeDecodeError):
         return None

@@ -83,6 +83,15 @@ def is_upload_id(text: str) -> bool:
         return False
 
 
+def this_boot() -> str:
+    """The kernel's id of this boot of the machine; '' where it does not say."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            return f.read().strip()
+    except (OSError, ValueError):
+        return ""
+
+
 class UploadService:
     def __init__(self, driver, blobs: BlobService, listeners: ListenerSet, clock):
         self._driver = driver
@@ -91,6 +100,7 @@ class UploadService:
         self._clock = clock
         self._sessions: dict[tuple[str, str], _Session] = {}
         self.max_sessions = 4096
+        self.boot = this_boot()  # written into saved hash states (see _stored_hasher)
 
     def new_spool(self, ends: FinalBody | None = None):
         """
@@ -226,19 +236,39 @@ class UploadService:
             session.hasher = await self._stored_hasher(name, upload_id, size)
 
     async def _stored_hasher(self, name: str, upload_id: str, size: int):
-        """The running hash saved by whoever appended last, if it covers exactly C{size} bytes."""
+        """
+        The running hash saved by whoever appended last, if it covers exactly
+        C{size} bytes and its chunks' bytes cannot have been lost since.
+
+        On the filesystem a chunk is not fsynced when its PATCH is answered
+        (the blob is, once, when it is published), but the state is. After
+        the machine went down, the upload's file may have the length the
+        state names with other bytes in it, and a state trusted then would
+        publish them under the client's digest. So where appends are not
+        durable when made, only a state written during this boot of the
+        kernel (whose page cache still holds those bytes, even if the
+        process that wrote them was killed) is used; any other means hashing
+        the stored bytes again. Drivers whose appends are durable when they
+        return (S3: each part is stored when acknowledged) set
+        C{durable_appends} and any instance's state is used.
+        """
         try:
             saved = decode_state(await self._driver.get_content(paths.upload_hash_state(name, upload_id)))
         except PathNotFound:
             return None
         if saved is None or saved[0] != size:
             return None  # a crash between append and save: re-hash from storage when needed
-        return saved[1]
+        _, hasher, boot = saved
+        if not getattr(self._driver, "durable_appends", False) and self.boot and boot != self.boot:
+            log.info("upload {upload_id}: its hash state is from another boot; re-hashing the stored bytes",
+                     upload_id=upload_id)
+            return None
+        return hasher
 
     async def _save_hasher(self, name: str, upload_id: str, session: _Session) -> None:
         if isinstance(session.hasher, ResumableSha256):
             await self._driver.put_content(paths.upload_hash_state(name, upload_id),
-                                           encode_state(session.size, session.hasher))
+                                           encode_state(session.size, session.hasher, self.boot))
 
     async def status(self, name: str, upload_id: str) -> int:
         """Bytes received so far."""

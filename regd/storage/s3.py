@@ -102,6 +102,9 @@ class S3Driver:
     """
 
     list_page = 1000
+    # What an append wrote is stored when it returns (no page cache to lose): any instance's
+    # saved running hash of an upload can be trusted (see UploadService._stored_hasher).
+    durable_appends = True
 
     def __init__(self, settings, reactor, client: S3Client | None = None, credentials=None,
                  min_part: int = MIN_PART):

@@ -112,6 +112,44 @@ class UploadTests(SynchronousTestCase):
             info = run(self, b.uploads.commit("demo", upload_id, Digest.of(data), None, CTX))
             self.assertEqual(info.size, len(data))
 
+    def continued_after_a_reboot(self, durable_appends: bool, lost: bool):
+        """
+        An upload's first chunk and its saved hash state, then "a reboot"
+        (the state names an earlier boot), where C{lost} says the chunk's
+        bytes did not survive it (zeros of the same length, as a filesystem
+        may show unsynced bytes after a crash). Commits the rest with the
+        client's digest: (the commit's Deferred, the data, re-hashes made).
+        """
+        data = os.urandom(30_000)
+        a = self.registry
+        a.uploads.boot = "boot-before"
+        upload_id = run(self, a.uploads.start("demo"))
+        run(self, a.uploads.append("demo", upload_id, self.spool(a, data[:10_000]), 0, 9_999))
+        if lost:
+            with open(self.data_file(upload_id), "r+b") as f:
+                f.write(bytes(10_000))
+        b = self.make_registry()
+        b.uploads.boot = "boot-after"
+        b.driver.durable_appends = durable_appends
+        rehashed = []
+        original = b.driver.digest_file
+        b.driver.digest_file = lambda *args: rehashed.append(args) or original(*args)
+        run(self, b.uploads.append("demo", upload_id, self.spool(b, data[10_000:]), 10_000, 29_999))
+        return defer.ensureDeferred(b.uploads.commit("demo", upload_id, Digest.of(data), None, CTX)), data, rehashed
+
+    def test_after_a_reboot_a_saved_hash_state_is_not_trusted(self):
+        """Bytes lost with the machine are found by hashing the stored file again, never published."""
+        committed, data, rehashed = self.continued_after_a_reboot(durable_appends=False, lost=True)
+        self.failureResultOf(committed, DigestInvalid)
+        self.assertNotEqual(rehashed, [])
+        self.assertFalse(os.path.exists(os.path.join(self.root, paths.blob_data(Digest.of(data)))))
+
+    def test_where_appends_are_durable_another_boots_state_is_used(self):
+        """S3's parts are stored when acknowledged: another instance's state spares reading the upload back."""
+        committed, data, rehashed = self.continued_after_a_reboot(durable_appends=True, lost=False)
+        self.assertEqual(self.successResultOf(committed).size, len(data))
+        self.assertEqual(rehashed, [])
+
     def sink(self, registry, upload_id, data: bytes, start):
         sink = registry.upload_sink("demo", upload_id, start)
         self.assertIsNotNone(sink)

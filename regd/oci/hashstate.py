@@ -59,17 +59,17 @@ def running_hasher(algorithm: str = CANONICAL):
     return hashlib.new(algorithm)
 
 
-def encode_state(offset: int, hasher: ResumableSha256, writer: str = "") -> bytes:
-    """C{writer}: the boot of the kernel that wrote the state (see UploadService._stored_hasher)."""
+def encode_state(offset: int, hasher: ResumableSha256, boot: str = "") -> bytes:
+    """C{boot}: the kernel boot the state is written in (see UploadService._stored_hasher)."""
     raw = b"%d:" % offset + hasher.state().hex().encode("ascii")
-    return raw + b":" + writer.encode("ascii") if writer else raw
+    return raw + b":" + boot.encode("ascii") if boot else raw
 
 
 def decode_state(raw: bytes) -> tuple[int, ResumableSha256, str] | None:
-    """(offset, hasher, writer) from a stored state ('' for a state that names none), or None when unreadable."""
+    """(offset, hasher, boot) from a stored state ('' for a state that names none), or None when unreadable."""
     try:
         offset, _, rest = raw.partition(b":")
-        state, _, writer = rest.partition(b":")
-        return int(offset), ResumableSha256.restore(bytes.fromhex(state.decode("ascii"))), writer.decode("ascii")
+        state, _, boot = rest.partition(b":")
+        return int(offset), ResumableSha256.restore(bytes.fromhex(state.decode("ascii"))), boot.decode("ascii")
     except (ValueError, UnicodeDecodeError):
         return None

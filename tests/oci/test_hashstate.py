@@ -15,8 +15,8 @@ class ResumableSha256Tests(SynchronousTestCase):
         data = os.urandom(200_001)
         first = running_hasher()
         first.update(data[:70_000])
-        offset, resumed, writer = decode_state(encode_state(70_000, first, "boot-1"))
-        self.assertEqual((offset, writer), (70_000, "boot-1"))
+        offset, resumed, boot = decode_state(encode_state(70_000, first, "boot-1"))
+        self.assertEqual((offset, boot), (70_000, "boot-1"))
         resumed.update(memoryview(data)[70_000:])
         self.assertEqual(resumed.hexdigest(), hashlib.sha256(data).hexdigest())
 
@@ -29,9 +29,9 @@ class ResumableSha256Tests(SynchronousTestCase):
         self.assertEqual(h.hexdigest(), hashlib.sha256(b"abc").hexdigest())
         self.assertEqual(twin.hexdigest(), hashlib.sha256(b"ab").hexdigest())
 
-    def test_a_state_without_a_writer_reads_as_written_by_none(self):
-        offset, _, writer = decode_state(encode_state(5, running_hasher()))
-        self.assertEqual((offset, writer), (5, ""))
+    def test_a_state_that_names_no_boot_reads_with_an_empty_one(self):
+        offset, _, boot = decode_state(encode_state(5, running_hasher()))
+        self.assertEqual((offset, boot), (5, ""))
 
     def test_unreadable_states(self):
         for raw in (b"", b"x:00", b"5:zz", b"5:" + b"00" * 3, b"\xff:00"):

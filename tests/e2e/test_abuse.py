@@ -168,8 +168,8 @@ def _aborted_download_rounds(regd):
             c.join()
         time.sleep(0.5)
 
-    # Warm-up: what the server keeps anyway (malloc arenas of the sender threads, buffers) climbs
-    # over the first rounds to a band it then swings in by tens of MiB with what is in flight at the
+    # Warm-up: what the server keeps anyway (malloc arenas of the sender threads, buffers) settles
+    # over the first rounds into a band it then swings in by tens of MiB with what is in flight at the
     # instant of a reading. So the baseline is the highest reading of the later warm-up rounds, and
     # what rounds kept is the lowest of the last readings: a leak lifts every reading, noise not all.
     warm = []

@@ -26,17 +26,17 @@ How, for one response body (the head goes out through twisted.web first):
    ciphertext in the receive BIO is read out first and replayed later),
    and the connection's descriptor is duplicated, which keeps the socket,
    and its number, ours even if Twisted closes its own.
-4. A thread loops: pread 256 KiB into one reused buffer, SSL_write it into
+4. A thread loops: pread 192 KiB into one reused buffer, SSL_write it into
    the send BIO 64 KiB at a time, BIO_read the ciphertext into the part of
    that same buffer already encrypted, and write the piece's ciphertext to
    the socket in one write(2) (poll() while the socket is full, resuming
    partial writes). cffi and os.write release the interpreter lock. A
-   socket BIO would make OpenSSL issue one write(2) per 16 KiB record,
-   and on loopback each one also runs the receiver's TCP path on our
-   CPU; one write per 256 KiB took 13-15 % off the server's CPU per GiB
-   despite the copy out of the BIO. A client that hangs up makes the
-   write fail; an abort or lost connection seen by the reactor shuts the
-   duplicate down, which wakes it.
+   socket BIO made OpenSSL issue one write(2) per 16 KiB record, and on
+   loopback each one also runs the receiver's TCP path on our CPU; one
+   write per piece took the server's CPU per GiB of a TLS pull from
+   1.05-1.31 s to 0.85-1.00 s in bench runs, despite the copy out of
+   the BIO. A client that hangs up makes the write fail; an abort or lost
+   connection seen by the reactor shuts the duplicate down, which wakes it.
 5. Back on the reactor, fresh memory BIOs go in (pyOpenSSL's Connection is
    pointed at them), the real OpenSSL object returns to the TLS protocol,
    the transport's producer and reading are restored, the request finishes
@@ -77,7 +77,8 @@ except ImportError:  # pragma: no cover - pyOpenSSL is a dependency
 
 MIN_BODY = 1 << 20  # below this the thread hop and BIO swap cost more than they save
 MAX_SENDERS = 8  # threads sending at once; later downloads take the producer path meanwhile
-PIECE = 256 * 1024  # one pread and one write(2) of its ciphertext (16 records); stays in the CPU's cache
+PIECE = 192 * 1024  # one pread and one write(2) of its ciphertext (12 records); with the BIO's 64 KiB, the
+# memory the thread holds is what a 256 KiB piece alone took when OpenSSL wrote onto the socket itself
 STEP = 64 * 1024  # plaintext per SSL_write: the send BIO's buffer grows to about this (not 4/3 of PIECE)
 GAP = 4096  # room ahead of the plaintext for the records' headers and tags (more only costs an extra write)
 PAGE = mmap.PAGESIZE

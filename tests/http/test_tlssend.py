@@ -176,6 +176,105 @@ class TLSSendTests(TestCase):
         self.assertEqual([entry[2] for entry in gets[:5]], [BIG] + [length for _, length in cases.values()])
         self.assertEqual(self._tracebacks(), [])
 
+    async def test_full_socket_and_partial_writes_resume_where_they_stopped(self):
+        server, data, _ = await self._server_with_blob()
+        offered, calls = [], [0]
+        write = tlssend._socket_write
+
+        def flaky(fd, chunk):
+            # Every third write finds the socket full; the others take at most an odd number of bytes.
+            calls[0] += 1
+            offered.append(len(chunk))
+            if calls[0] % 3 == 0:
+                raise BlockingIOError(11, "Resource temporarily unavailable")
+            return write(fd, chunk[:100003])
+
+        self.patch(tlssend, "_socket_write", flaky)
+
+        def fetch():
+            client = self._client()
+            try:
+                whole = client.get(self.url)
+                return whole, client.get(self.url, "Range: bytes=3-2000000\r\n"), client.get("/v2/")
+            finally:
+                client.close()
+
+        (_, whole), (_, part), (head, small) = await threads.deferToThread(fetch)
+        self.assertEqual(whole, data)
+        self.assertEqual(part, data[3:2000001])
+        self.assertTrue(head.startswith(b"HTTP/1.1 200"), head[:80])
+        self.assertEqual(small, b"{}")
+        self.assertEqual(len(self.senders), 2)
+        # A piece's records were offered to the socket in one write, not one write per 16 KiB record.
+        self.assertGreaterEqual(max(offered), tlssend.PIECE)
+        self.assertLess(len(offered), 3 * (BIG + 2000000) // 100003 + 200)
+        await self._idle(server)
+        self.assertEqual(self._tracebacks(), [])
+
+    async def test_ciphertext_outgrowing_the_room_before_the_plaintext_goes_out_first(self):
+        # Small records or a small gap: the ciphertext reaches the plaintext not yet encrypted, and must be
+        # written out before more is read out of the BIO over it.
+        self.patch(tlssend, "GAP", 64)
+        self.patch(tlssend, "STEP", 5000)
+        server, data, _ = await self._server_with_blob(3 * 1024 * 1024 + 777)
+        written = []
+        write = tlssend._socket_write
+
+        def counting(fd, chunk):
+            written.append(len(chunk))
+            return write(fd, chunk)
+
+        self.patch(tlssend, "_socket_write", counting)
+
+        def fetch():
+            client = self._client()
+            try:
+                return client.get(self.url)[1], client.get(self.url, "Range: bytes=1-1048577\r\n")[1]
+            finally:
+                client.close()
+
+        whole, part = await threads.deferToThread(fetch)
+        self.assertEqual(whole, data)
+        self.assertEqual(part, data[1:1048578])
+        self.assertEqual(len(self.senders), 2)
+        self.assertGreater(len(written), 2 * len(data) // tlssend.PIECE + 2, "no write made room")
+        await self._idle(server)
+        self.assertEqual(self._tracebacks(), [])
+
+    async def test_socket_error_mid_body_cuts_the_connection_and_logs_it(self):
+        server, data, _ = await self._server_with_blob()
+        calls = [0]
+        write = tlssend._socket_write
+
+        def failing(fd, chunk):
+            calls[0] += 1
+            if calls[0] == 5:
+                raise ConnectionResetError(104, "Connection reset by peer")
+            return write(fd, chunk)
+
+        self.patch(tlssend, "_socket_write", failing)
+
+        def fetch():
+            client = self._client()
+            try:
+                client.send("GET", self.url)
+                _, length = client.head()
+                return client.read(length)
+            finally:
+                client.close()
+
+        body = await threads.deferToThread(fetch)
+        self.assertLess(len(body), BIG)
+        self.assertEqual(body, data[:len(body)])
+        await self._idle(server)
+        cut = [e for e in self.events if "TLS download cut" in e.get("log_format", "")]
+        self.assertEqual(len(cut), 1)
+        self.assertIn("Connection reset by peer", cut[0]["why"])
+        aborted = [entry for entry in self.logged if entry[0] == b"GET" and entry[3]]
+        self.assertEqual(len(aborted), 1, self.logged)
+        self.assertEqual(self._tracebacks(), [])
+        self.assertEqual(await threads.deferToThread(lambda: self._client().get(self.url)[1]), data)
+
     async def test_tls_1_2(self):
         server, data, _ = await self._server_with_blob(5 * 1024 * 1024 + 12345, ssl.TLSVersion.TLSv1_2)
 

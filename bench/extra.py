@@ -195,8 +195,9 @@ def skopeo_push(port: int, layout: str, repository: str) -> float:
                   f"docker://127.0.0.1:{port}/{repository}:bench")
 
 
-def skopeo_pull(port: int, scratch: str, repository: str) -> float:
-    out = tempfile.mkdtemp(dir=scratch)
+def skopeo_pull(port: int, into: str, repository: str) -> float:
+    """A copy from the registry into a fresh OCI directory under C{into}; seconds."""
+    out = tempfile.mkdtemp(dir=into)
     try:
         return skopeo("copy", "--quiet", "--src-tls-verify=false", f"docker://127.0.0.1:{port}/{repository}:bench",
                       f"oci:{out}:bench")
@@ -204,28 +205,51 @@ def skopeo_pull(port: int, scratch: str, repository: str) -> float:
         shutil.rmtree(out, ignore_errors=True)
 
 
+def memory_scratch() -> str | None:
+    """
+    A directory on a memory filesystem for skopeo's pulls to write into, or None. There skopeo's
+    fsync of each layer costs nothing, so that row shows what the servers send, as the pull rows do
+    by discarding the bytes; into a directory on disk each copy waits for the image to reach the
+    disk, which sets the rate whichever server sends.
+    """
+    shm = "/dev/shm"
+    if os.path.isdir(shm) and os.access(shm, os.W_OK):
+        return tempfile.mkdtemp(prefix="bench-skopeo-", dir=shm)
+    return None
+
+
 def skopeo_rounds(servers: dict, count: int, scratch: str, image_mib: int, log) -> dict[str, dict]:
     """
     The skopeo rows, with both servers up: C{count} rounds, each with a fresh 5-layer image (so no
-    layer is on a server before its push) pushed to every server, then pulled from every server, the
-    order of the servers alternating from round to round and every copy starting on a settled disk
-    (bench/pulls.py). Returns {kind: {"skopeo_push": entry, "skopeo_pull": entry}}.
+    layer is on a server before its push) pushed to every server, then pulled from every server into
+    a directory on disk beside the servers' roots (the target row) and into a memory filesystem
+    (L{memory_scratch}, no target), the order of the servers alternating from round to round and
+    every copy starting on a settled disk (bench/pulls.py). Returns {kind: {row key: entry}}.
     """
     kinds = list(servers)
-    samples = {kind: {"skopeo_push": [], "skopeo_pull": []} for kind in kinds}
-    for number in range(count):
-        layout_dir = tempfile.mkdtemp(dir=scratch)
-        try:
-            layout = make_oci_layout(os.path.join(layout_dir, "layout"), 5, image_mib * MIB // 5)
-            repository = f"skopeo/round{number}"
-            order = kinds if number % 2 == 0 else kinds[::-1]
-            for key, copy in (("skopeo_push", lambda port: skopeo_push(port, layout, repository)),
-                              ("skopeo_pull", lambda port: skopeo_pull(port, scratch, repository))):
-                for kind in order:
-                    samples[kind][key].append(pulls.sample(servers[kind], kind, f"{key} round {number + 1}/{count}",
-                                                           image_mib, copy, log))
-        finally:
-            shutil.rmtree(layout_dir, ignore_errors=True)
+    memory = memory_scratch()
+    copies = [("skopeo_push", lambda port: skopeo_push(port, layout, repository)),
+              ("skopeo_pull", lambda port: skopeo_pull(port, scratch, repository))]
+    if memory is not None:
+        copies.append(("skopeo_pull_memory", lambda port: skopeo_pull(port, memory, repository)))
+    samples = {kind: {key: [] for key, _ in copies} for kind in kinds}
+    try:
+        for number in range(count):
+            layout_dir = tempfile.mkdtemp(dir=scratch)
+            try:
+                layout = make_oci_layout(os.path.join(layout_dir, "layout"), 5, image_mib * MIB // 5)
+                repository = f"skopeo/round{number}"
+                order = kinds if number % 2 == 0 else kinds[::-1]
+                for key, copy in copies:
+                    for kind in order:
+                        samples[kind][key].append(pulls.sample(servers[kind], kind,
+                                                               f"{key} round {number + 1}/{count}",
+                                                               image_mib, copy, log))
+            finally:
+                shutil.rmtree(layout_dir, ignore_errors=True)
+    finally:
+        if memory is not None:
+            shutil.rmtree(memory, ignore_errors=True)
     return {kind: {key: pulls.summary(taken, key, kind, log) for key, taken in rows.items()}
             for kind, rows in samples.items()}
 

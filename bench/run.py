@@ -53,6 +53,7 @@ ROWS = [
     ("manifest_get", "manifest GET x{conns} (no target)", "req/s", None, "ratio"),
     ("blob_head", "blob HEAD x{conns} (no target)", "req/s", None, "ratio"),
     ("concurrent", "{parallel} concurrent {part} MiB pushes (no target)", "MiB/s", None, "ratio"),
+    ("skopeo_pull_memory", "skopeo pull into tmpfs (no target)", "MiB/s", None, "ratio"),
 ]
 BIG = ("push_monolithic", "push_chunked", "pull", "pull_verified", "tls_push", "tls_pull")
 PUSHES = ("push_monolithic", "push_chunked", "tls_push")
@@ -84,10 +85,10 @@ def parse_args(argv=None):
     p.add_argument("--pull-only", action="store_true",
                    help="only the pull rows, plain and TLS, both servers (with the TLS push, ~2 min)")
     p.add_argument("--pull-rounds", type=int,
-                   help="alternating rounds per pull row, median reported (default 5, or 3 with --quick)")
+                   help="alternating rounds per pull row, median reported (default 6, or 2 with --quick; even, so each server goes first in half)")
     p.add_argument("--skopeo-rounds", type=int,
-                   help="alternating rounds of the skopeo rows, a fresh image each, median reported (default 5, "
-                        "or 1 with --quick)")
+                   help="alternating rounds of the skopeo rows, a fresh image each, median reported (default 6, "
+                        "or 2 with --quick)")
     p.add_argument("--skopeo-only", action="store_true",
                    help="only the skopeo rows (both servers up, alternating rounds)")
     p.add_argument("--json", metavar="FILE", help="also write results as JSON")
@@ -117,8 +118,9 @@ def parse_args(argv=None):
     if a.small_only:
         a.skip = sorted(set(a.skip) - {"small"} | {"tls", "skopeo", "webhooks", "profile", "concurrent", "pull",
                                                    "requests"})
-    a.pull_rounds = a.pull_rounds or (3 if a.quick else 5)
-    a.skopeo_rounds = a.skopeo_rounds or (1 if a.quick else 5)
+    # Even counts: each server goes first in half the rounds (the first copy of a round is the slower one).
+    a.pull_rounds = a.pull_rounds or (2 if a.quick else 6)
+    a.skopeo_rounds = a.skopeo_rounds or (2 if a.quick else 6)
     a.size_mib = a.size_mib or (64 if a.quick else 1024)
     a.chunk_mib = a.chunk_mib or (16 if a.quick else 64)
     a.duration = a.duration or (2.0 if a.quick else 5.0)
@@ -283,7 +285,8 @@ def bench_pair(kinds: list[str], args, shared: Shared, results: dict, tls: bool,
                     results[kind].update(entries)
             except Exception as e:
                 for kind in servers:
-                    results[kind]["skopeo_push"] = results[kind]["skopeo_pull"] = {"error": str(e)}
+                    for key in ("skopeo_push", "skopeo_pull", "skopeo_pull_memory"):
+                        results[kind][key] = {"error": str(e)}
                 log(f"skopeo FAILED: {e}")
     finally:
         for server in servers.values():

@@ -12,11 +12,11 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "regd"
 # What each part of regd may import from regd.
 ALLOWED = {
     "oci": {"oci"},
-    "storage": {"oci", "storage"},
+    "storage": {"oci", "storage", "randomids"},
     "cache": {"oci", "storage", "cache"},
-    "registry": {"oci", "storage", "cache", "registry"},
-    "http": {"oci", "registry", "http", "index"},
-    "notifications": {"oci", "registry", "notifications", "units", "logging"},  # logging: the delivery process
+    "registry": {"oci", "storage", "cache", "registry", "randomids"},
+    "http": {"oci", "registry", "http", "index", "randomids"},
+    "notifications": {"oci", "registry", "notifications", "units", "logging", "randomids"},  # logging: the delivery process
     "index": {"oci", "storage", "registry", "index"},
     "web": {"oci", "registry", "http", "index", "web"},
     "config": {"oci", "units"},
@@ -24,6 +24,7 @@ ALLOWED = {
     "services": set(),
     "authsetup": {"http", "oci", "units"},
     "units": set(),
+    "randomids": set(),  # ids and names from one pooled random source, for every layer
     "metrics": set(),
     "tls": set(),
     "letsencrypt": {"units", "tls"},

@@ -10,7 +10,6 @@ once, hashed on the way, and the service can adopt it with a rename.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from io import BytesIO
@@ -21,6 +20,7 @@ from twisted.protocols import policies
 from twisted.web import server
 
 from regd.http.limits import ConnectionCounter, ConnectionGuard, ConnectionLimits, _ClosedTransport
+from regd.randomids import random_ids
 from regd.registry.uploads import FinalBody
 
 API_VERSION_HEADER = b"Docker-Distribution-API-Version"
@@ -44,7 +44,7 @@ class RegdRequest(server.Request):
 
     def __init__(self, channel, *args, **kwargs):
         super().__init__(channel, *args, **kwargs)
-        self.request_id = os.urandom(16).hex()
+        self.request_id = random_ids.hex()  # pooled: no system call (and lock hand-over) per request
         self.started = time.monotonic()
         self._received = 0
         self._too_large = False

@@ -8,11 +8,10 @@ receiver written for the reference registry works unchanged) or CloudEvents
 from __future__ import annotations
 
 import json
-import os
 import time
-import uuid
 from typing import Any
 
+from regd.randomids import random_ids
 from regd.registry.listener import BLOB, MANIFEST, RegistryEvent
 
 ENVELOPE_MEDIA_TYPE = "application/vnd.docker.distribution.events.v1+json"
@@ -20,33 +19,7 @@ CLOUDEVENTS_BATCH = "application/cloudevents-batch+json"
 CLOUDEVENT_STRUCTURED = "application/cloudevents+json"
 CLOUDEVENT_TYPE_PREFIX = "io.regd.registry"
 
-
-class RandomIds:
-    """
-    Version 4 UUIDs, as text, from random bytes read C{batch} ids at a time.
-    Each os.urandom call lets go of the interpreter lock, and on the reactor
-    thread (one event id per push) taking it back can mean waiting for a
-    busy thread; one read per C{batch} ids makes that rare.
-    """
-
-    def __init__(self, batch: int = 256):
-        self._batch = batch
-        self._pool = b""
-        self._next = 0
-        os.register_at_fork(after_in_child=self._forget)  # a forked child must not repeat the parent's ids
-
-    def _forget(self) -> None:
-        self._pool, self._next = b"", 0
-
-    def __call__(self) -> str:
-        if self._next >= len(self._pool):
-            self._pool, self._next = os.urandom(16 * self._batch), 0
-        raw = self._pool[self._next:self._next + 16]
-        self._next += 16
-        return str(uuid.UUID(bytes=raw, version=4))
-
-
-new_event_id = RandomIds()
+new_event_id = random_ids  # one pooled source for every id of the process
 
 
 def source_address(listen_addr: str, hostname: str | None = None) -> str:

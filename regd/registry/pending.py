@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import uuid
 
 from twisted.logger import Logger
 
 from regd.oci.digest import Digest
 from regd.oci.errors import RegistryError
+from regd.randomids import random_ids
 from regd.registry import links
 from regd.storage import paths
 from regd.storage.interfaces import PathNotFound, StorageError
@@ -55,7 +55,7 @@ class PendingReferences:
     @contextlib.asynccontextmanager
     async def holding(self, repository: str, digests):
         """Keep C{digests} safe from collection while the body of the block links them."""
-        note = uuid.uuid4().hex
+        note = random_ids.hex()
         body = json.dumps({"repository": repository, "created": self._clock.seconds(),
                            "digests": sorted({str(d) for d in digests})}).encode()
         # Not fsynced where the driver can skip it: a note only matters while its writer lives.

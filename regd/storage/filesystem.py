@@ -18,7 +18,6 @@ import shutil
 import socket
 import stat
 import time
-import uuid
 
 from twisted.internet import defer
 from twisted.internet.error import ConnectionDone
@@ -27,6 +26,7 @@ from twisted.python import failure
 from zope.interface import implementer
 
 from regd.oci.hashstate import running_hasher
+from regd.randomids import random_ids
 from regd.storage import paths
 from regd.storage.interfaces import BodyPosition, FileInfo, IBlobReader, IBodySpool, IStorageDriver, InvalidPath, PathNotFound
 
@@ -111,6 +111,33 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _temp_name(full: str) -> str:
+    """A unique temp name beside C{full} (see _TEMP), from the pooled random source: no system call."""
+    return f"{full}.{random_ids.hex()}.tmp"
+
+
+def _make_directory(directory: str) -> None:
+    """
+    os.makedirs(directory, exist_ok=True) without its existence probes: one
+    mkdir when only the last level is missing (a new blob's or link's
+    directory), parents made only when that mkdir says they are missing. A
+    non-directory in the way is left to the caller's next step to report.
+    """
+    try:
+        os.mkdir(directory)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            raise
+        _make_directory(parent)
+        try:
+            os.mkdir(directory)
+        except FileExistsError:
+            pass
+
+
 def _in_directory(directory: str, place):
     """
     Make C{directory}, then run C{place}; again if the directory vanished in
@@ -118,12 +145,21 @@ def _in_directory(directory: str, place):
     empty, see FilesystemDriver.remove_empty_directory).
     """
     for attempt in range(3):
-        os.makedirs(directory, exist_ok=True)
+        _make_directory(directory)
         try:
             return place()
         except FileNotFoundError:
             if attempt == 2 or os.path.isdir(directory):
                 raise
+        except NotADirectoryError:
+            _raise_if_not_directory(directory)
+            raise
+
+
+def _raise_if_not_directory(directory: str) -> None:
+    """FileExistsError, as os.makedirs raised it, when a file stands where a directory should be."""
+    if os.path.lexists(directory) and not os.path.isdir(directory):
+        raise FileExistsError(errno.EEXIST, "a file stands where a directory should be", directory) from None
 
 
 @implementer(IBodySpool)
@@ -136,8 +172,8 @@ class FileSpool(BodyPosition):
     """
 
     def __init__(self, directory: str):
-        os.makedirs(directory, exist_ok=True)
-        self.path = os.path.join(directory, f"{_OWNER}.{os.getpid()}.{uuid.uuid4().hex}")
+        _make_directory(directory)
+        self.path = os.path.join(directory, f"{_OWNER}.{os.getpid()}.{random_ids.hex()}")
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o666)
         self._position = 0
         self.hasher = running_hasher()
@@ -409,7 +445,7 @@ def _append_file(source: int, size: int, target: int, at: int, hasher) -> None:
 def check_root(root: str) -> None:
     """Raise OSError unless root is (or can be made) a directory regd can write in."""
     os.makedirs(root, exist_ok=True)
-    probe = os.path.join(root, f".regd-write-check.{uuid.uuid4().hex}.tmp")
+    probe = os.path.join(root, f".regd-write-check.{random_ids.hex()}.tmp")
     os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     os.unlink(probe)
 
@@ -486,7 +522,7 @@ class FilesystemDriver:
     def _put_content(self, path, data):
         full = self._full(path)
         directory = os.path.dirname(full)
-        temp = f"{full}.{uuid.uuid4().hex}.tmp"
+        temp = _temp_name(full)
 
         def write():
             with open(temp, "xb") as f:
@@ -521,7 +557,7 @@ class FilesystemDriver:
         try:
             for path, data in items:
                 full = self._full(path)
-                temp = f"{full}.{uuid.uuid4().hex}.tmp"
+                temp = _temp_name(full)
                 fd = _in_directory(os.path.dirname(full),
                                    lambda temp=temp: os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
                 written.append((temp, full, fd))
@@ -580,7 +616,7 @@ class FilesystemDriver:
         # Plain descriptor calls, and the directory made only when missing: every push writes
         # one of these, and each system call is a hand-over of the interpreter lock.
         full = self._full(path)
-        temp = f"{full}.{uuid.uuid4().hex}.tmp"
+        temp = _temp_name(full)
         create = os.O_WRONLY | os.O_CREAT | os.O_EXCL
         try:
             fd = os.open(temp, create, 0o666)
@@ -626,10 +662,12 @@ class FilesystemDriver:
     def _delete(self, path):
         full = self._full(path)
         try:
-            if os.path.isdir(full) and not os.path.islink(full):
+            try:
+                os.unlink(full)  # a file (most deletes: a pending note, a link): no stat first
+            except (IsADirectoryError, PermissionError):
+                if not os.path.isdir(full) or os.path.islink(full):
+                    raise
                 shutil.rmtree(full)
-            else:
-                os.unlink(full)
         except (FileNotFoundError, NotADirectoryError):
             raise PathNotFound(path) from None
 
@@ -732,8 +770,7 @@ class FilesystemDriver:
             # move that publishes it as a blob flushes it first (a torn
             # upload after a power cut fails its digest check, never serves).
             if existing == 0:
-                directory = os.path.dirname(full)
-                os.makedirs(directory, exist_ok=True)
+                _make_directory(os.path.dirname(full))
                 os.replace(spool.path, full)
                 spool.adopted = True
                 return spool.size

@@ -351,6 +351,7 @@ class S3Spool(BodyPosition):
         self._drop(ConnectionDone("the request body was abandoned"))
         self._hold_back()
         if self.adopted or (self._upload_id is None and not self._sending):
+            self.discarded = defer.succeed(None)  # nothing to discard
             return
         d = defer.ensureDeferred(self._discard())
         d.addErrback(lambda f: log.info("could not remove an abandoned upload spool {path}: {error}",

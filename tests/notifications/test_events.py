@@ -121,7 +121,7 @@ class EventTests(SynchronousTestCase):
 def test_event_ids_are_distinct_version_4_uuids_across_refills():
     import uuid
 
-    from regd.notifications.events import RandomIds
+    from regd.randomids import RandomIds
     ids = RandomIds(batch=4)
     made = [ids() for _ in range(4 * 50)]
     assert len(set(made)) == len(made)

@@ -28,16 +28,16 @@ class FilesystemTests(SynchronousTestCase):
     def test_writes_survive_their_directory_being_removed_once_empty(self):
         """A collection removes a blob's empty directory just as a writer made it: the writer makes it again."""
         from regd.storage import filesystem
-        real = os.makedirs
+        real = filesystem._make_directory
         undone = []
 
-        def makedirs_then_lose_it(name, *args, **kwargs):
-            real(name, *args, **kwargs)
+        def makedirs_then_lose_it(name):
+            real(name)
             if "/blobs/" in name and name not in undone and not os.listdir(name):
                 undone.append(name)
                 self.assertTrue(self.successResultOf(self.driver.remove_empty_directory(
                     os.path.relpath(name, self.root))))
-        self.patch(filesystem.os, "makedirs", makedirs_then_lose_it)
+        self.patch(filesystem, "_make_directory", makedirs_then_lose_it)
         self.successResultOf(self.driver.put_content("blobs/a/data", b"manifest"))
         self.successResultOf(self.driver.put_content("uploads/u/data", b"layer"))
         self.successResultOf(self.driver.move("uploads/u/data", "blobs/b/data"))
@@ -59,6 +59,25 @@ class FilesystemTests(SynchronousTestCase):
         self.successResultOf(self.driver.put_transient("regd/gc/pending/first", b"note"))
         self.successResultOf(self.driver.put_transient("regd/gc/pending/second", b"note"))
         self.assertEqual(self.all_files(), ["regd/gc/pending/first", "regd/gc/pending/second"])
+
+    def test_directories_are_made_with_their_missing_parents(self):
+        from regd.storage.filesystem import _make_directory
+        _make_directory(os.path.join(self.root, "a", "b", "c"))
+        _make_directory(os.path.join(self.root, "a", "b", "c"))  # there already: fine
+        _make_directory(os.path.join(self.root, "a", "d"))
+        self.assertTrue(os.path.isdir(os.path.join(self.root, "a", "b", "c")))
+        self.assertTrue(os.path.isdir(os.path.join(self.root, "a", "d")))
+
+    def test_delete_removes_a_file_a_directory_tree_or_a_symlink_itself(self):
+        self.successResultOf(self.driver.put_content("tree/a/link", b"x"))
+        self.successResultOf(self.driver.put_content("file", b"x"))
+        os.symlink(os.path.join(self.root, "tree"), os.path.join(self.root, "alias"))
+        self.successResultOf(self.driver.delete("alias"))
+        self.assertTrue(os.path.isdir(os.path.join(self.root, "tree", "a")))
+        self.successResultOf(self.driver.delete("tree"))
+        self.successResultOf(self.driver.delete("file"))
+        self.assertEqual(os.listdir(self.root), [])
+        self.failureResultOf(self.driver.delete("file"), PathNotFound)
 
     def test_in_one_job_runs_every_step_as_one_job_of_the_runner(self):
         jobs = []

@@ -256,6 +256,14 @@ class S3DriverTests(TestCase):
         self.assertEqual(self.server.multipart_uploads(self.bucket), [])
         self.assertEqual(self.keys(), [])
 
+    async def test_a_spool_closed_before_it_sent_anything_is_discarded_at_once(self):
+        spool = self.driver.new_spool()
+        spool.write(b"a small body, still in memory")
+        spool.close()  # the client went away before a part began
+        self.assertTrue(spool.discarded.called)
+        await spool.discarded
+        self.assertEqual((self.keys(), self.server.multipart_uploads(self.bucket)), ([], []))
+
     async def test_publish_a_large_spool(self):
         data = os.urandom(3 * PART + 1)
         blob = "docker/registry/v2/blobs/sha256/ef/ef01/data"

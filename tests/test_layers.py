@@ -17,7 +17,7 @@ ALLOWED = {
     "registry": {"oci", "storage", "cache", "registry", "randomids"},
     "http": {"oci", "registry", "http", "index", "randomids"},
     "notifications": {"oci", "registry", "notifications", "units", "logging", "randomids"},  # logging: the delivery process
-    "index": {"oci", "storage", "registry", "index"},
+    "index": {"oci", "storage", "registry", "index", "randomids"},
     "web": {"oci", "registry", "http", "index", "web"},
     "config": {"oci", "units"},
     "logging": set(),

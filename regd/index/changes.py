@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 
+from regd.randomids import random_ids
 from regd.registry import links
 from regd.storage import paths
 from regd.storage.interfaces import PathNotFound, StorageError
@@ -46,7 +46,7 @@ class ChangeLog:
 
     def new_marker(self) -> tuple[str, str]:
         now = self._clock.seconds()
-        return bucket_of(now), f"{int(now * 1000):015d}-{uuid.uuid4().hex}"
+        return bucket_of(now), f"{int(now * 1000):015d}-{random_ids.hex()}"
 
     async def write(self, bucket: str, marker: str, payload: dict) -> None:
         await self._driver.put_content(paths.index_change(bucket, marker),

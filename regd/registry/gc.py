@@ -25,7 +25,6 @@ acknowledged half-stored.
 from __future__ import annotations
 
 import json
-import uuid
 
 import attrs
 from twisted.logger import Logger
@@ -33,6 +32,7 @@ from twisted.logger import Logger
 from regd.oci import mediatypes
 from regd.oci.digest import Digest
 from regd.oci.errors import RegistryError
+from regd.randomids import random_ids
 from regd.registry import links
 from regd.storage import paths
 from regd.storage.interfaces import PathNotFound
@@ -222,7 +222,7 @@ class GarbageCollector:
             subjects[digest] = parsed.subject.digest if parsed is not None and parsed.subject is not None else None
         # The intent goes to storage first: if this process dies between the
         # unlink and the check below, the next collection does the check.
-        note = paths.unlinking_note(uuid.uuid4().hex)
+        note = paths.unlinking_note(random_ids.hex())
         await self._driver.put_content(note, json.dumps({
             "repository": name,
             "revisions": {str(d): str(s) if s is not None else None for d, s in subjects.items()}}).encode())

@@ -25,6 +25,7 @@ from regd.oci.digest import CANONICAL, Digest
 from regd.oci.hashstate import ResumableSha256, decode_state, encode_state
 from regd.oci.errors import BlobUploadInvalid, BlobUploadUnknown, DigestInvalid, RangeInvalid, SizeInvalid
 from regd.oci.reference import is_valid_name
+from regd.randomids import random_ids
 from regd.registry import links
 from regd.registry.blobs import BlobInfo, BlobService
 from regd.registry.context import RequestContext
@@ -191,7 +192,7 @@ class UploadService:
         return sink
 
     async def start(self, name: str) -> str:
-        upload_id = str(uuid.uuid4())
+        upload_id = random_ids()
         started = format_started_at(self._clock.seconds())
         await self._driver.put_content(paths.upload_started_at(name, upload_id), started.encode("ascii"))
         self._forget_idle()

@@ -12,7 +12,6 @@ import hashlib
 import json
 import tempfile
 import time
-import uuid
 
 import attrs
 from twisted.internet import defer
@@ -25,6 +24,7 @@ from twisted.web.client import ResponseDone
 from zope.interface import implementer
 
 from regd.oci.hashstate import running_hasher
+from regd.randomids import random_ids
 from regd.storage import paths
 from regd.storage.interfaces import BodyPosition, IBlobReader, IBodySpool, StorageError
 from regd.storage.s3client import FilePart, StreamedBody
@@ -538,7 +538,7 @@ AIMED = ".aimed"  # beside a spool's name: the multipart upload it began on a bl
 def spool_path(clock) -> str:
     """A new spool's path; its name starts with the time it began, for sweep_spool."""
     now = clock.seconds() if clock is not None and hasattr(clock, "seconds") else time.time()
-    return f"{paths.SPOOL}/{int(now)}-{uuid.uuid4().hex}"
+    return f"{paths.SPOOL}/{int(now)}-{random_ids.hex()}"
 
 
 def spool_started(key: str) -> float | None:

@@ -40,6 +40,17 @@ def handshake(port: int, ca: str, *, maximum=None, client=None) -> tuple[str, st
             return tls.version(), str(x509.load_der_x509_certificate(der).serial_number)
 
 
+def negotiated_cipher(port: int, ca: str, *, tls12_ciphers: str | None = None) -> str:
+    """The cipher suite a Python client gets (TLS 1.2 only, in the client's order, when tls12_ciphers is given)."""
+    context = stdlib_ssl.create_default_context(cafile=ca)
+    if tls12_ciphers:
+        context.maximum_version = stdlib_ssl.TLSVersion.TLSv1_2
+        context.set_ciphers(tls12_ciphers)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            return tls.cipher()[0]
+
+
 class BuildOptionsTests(SynchronousTestCase):
     def setUp(self):
         self.pki = PKI(os.path.abspath(self.mktemp()))
@@ -117,6 +128,26 @@ class TLSServerTests(TestCase):
         for old in (stdlib_ssl.TLSVersion.TLSv1, stdlib_ssl.TLSVersion.TLSv1_1):
             with self.assertRaises((stdlib_ssl.SSLError, ConnectionError)):
                 await threads.deferToThread(handshake, self.port, self.pki.ca, maximum=old)
+
+    async def test_aes_128_gcm_first_whatever_the_client_prefers_unless_chacha(self):
+        """Python's client (like OpenSSL's default) lists AES-256 first; the server's order wins."""
+        await self.start()
+        cipher = await threads.deferToThread(negotiated_cipher, self.port, self.pki.ca)
+        self.assertEqual(cipher, "TLS_AES_128_GCM_SHA256")
+        both = "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-GCM-SHA256:" \
+               "ECDHE-RSA-AES128-GCM-SHA256"
+        cipher = await threads.deferToThread(negotiated_cipher, self.port, self.pki.ca, tls12_ciphers=both)
+        self.assertIn(cipher, ("ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256"))
+        chacha_first = "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:" + both
+        cipher = await threads.deferToThread(negotiated_cipher, self.port, self.pki.ca, tls12_ciphers=chacha_first)
+        self.assertIn(cipher, ("ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305"))
+
+    async def test_configured_ciphersuites_are_the_only_tls12_ones(self):
+        await self.start(ciphersuites=("TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+                                       "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"))
+        cipher = await threads.deferToThread(negotiated_cipher, self.port, self.pki.ca,
+                                             tls12_ciphers="ECDHE+AESGCM:ECDHE+CHACHA20")
+        self.assertIn(cipher, ("ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384"))
 
     async def test_openssl_s_client_old_versions_refused(self):
         if not shutil.which("openssl"):

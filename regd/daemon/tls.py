@@ -39,6 +39,15 @@ GO_CIPHERS = {
 }
 MINIMUM = {"tls1.2": ssl.TLSVersion.TLSv1_2, "tls1.3": ssl.TLSVersion.TLSv1_3}
 
+# The server's order, as Go's (registry:2): AES-128-GCM first (TLS 1.3's mandatory suite), about 12 %
+# cheaper per byte than AES-256-GCM to encrypt here and, for the client, to decrypt; OpenSSL's own order,
+# which a Python server otherwise keeps, puts AES-256 first. ChaCha20 still wins for clients that list it
+# first (devices without AES instructions; PRIORITIZE_CHACHA below).
+TLS13_SUITES = b"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+TLS12_DEFAULT = ("ECDH+AESGCM+AES128:ECDH+AESGCM:ECDH+CHACHA20:DH+AESGCM:DH+CHACHA20:ECDH+AES256:DH+AES256:"
+                 "ECDH+AES128:DH+AES:RSA+AESGCM:RSA+AES:!aNULL:!MD5:!DSS")
+OP_PRIORITIZE_CHACHA = 1 << 21  # SSL_OP_PRIORITIZE_CHACHA (OpenSSL 1.1.1+); pyOpenSSL has no name for it
+
 
 class TLSConfigError(Exception):
     """A TLS setting or file that cannot be used; one line naming the key."""
@@ -76,7 +85,7 @@ def options_from_pem(tls_config, chain_pem: bytes, key_pem: bytes, chain_name: s
     spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     if chain[0].public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
         raise TLSConfigError(f"http.tls.key: {key_name} does not match the certificate {chain_name}")
-    kwargs = {}
+    kwargs = {"acceptableCiphers": ssl.AcceptableCiphers.fromOpenSSLCipherString(TLS12_DEFAULT)}
     if tls_config.ciphersuites:
         unknown = [c for c in tls_config.ciphersuites if c not in GO_CIPHERS]
         if unknown:
@@ -93,9 +102,21 @@ def options_from_pem(tls_config, chain_pem: bytes, key_pem: bytes, chain_name: s
                 raise TLSConfigError(f"http.tls.clientcas: {path} holds no PEM certificate") from None
         kwargs.update(verify=True, caCerts=cas, requireCertificate=True)
     leaf, *intermediates = [crypto.X509.from_cryptography(c) for c in chain]
-    return ssl.CertificateOptions(
+    return ServerOptions(
         privateKey=crypto.PKey.from_cryptography_key(key), certificate=leaf, extraCertChain=intermediates,
         raiseMinimumTo=MINIMUM[tls_config.minimumtls], **kwargs)
+
+
+class ServerOptions(ssl.CertificateOptions):
+    """CertificateOptions whose context also takes the server's TLS 1.3 suite order."""
+
+    def getContext(self) -> SSL.Context:
+        fresh = self._context is None
+        context = super().getContext()
+        if fresh:
+            context.set_tls13_ciphersuites(TLS13_SUITES)
+            context.set_options(OP_PRIORITIZE_CHACHA)
+        return context
 
 
 @implementer(IOpenSSLContextFactory)

@@ -24,7 +24,10 @@ def test_hex_names_are_distinct_across_refills_and_threads():
     assert all(len(name) == 32 and int(name, 16) >= 0 for name in made)
 
 
-def test_ids_are_version_4_uuids():
-    ids = RandomIds(batch=2)
-    for text in [ids() for _ in range(10)]:
-        assert uuid.UUID(text).version == 4
+def test_ids_are_distinct_version_4_uuids_across_refills():
+    ids = RandomIds(batch=4)
+    made = [ids() for _ in range(4 * 50)]
+    assert len(set(made)) == len(made)
+    for text in made:
+        parsed = uuid.UUID(text)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, text)

@@ -19,8 +19,6 @@ CLOUDEVENTS_BATCH = "application/cloudevents-batch+json"
 CLOUDEVENT_STRUCTURED = "application/cloudevents+json"
 CLOUDEVENT_TYPE_PREFIX = "io.regd.registry"
 
-new_event_id = random_ids  # one pooled source for every id of the process
-
 
 def source_address(listen_addr: str, hostname: str | None = None) -> str:
     """registry:2's source.addr: this host's name and the port it listens on ("host:5000")."""
@@ -68,7 +66,7 @@ def to_distribution(event: RegistryEvent, *, now: float, source_addr: str, insta
         target["references"] = [{"digest": str(d)} for d in event.references]
     context = event.context
     return {
-        "id": event_id or new_event_id(),
+        "id": event_id or random_ids(),
         "timestamp": _timestamp(now),
         "action": event.action,
         "target": target,

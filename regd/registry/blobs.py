@@ -107,17 +107,22 @@ class BlobService:
         return info.size
 
     async def reclaim(self, digest: Digest) -> bool:
-        """Put a condemned blob back in the store; False if no collection holds it."""
+        """
+        Put a condemned blob back in the store; True if the blob is in the
+        store now, False if neither the store nor a collection holds it.
+        """
         # Looked up first: a stat is cheaper than a move that fails (a thread hop, or an S3 copy),
         # and nearly every new blob asks. A blob condemned just after the look-up is put back by
         # the collector itself, which reads the pending notes after condemning (regd.registry.pending).
-        if not await links.exists(self._driver, paths.condemned_blob(digest)):
-            return False
-        try:
-            await self._driver.move(paths.condemned_blob(digest), paths.blob_data(digest))
-        except PathNotFound:
-            return False
-        return True
+        if await links.exists(self._driver, paths.condemned_blob(digest)):
+            try:
+                await self._driver.move(paths.condemned_blob(digest), paths.blob_data(digest))
+                return True
+            except PathNotFound:
+                pass
+        # Not condemned, or no longer: the collector may have put it back since the caller found the
+        # store without it (it does for blobs a pending note or a new link names), so look again.
+        return await links.exists(self._driver, paths.blob_data(digest))
 
     async def is_linked(self, name: str, digest: Digest) -> bool:
         return await links.read_link(self._driver, paths.layer_link(name, digest)) == digest

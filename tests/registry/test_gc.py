@@ -254,6 +254,24 @@ class ConcurrentPushTests(SynchronousTestCase):
         self.other_collects()()
         self.assert_whole("app", "v1", body)
 
+    def test_push_finds_a_blob_the_collection_puts_back_between_its_two_looks(self):
+        """
+        The push finds the store without its layer (condemned), and the
+        collection puts it back (the push's note names it) before the push
+        looks for the condemned copy: the push looks in the store again and
+        finds it, instead of answering MANIFEST_BLOB_UNKNOWN.
+        """
+        body = self.manifest_for("app", b"layer")
+        layer = Digest.of(b"layer")
+        self.run_(self.other.driver.move(paths.blob_data(layer), paths.condemned_blob(layer)))
+
+        def collection_puts_it_back():
+            self.run_(self.other.driver.move(paths.condemned_blob(layer), paths.blob_data(layer)))
+        self.driver.on("stat", lambda path: path == paths.condemned_blob(layer), collection_puts_it_back)
+        self.run_(self.registry.manifests.put("app", "v1", body, OCI, CTX))
+        self.assertEqual(self.driver.hooks, [])  # the window was hit
+        self.assert_whole("app", "v1", body)
+
     def test_push_acknowledged_while_the_sweep_has_condemned_its_blobs(self):
         body = self.manifest_for("app", b"layer")
         self.other = Registry(HookedDriver(self.root), self.clock, delete_enabled=True)

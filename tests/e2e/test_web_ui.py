@@ -152,13 +152,19 @@ def shot(driver, name: str) -> None:
 
 
 def follow(driver, element) -> None:
-    """Click a link or submit button and wait until the next page replaced this one."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
+    """Click a link or submit button and wait until the next page replaced this one and loaded.
+
+    The page being left is marked with a property of its document, which a new document lacks.
+    (Waiting for an element of the old page to go stale is not enough: while Chromium swaps the
+    documents, chromedriver can answer the staleness check with a generic error instead.) Errors
+    of a check made during the swap are retried until the timeout."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
-    old = driver.find_element(By.TAG_NAME, "html")
+    driver.execute_script("document.regdLeftBehind = true")
     element.click()
-    WebDriverWait(driver, 15).until(expected_conditions.staleness_of(old))
+    WebDriverWait(driver, 15, ignored_exceptions=(WebDriverException,)).until(
+        lambda d: d.execute_script(
+            "return document.regdLeftBehind === undefined && document.readyState === 'complete'"))
 
 
 def text(driver) -> str:

@@ -20,8 +20,10 @@ $(STAMP): setup.py
 run: $(STAMP)
 	$(BIN)/twistd --nodaemon --pidfile= regd --config etc/regd-dev.yml
 
+# Two worker processes (pytest-xdist), each taking a whole test module at a time: a module's
+# fixtures (the installed package, the image's compose projects) never meet another process's.
 test: $(STAMP)
-	$(BIN)/python -m pytest -v --durations=15 tests
+	$(BIN)/python -m pytest -v -n 2 --dist loadfile --durations=15 tests
 
 # The container image (image/build.py; README "Container image"): built from Debian
 # packages and this checkout, cached in build/image by a hash of the inputs, then

@@ -29,6 +29,6 @@ setup(
         "jinja2>=3.1",
         "botocore>=1.31",
     ],
-    extras_require={"test": ["pytest>=8.0", "hypothesis>=6.100", "selenium>=4.20", "moto[server]>=5.0"]},
+    extras_require={"test": ["pytest>=8.0", "pytest-xdist>=3.5", "hypothesis>=6.100", "selenium>=4.20", "moto[server]>=5.0"]},
     entry_points={"console_scripts": ["regd = regd.cli:main"]},
 )

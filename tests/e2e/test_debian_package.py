@@ -9,20 +9,17 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.support import e2e_http
+from tests.support import background, e2e_http
 from tests.support.processes import free_port, require_tool
 
 pytestmark = pytest.mark.e2e
 
-SOURCE = Path(__file__).resolve().parents[2]
 UNIT = Path("/lib/systemd/system/regd.service")
 
 
@@ -33,34 +30,26 @@ def run(command, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def package(tmp_path_factory):
+def package():
+    """(the package, lintian's report): built by tests/support/debpackage.py from the session's start."""
     for tool in ("dpkg-buildpackage", "lintian", "systemd-analyze", "dh_virtualenv", "runuser"):
         require_tool(tool)
     if os.geteuid() != 0:
         pytest.skip("installing a package needs root") if os.environ.get("CI") != "true" else pytest.fail("not root")
-    build = tmp_path_factory.mktemp("deb") / "regd"
-    files = run(["git", "ls-files", "-co", "--exclude-standard"], cwd=SOURCE).stdout.split()
-    for name in files:
-        target = build / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if (SOURCE / name).is_file():
-            shutil.copy2(SOURCE / name, target)
-    run(["dpkg-buildpackage", "-us", "-uc", "-b"], cwd=build, timeout=1200)
-    deb = next(build.parent.glob("regd_*.deb"))
-    yield deb
+    built = dict(re.findall(r"^(package|lintian report): (.+)$", background.wait("debian-package", 1800), re.M))
+    yield Path(built["package"]), Path(built["lintian report"])
     subprocess.run(["dpkg", "--purge", "regd"], capture_output=True, timeout=300)
 
 
 def test_lintian_reports_no_errors(package):
-    # lintian leaves files in its TMPDIR: the session's scratch directory (tests/conftest.py) takes them.
-    result = subprocess.run(["lintian", str(package)], capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "TMPDIR": tempfile.gettempdir()})
-    errors = [line for line in result.stdout.splitlines() if line.startswith("E:")]
+    _, report = package
+    errors = [line for line in report.read_text().splitlines() if line.startswith("E:")]
     assert errors == [], "\n".join(errors)
 
 
 def test_installed_service_pushes_and_pulls(package):
-    run(["dpkg", "-i", str(package)], timeout=300)
+    deb, _ = package
+    run(["dpkg", "-i", str(deb)], timeout=300)
     run(["systemd-analyze", "verify", str(UNIT)])
     unit = UNIT.read_text()
     assert re.search(r"^User=regd$", unit, re.M) and "ProtectSystem=strict" in unit

@@ -26,7 +26,7 @@ from pathlib import Path
 import bcrypt
 import pytest
 
-from tests.support import e2e_http
+from tests.support import background, e2e_http
 from tests.support.certs import PKI
 from tests.support.images import build_multilayer_layout, write_rootfs_tar
 from tests.support.processes import free_port, require_tool, run
@@ -53,15 +53,19 @@ def nginx_rootfs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def image(docker_daemon, nginx_rootfs):
-    """`make image` into the test engine, once; returns the tarball (cached by a hash of the inputs)."""
+    """`make image` into the test engine, once; returns the tarball (cached by a hash of the inputs).
+
+    The tarball is built in the background from the session's start (tests/support/background.py),
+    so `make image` finds it in its cache and loads it."""
     require_tool("mmdebstrap")
     require_tool("make")
     started = time.monotonic()
+    built = background.wait("image-tarball", 900).strip().splitlines()
     made = subprocess.run(["make", "image"], cwd=SOURCE, env=docker_daemon.env, capture_output=True, text=True,
                           timeout=900)
     assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
     tar = SOURCE / re.search(r"^image tarball: (\S+)$", made.stdout, re.M).group(1)  # relative to the checkout
-    print(f"\nmake image: {time.monotonic() - started:.1f} s; {made.stderr.strip().splitlines()[-1]}")
+    print(f"\nimage build: {built[-1] if built else ''}; make image {time.monotonic() - started:.1f} s later")
     return tar
 
 

@@ -51,10 +51,9 @@ def configure(directory: str | None) -> str:
 def start_for(nodeids) -> None:
     """Start the builds the given tests need, each once (main process only)."""
     for name in {needed_by(nodeid.split("::")[0]) for nodeid in nodeids} - {None} - set(_started):
-        log, done = _directory / f"{name}.log", _directory / f"{name}.exit"
+        log, done = (shlex.quote(str(path)) for path in _files(name))
         # The exit file appears whole (written aside, then renamed) once the build ended.
-        script = (f"{shlex.join(BUILDS[name])} >{shlex.quote(str(log))} 2>&1; "
-                  f"echo $? >{shlex.quote(str(done))}.part && mv {shlex.quote(str(done))}.part {shlex.quote(str(done))}")
+        script = f"{shlex.join(BUILDS[name])} >{log} 2>&1; echo $? >{done}.part && mv {done}.part {done}"
         env = dict(os.environ, TMPDIR=str(_directory))
         _started[name] = subprocess.Popen(["sh", "-c", script], cwd=SOURCE, env=env, stdin=subprocess.DEVNULL,
                                           start_new_session=True)
@@ -62,7 +61,7 @@ def start_for(nodeids) -> None:
 
 def wait(name: str, timeout: float) -> str:
     """The build's output once it succeeded; a failed or unfinished build fails the test with its output's end."""
-    log, done = _directory / f"{name}.log", _directory / f"{name}.exit"
+    log, done = _files(name)
     deadline = time.monotonic() + timeout
     while not done.exists():
         assert time.monotonic() < deadline, f"{name}: not done after {timeout} s\n{_tail(log)}"
@@ -70,6 +69,11 @@ def wait(name: str, timeout: float) -> str:
     code = int(done.read_text())
     assert code == 0, f"{name}: {BUILDS[name]} exited with {code}\n{_tail(log)}"
     return log.read_text(errors="replace")
+
+
+def _files(name: str) -> tuple[Path, Path]:
+    """The build's output and, once it ended, its exit code."""
+    return _directory / f"{name}.log", _directory / f"{name}.exit"
 
 
 def _tail(log: Path) -> str:

@@ -67,4 +67,3 @@ def _scratch_cwd(tmp_path_factory):
     os.chdir(tmp_path_factory.mktemp("trial"))
     yield
     os.chdir(previous)
-

@@ -31,7 +31,6 @@ BUILDS = {
 NEEDED_BY = {"test_image.py": "image-tarball", "test_debian_package.py": "debian-package"}
 
 _directory: Path | None = None
-_owner = False
 _started: dict[str, subprocess.Popen] = {}
 
 
@@ -42,8 +41,7 @@ def needed_by(path) -> str | None:
 
 def configure(directory: str | None) -> str:
     """Where this process finds the builds: made here (the main process) or handed down (a worker)."""
-    global _directory, _owner
-    _owner = directory is None
+    global _directory
     _directory = Path(directory or tempfile.mkdtemp(prefix="regd-builds-"))
     return str(_directory)
 
@@ -93,5 +91,4 @@ def finish() -> None:
                 pass
         process.wait()
     _started.clear()
-    if _owner and _directory is not None:
-        shutil.rmtree(_directory, ignore_errors=True)
+    shutil.rmtree(_directory, ignore_errors=True)
